@@ -1,0 +1,1 @@
+"""Pure voice analysis: VAD, prosody, emotion, stress. No aiortc, no aiohttp."""

@@ -1,0 +1,129 @@
+"""One inference thread shared by every speaker of every call.
+
+Windows from all speakers go into one bounded queue; a single worker thread takes up to
+``max_batch`` of them (waiting at most ``max_wait_ms`` for a batch to fill) and runs the model.
+Callers get a :class:`concurrent.futures.Future` (``asyncio.wrap_future`` makes it awaitable).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+__all__ = ["InferenceScheduler", "QueueFull", "SchedulerStats"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class QueueFull(RuntimeError):
+    """The inference queue is full and the caller asked not to wait."""
+
+
+@dataclass
+class SchedulerStats:
+    submitted: int = 0
+    dropped: int = 0
+    batches: int = 0
+    items: int = 0
+    busy_s: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)  # the last 1000
+
+
+_STOP = object()
+
+
+class InferenceScheduler(Generic[In, Out]):
+    def __init__(
+        self,
+        predict: Callable[[list[In]], Sequence[Out]],
+        *,
+        max_batch: int = 1,
+        max_wait_ms: float = 20.0,
+        queue_size: int = 64,
+        name: str = "inference",
+    ) -> None:
+        if max_batch < 1 or queue_size < 1:
+            raise ValueError("max_batch and queue_size must be >= 1")
+        self._predict = predict
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self.stats = SchedulerStats()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def submit(self, item: In, *, block: bool = True, timeout: float | None = None) -> Future[Out]:
+        """Queue one input. With ``block=False`` a full queue raises :class:`QueueFull` (counted)."""
+        if self._closed:
+            raise RuntimeError("inference scheduler is closed")
+        fut: Future[Out] = Future()
+        try:
+            self._queue.put((item, fut), block=block, timeout=timeout)
+        except queue.Full:
+            self.stats.dropped += 1
+            raise QueueFull("inference queue full") from None
+        self.stats.submitted += 1
+        return fut
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Finish what is queued, then stop the worker thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.max_wait_s
+            stop = False
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else \
+                        self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)  # type: ignore[arg-type]
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[tuple[In, Future[Out]]]) -> None:
+        live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            results = self._predict([item for item, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"model returned {len(results)} results for {len(live)} inputs")
+        except BaseException as exc:  # one bad batch fails its own futures, never the thread
+            for _, fut in live:
+                fut.set_exception(exc)
+        else:
+            for (_, fut), res in zip(live, results, strict=True):
+                fut.set_result(res)
+        self.stats.busy_s += time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.items += len(live)
+        self.stats.batch_sizes.append(len(live))
+        del self.stats.batch_sizes[:-1000]

@@ -1,0 +1,118 @@
+"""Values that cross stage boundaries: frozen, slotted dataclasses (no dicts between modules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioChunk",
+    "EmotionScores",
+    "ProsodyFeatures",
+    "SpeechWindow",
+    "StressEstimate",
+    "StressSpike",
+]
+
+SAMPLE_RATE = 16000
+"""Every analyzer works on 16 kHz mono float32 in [-1, 1]."""
+
+Float32Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """A run of 16 kHz mono float32 samples starting ``start_s`` seconds into the stream."""
+
+    samples: Float32Array
+    start_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechWindow:
+    """The last ``end_s - start_s`` seconds of a speaker's audio, with the VAD's speech mask.
+
+    ``samples`` covers the whole span (pauses included, so pause ratio can be measured);
+    ``speech_mask`` has one bool per VAD frame (``frame_s`` seconds); ``new_speech`` is the
+    voiced audio that arrived since the previous window (what the emotion model sees, so every
+    voiced second goes through the model once).
+    """
+
+    samples: Float32Array
+    start_s: float
+    end_s: float
+    speech_mask: npt.NDArray[np.bool_]
+    frame_s: float
+    new_speech: Float32Array
+
+    @property
+    def voiced_s(self) -> float:
+        return float(self.speech_mask.sum()) * self.frame_s
+
+    def voiced_samples(self) -> Float32Array:
+        """Samples of the frames the VAD marked as speech, concatenated."""
+        frame = round(self.frame_s * SAMPLE_RATE)
+        usable = min(len(self.speech_mask), len(self.samples) // frame)
+        frames = self.samples[: usable * frame].reshape(usable, frame)
+        return frames[self.speech_mask[:usable]].reshape(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class ProsodyFeatures:
+    """Prosody of one window. NaN where a value cannot be measured (e.g. no voiced frames)."""
+
+    f0_hz: float  # median F0 of voiced frames
+    f0_range_st: float  # 10th..90th percentile F0 range, semitones
+    jitter: float  # local jitter, fraction (0.01 = 1 %)
+    shimmer: float  # local shimmer, fraction
+    hnr_db: float  # harmonics-to-noise ratio, dB
+    energy_db: float  # RMS level of speech frames, dBFS
+    speech_rate: float  # syllable nuclei per voiced second
+    pause_ratio: float  # fraction of the window that is not speech
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionScores:
+    """Canonical emotion probabilities and the arousal/valence derived from them."""
+
+    probabilities: dict[str, float]
+    arousal: float  # -1 (calm) .. 1 (excited)
+    valence: float  # -1 (negative) .. 1 (positive)
+    audio_s: float  # seconds of voiced audio the model saw
+
+    @property
+    def dominant(self) -> str:
+        return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+@dataclass(frozen=True, slots=True)
+class StressEstimate:
+    """The stress index of one window and the spike transition it caused, if any."""
+
+    index: float  # 0..1; how far the voice has moved from the speaker's baseline
+    components: dict[str, float] = field(default_factory=dict)  # per-feature z-scores (>= 0)
+    calibrating: bool = False
+    spike: StressSpike | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StressSpike:
+    """A spike starting (``ended`` false) or ending, in stream seconds."""
+
+    ended: bool
+    started_s: float
+    at_s: float
+    index: float
+    peak: float
+    main_components: tuple[str, ...]
+
+    @property
+    def duration_s(self) -> float:
+        return self.at_s - self.started_s

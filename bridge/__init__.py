@@ -1,0 +1,3 @@
+"""affect-bridge: the service (connectors, pipelines, events, sinks, CLI)."""
+
+__version__ = "0.1.0"

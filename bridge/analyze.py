@@ -1,0 +1,222 @@
+"""``affect-bridge analyze``: the live pipeline over recordings, one speaker per file or channel."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from analyzers.types import AudioChunk
+from bridge import events as ev
+from bridge.audio import AudioDecodeError, channel_count, read_file
+from bridge.config import Settings
+from bridge.pipeline import AnalysisEngine, SpeakerAnalysis
+
+__all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files"]
+
+READ_S = 1.0  # audio decoded per executor call
+
+
+@dataclass
+class SpeakerSummary:
+    speaker: str
+    source: str
+    audio_s: float = 0.0
+    speech_s: float = 0.0
+    mean_stress: float | None = None
+    peak_stress: float | None = None
+    spikes: int = 0
+    dominant_emotion: str | None = None
+    error: str | None = None
+    # For the HTML report: (offset_s, index, arousal, calibrating), and (start, end) of spikes.
+    series: list[tuple[float, float, float | None, bool]] = field(default_factory=list)
+    spike_spans: list[tuple[float, float | None]] = field(default_factory=list)
+    emotion_totals: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class AnalyzeResult:
+    speakers: list[SpeakerSummary]
+    degraded: dict[str, str]
+
+    @property
+    def failed(self) -> bool:
+        return any(s.error for s in self.speakers)
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    channel: int | None  # None: the file mixed to mono
+    speaker_id: str
+    display: str
+
+
+def plan_sources(paths: list[Path], per: str) -> list[_Source]:
+    """Check every input before any analysis starts. Raises AudioDecodeError (one line)."""
+    sources: list[_Source] = []
+    seen: set[str] = set()
+    for path in paths:
+        channels = channel_count(path)
+        stem = path.stem or path.name
+        base = stem
+        n = 2
+        while base in seen:
+            base = f"{stem}-{n}"
+            n += 1
+        seen.add(base)
+        if per == "channel":
+            sources += [_Source(path, c, f"{base}:ch{c}", f"{path.name} channel {c}")
+                        for c in range(channels)]
+        else:
+            sources.append(_Source(path, None, base, path.name))
+    return sources
+
+
+async def analyze_files(
+    paths: list[Path],
+    settings: Settings,
+    *,
+    per: str = "file",
+    out: IO[str] | None = None,
+    registry: dict[str, type] | None = None,
+) -> AnalyzeResult:
+    """Analyse ``paths`` concurrently through the shared engine; write JSON lines to ``out``."""
+    sources = plan_sources(paths, per)
+    call = ev.CallInfo(id="analyze:" + (paths[0].stem if paths else "none"), connector="file",
+                       room=None)
+    summaries = {s.speaker_id: SpeakerSummary(s.speaker_id, s.display) for s in sources}
+
+    async def emit(event: Any) -> None:
+        _record(summaries, event)
+        if out is not None:
+            out.write(event.model_dump_json() + "\n")
+
+    engine = AnalysisEngine(settings, registry)
+    await engine.start()
+    try:
+        await emit(ev.CallJoined(call=call, data=ev.CallJoinedData()))
+        for event in engine.degraded_events(call):
+            await emit(event)
+        by_path: dict[Path, list[_Source]] = {}
+        for src in sources:
+            by_path.setdefault(src.path, []).append(src)
+        await asyncio.gather(*(
+            _run_file(engine, call, path, srcs, emit, summaries, per == "channel")
+            for path, srcs in by_path.items()
+        ))
+        end = max((s.audio_s for s in summaries.values()), default=0.0)
+        await emit(ev.CallLeft(call=call, data=ev.CallLeftData(offset_s=round(end, 3),
+                                                              reason="end of input")))
+    finally:
+        await engine.aclose()
+    return AnalyzeResult(list(summaries.values()), dict(engine.degraded))
+
+
+async def _run_file(
+    engine: AnalysisEngine,
+    call: ev.CallInfo,
+    path: Path,
+    sources: list[_Source],
+    emit: Any,
+    summaries: dict[str, SpeakerSummary],
+    per_channel: bool,
+) -> None:
+    speakers = [
+        SpeakerAnalysis(engine, call, ev.SpeakerInfo(id=s.speaker_id, display=s.display), emit,
+                        offline=True)
+        for s in sources
+    ]
+    for sp in speakers:
+        await sp.start()
+    loop = asyncio.get_running_loop()
+    reader = _batched(read_file(path, per_channel=per_channel))
+    reason = "end of file"
+    try:
+        while True:
+            batch = await loop.run_in_executor(None, next, reader, None)
+            if batch is None:
+                break
+            for chunks in batch:
+                for sp, chunk in zip(speakers, chunks, strict=False):
+                    await sp.feed(chunk)
+    except AudioDecodeError as exc:
+        reason = "decode error"
+        for s in sources:
+            summaries[s.speaker_id].error = str(exc)
+    finally:
+        reader.close()
+        for sp, s in zip(speakers, sources, strict=True):
+            await sp.finish(reason)
+            summaries[s.speaker_id].audio_s = sp.windower.audio_s
+
+
+def _batched(frames: Iterator[list[AudioChunk]]) -> Generator[list[list[AudioChunk]], None, None]:
+    """Group decoded frames into about READ_S seconds, so each executor hop carries real work."""
+    batch: list[list[AudioChunk]] = []
+    seconds = 0.0
+    try:
+        for chunks in frames:
+            batch.append(chunks)
+            seconds += chunks[0].duration_s
+            if seconds >= READ_S:
+                yield batch
+                batch, seconds = [], 0.0
+        if batch:
+            yield batch
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
+def _record(summaries: dict[str, SpeakerSummary], event: Any) -> None:
+    if event.speaker is None or event.speaker.id not in summaries:
+        return
+    s = summaries[event.speaker.id]
+    data = event.data
+    if isinstance(event, ev.AffectSample):
+        s.series.append((data.offset_s, data.stress.index, data.arousal, data.stress.calibrating))
+        for label, p in (data.emotion or {}).items():
+            s.emotion_totals[label] = s.emotion_totals.get(label, 0.0) + p
+    elif isinstance(event, ev.SpikeStarted):
+        s.spike_spans.append((data.started_s, None))
+    elif isinstance(event, ev.SpikeEnded) and s.spike_spans:
+        s.spike_spans[-1] = (s.spike_spans[-1][0], data.offset_s)
+    elif isinstance(event, ev.SpeakerLeft):
+        s.speech_s = data.speech_s
+        s.spikes = data.spikes
+        indices = [x[1] for x in s.series]
+        if indices:
+            s.mean_stress = sum(indices) / len(indices)
+            s.peak_stress = max(indices)
+        if s.emotion_totals:
+            s.dominant_emotion = max(s.emotion_totals, key=s.emotion_totals.__getitem__)
+
+
+def format_table(result: AnalyzeResult) -> str:
+    head = ("speaker", "speech s", "mean stress", "peak stress", "spikes", "emotion")
+    rows = [head]
+    for s in result.speakers:
+        rows.append((
+            s.speaker + (" (error)" if s.error else ""),
+            f"{s.speech_s:.1f}",
+            "-" if s.mean_stress is None else f"{s.mean_stress:.2f}",
+            "-" if s.peak_stress is None else f"{s.peak_stress:.2f}",
+            str(s.spikes),
+            s.dominant_emotion or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def print_errors(result: AnalyzeResult, stream: IO[str] = sys.stderr) -> None:
+    for s in result.speakers:
+        if s.error:
+            print(f"affect-bridge: error: {s.error}", file=stream)

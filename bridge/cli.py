@@ -1,0 +1,172 @@
+"""``affect-bridge`` command line: analyze, demo, schema, download-models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("affect-bridge")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="affect-bridge",
+        description="Per-speaker voice affect monitoring: prosody, emotion, and a stress index "
+                    "relative to each speaker's own baseline (not a clinical measure).",
+    )
+    p.add_argument("--debug", action="store_true", help="debug logging and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser("analyze", help="analyse recordings (one speaker per file or channel)")
+    a.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    a.add_argument("--per", choices=["file", "channel"], default="file",
+                   help="one speaker per file (default) or per channel")
+    a.add_argument("--format", choices=["jsonl", "table"], default="jsonl",
+                   help="jsonl: events as JSON lines, summary on stderr; table: summary only")
+    a.add_argument("--out", type=Path, help="write the JSON lines here instead of stdout")
+    a.add_argument("--report", type=Path, metavar="PATH.html", help="write an HTML report")
+    a.add_argument("--config", type=Path, help="TOML configuration file")
+
+    d = sub.add_parser("demo", help="the embedded demo: three bundled speakers, one gets stressed")
+    d.add_argument("--json", action="store_true", help="events as JSON lines")
+    d.add_argument("--config", type=Path, help="TOML configuration file")
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the event envelope")
+    s.add_argument("--indent", type=int, default=2)
+
+    m = sub.add_parser("download-models", help="fetch the configured model weights into the "
+                                               "HuggingFace cache (for image builds)")
+    m.add_argument("--config", type=Path, help="TOML configuration file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.debug)
+    from analyzers.plugins import PluginError
+    from bridge.audio import AudioDecodeError
+    from bridge.config import ConfigError
+
+    try:
+        if args.command == "schema":
+            return _schema(args)
+        if args.command == "analyze":
+            return _analyze(args)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "download-models":
+            return _download(args)
+    except (AudioDecodeError, ConfigError, PluginError) as exc:
+        print(f"affect-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"affect-bridge: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"affect-bridge: internal error: {type(exc).__name__}: {exc} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="affect-bridge: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Third-party chatter (transformers' own warnings, numba) stays out of normal output.
+    for name in ("transformers", "numba", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from bridge.events import envelope_schema
+
+    print(json.dumps(envelope_schema(), indent=args.indent or None))
+    return EXIT_OK
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from bridge.analyze import analyze_files, format_table, print_errors
+    from bridge.config import load_settings
+    from bridge.report import write_report
+
+    settings = load_settings(args.config)
+    if args.report is not None and args.report.suffix.lower() not in (".html", ".htm"):
+        print("affect-bridge: error: --report needs a .html path", file=sys.stderr)
+        return EXIT_USAGE
+    out = None
+    if args.format == "jsonl":
+        out = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        result = asyncio.run(analyze_files(args.files, settings, per=args.per, out=out))
+    finally:
+        if out is not None and out is not sys.stdout:
+            out.close()
+    table = format_table(result)
+    print(table, file=sys.stdout if args.format == "table" else sys.stderr)
+    if args.report is not None:
+        write_report(result, args.report)
+    print_errors(result)
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def demo_clips() -> list[Path]:
+    root = files("bridge") / "assets" / "demo"
+    return [Path(str(root / name)) for name in
+            ("alice_calm_then_stressed.flac", "bob_calm.flac", "carol_calm.flac")]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bridge.analyze import analyze_files, format_table
+    from bridge.config import load_settings
+
+    settings = load_settings(args.config)
+    out = sys.stdout if args.json else None
+    result = asyncio.run(analyze_files(demo_clips(), settings, out=out))
+    print(format_table(result), file=sys.stderr if args.json else sys.stdout)
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _download(args: argparse.Namespace) -> int:
+    from analyzers.emotion import EmotionModel, ModelUnavailable
+    from bridge.config import load_settings
+
+    settings = load_settings(args.config)
+    if "emotion" not in settings.analyzers:
+        print("emotion analyzer not configured: nothing to download")
+        return EXIT_OK
+    model = EmotionModel(settings.emotion.build())
+    try:
+        model.load(download=True)
+    except ModelUnavailable as exc:
+        print(f"affect-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"emotion model {settings.emotion.model} is in the local cache")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Configuration: one TOML file, every key overridable by ``AFFECT_BRIDGE_...`` variables.
+
+Nested keys use ``__`` in variable names: ``AFFECT_BRIDGE_EMOTION__MODEL=/models/er``,
+``AFFECT_BRIDGE_STRESS__ON=0.7``, ``AFFECT_BRIDGE_ANALYZERS='["prosody"]'``.
+Precedence: explicit arguments > environment > TOML file > defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from analyzers.emotion import EmotionConfig
+from analyzers.prosody import ProsodyConfig
+from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, StressConfig
+from analyzers.vad import VadConfig
+from analyzers.windowing import WindowConfig
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VadSettings(_Section):
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 0..3")
+    frame_ms: int = Field(30, description="10, 20 or 30")
+    hangover_ms: int = Field(150, ge=0, le=2000)
+
+    @field_validator("frame_ms")
+    @classmethod
+    def _frame(cls, v: int) -> int:
+        if v not in (10, 20, 30):
+            raise ValueError("must be 10, 20 or 30")
+        return v
+
+    def build(self) -> VadConfig:
+        return VadConfig(**self.model_dump())
+
+
+class WindowSettings(_Section):
+    window_s: float = Field(4.0, gt=0, le=60)
+    hop_s: float = Field(2.0, gt=0, le=60)
+    min_voiced_s: float = Field(1.0, ge=0)
+    emotion_max_s: float = Field(8.0, gt=0, le=60)
+
+    def build(self) -> WindowConfig:
+        return WindowConfig(**self.model_dump())
+
+
+class ProsodySettings(_Section):
+    fmin_hz: float = Field(65.0, ge=30, le=300)
+    fmax_hz: float = Field(500.0, ge=100, le=1500)
+    voicing_threshold: float = Field(0.45, gt=0, lt=1)
+    silence_db: float = Field(-50.0, le=0)
+
+    def build(self) -> ProsodyConfig:
+        return ProsodyConfig(**self.model_dump())
+
+
+class EmotionSettings(_Section):
+    model: str = "superb/wav2vec2-base-superb-er"
+    device: str = "auto"
+    min_audio_s: float = Field(1.0, ge=0.1)
+    max_batch: int = Field(0, ge=0, le=256)
+    max_wait_ms: float = Field(20.0, ge=0, le=5000)
+    queue_size: int = Field(64, ge=1, le=100_000)
+    threads: int = Field(0, ge=0, le=256)
+
+    def build(self) -> EmotionConfig:
+        return EmotionConfig(**self.model_dump())
+
+
+class StressSettings(_Section):
+    calibration_s: float = Field(20.0, ge=0)
+    calibration_windows: int = Field(5, ge=1)
+    scale: float = Field(2.0, gt=0)
+    z_max: float = Field(6.0, gt=0)
+    on: float = Field(0.6, gt=0, lt=1)
+    off: float = Field(0.4, gt=0, lt=1)
+    min_duration_s: float = Field(2.0, ge=0)
+    adapt_rate: float = Field(0.02, ge=0, le=1)
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    floors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FLOORS))
+
+    def build(self) -> StressConfig:
+        return StressConfig(**self.model_dump())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AFFECT_BRIDGE_", env_nested_delimiter="__", extra="forbid",
+    )
+
+    listen: str = "127.0.0.1:9464"
+    log_level: str = "INFO"
+    analyzers: list[str] = Field(default_factory=lambda: ["prosody", "emotion"],
+                                 description="analyzer plugins to load, by entry-point name")
+    plugin_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options for third-party analyzer plugins, by name")
+    vad: VadSettings = Field(default_factory=lambda: VadSettings())
+    windowing: WindowSettings = Field(default_factory=lambda: WindowSettings())
+    prosody: ProsodySettings = Field(default_factory=lambda: ProsodySettings())
+    emotion: EmotionSettings = Field(default_factory=lambda: EmotionSettings())
+    stress: StressSettings = Field(default_factory=lambda: StressSettings())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def analyzer_options(self) -> dict[str, dict[str, Any]]:
+        """Options for each analyzer plugin, by name (built-ins from their sections)."""
+        options = {k: dict(v) for k, v in self.plugin_options.items()}
+        options["prosody"] = self.prosody.model_dump()
+        options["emotion"] = self.emotion.model_dump()
+        return options
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (TOML) under the environment; raise :class:`ConfigError` with a clear reason."""
+    toml_file: Path | None = None
+    if path is not None:
+        toml_file = Path(path)
+        if not toml_file.is_file():
+            raise ConfigError(f"config file {str(toml_file)!r} does not exist")
+        try:
+            tomllib.loads(toml_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(toml_file)!r} is not valid TOML: {exc}") from exc
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=toml_file)
+
+    try:
+        settings: Settings = _FileSettings(**overrides)
+        # Cross-field checks the analyzers make, reported as config errors.
+        settings.windowing.build()
+        settings.stress.build()
+        settings.vad.build()
+    except ValidationError as exc:
+        raise ConfigError("invalid configuration: " + _describe(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

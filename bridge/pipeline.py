@@ -1,0 +1,247 @@
+"""The per-speaker analysis pipeline, shared by ``analyze`` (file readers) and the live bridge.
+
+``AnalysisEngine`` owns what all speakers share (loaded analyzer plugins, the emotion model and
+its inference scheduler). ``SpeakerAnalysis`` owns one speaker's state: windowing + VAD, a bounded
+queue of windows, one worker task running the analyzers, and the stress engine; it turns results
+into events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from analyzers.emotion import ModelUnavailable
+from analyzers.plugins import Analyzer, load_analyzers
+from analyzers.stress import StressEngine, stress_features
+from analyzers.types import AudioChunk, EmotionScores, ProsodyFeatures, SpeechWindow, StressSpike
+from analyzers.windowing import SpeechWindower
+from bridge import events as ev
+from bridge.config import Settings
+
+__all__ = ["AnalysisEngine", "Emit", "SpeakerAnalysis"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Any], Awaitable[None]]
+
+
+class AnalysisEngine:
+    """Loads the configured analyzers once; every speaker of every call shares them."""
+
+    def __init__(self, settings: Settings, registry: dict[str, type] | None = None) -> None:
+        self.settings = settings
+        self._registry = registry
+        self.analyzers: list[Analyzer] = []
+        self.degraded: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Build and load the analyzers (blocking loads run in an executor).
+
+        Raises :class:`~analyzers.plugins.PluginError` for an unknown or broken plugin (a
+        configuration error). A model that cannot be loaded only degrades that analyzer.
+        """
+        built = load_analyzers(self.settings.analyzers, self.settings.analyzer_options(),
+                               self._registry)
+        loop = asyncio.get_running_loop()
+        for analyzer in built:
+            try:
+                await loop.run_in_executor(None, analyzer.load)
+            except ModelUnavailable as exc:
+                self.degraded[analyzer.name] = str(exc)
+                log.warning("analyzer %s unavailable, continuing without it: %s",
+                            analyzer.name, exc)
+                continue
+            self.analyzers.append(analyzer)
+
+    def degraded_events(self, call: ev.CallInfo | None = None) -> list[ev.AnalyzerDegraded]:
+        return [
+            ev.AnalyzerDegraded(call=call, data=ev.AnalyzerDegradedData(analyzer=name,
+                                                                         reason=reason))
+            for name, reason in self.degraded.items()
+        ]
+
+    @property
+    def has_emotion(self) -> bool:
+        return any(a.name == "emotion" for a in self.analyzers)
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        for analyzer in self.analyzers:
+            await loop.run_in_executor(None, analyzer.close)
+        self.analyzers = []
+
+
+class SpeakerAnalysis:
+    """One speaker: ``feed`` chunks from the first frame, ``finish`` when the speaker is gone.
+
+    Windows wait in a bounded queue (``queue_size``). ``offline`` (files) waits for room, so
+    nothing is lost; live (``offline=False``) drops the oldest waiting window and counts it in
+    ``dropped``, so a slow analyzer never stalls the track being drained.
+    """
+
+    def __init__(
+        self,
+        engine: AnalysisEngine,
+        call: ev.CallInfo,
+        speaker: ev.SpeakerInfo,
+        emit: Emit,
+        *,
+        offline: bool,
+        queue_size: int = 4,
+    ) -> None:
+        s = engine.settings
+        self.engine = engine
+        self.call = call
+        self.speaker = speaker
+        self._emit = emit
+        self.offline = offline
+        self.windower = SpeechWindower(s.windowing.build(), s.vad.build())
+        self.stress = StressEngine(s.stress.build())
+        self._queue: asyncio.Queue[SpeechWindow | None] = asyncio.Queue(maxsize=queue_size)
+        self._worker: asyncio.Task[None] | None = None
+        self._last_emotion: EmotionScores | None = None
+        self._failures: dict[str, int] = {}
+        self.dropped = 0
+        self.latest_index: float | None = None
+
+    async def start(self, offset_s: float = 0.0) -> None:
+        self._worker = asyncio.create_task(self._run(), name=f"speaker:{self.speaker.id}")
+        await self._emit(ev.SpeakerJoined(call=self.call, speaker=self.speaker,
+                                          data=ev.SpeakerJoinedData(offset_s=offset_s)))
+
+    async def feed(self, chunk: AudioChunk) -> None:
+        for window in self.windower.push(chunk):
+            await self._enqueue(window)
+
+    async def finish(self, reason: str) -> None:
+        """Analyse what is left (offline) or drop it (live), close an open spike, emit
+        ``speaker.left``. Safe to call once; the worker task is awaited before returning."""
+        if self.offline:
+            for window in self.windower.flush():
+                await self._enqueue(window)
+            await self._queue.put(None)
+            if self._worker is not None:
+                await self._worker
+        elif self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._worker = None
+        end = self.windower.now_s
+        spike = self.stress.close(end)
+        if spike is not None:
+            await self._emit(self._spike_event(spike))
+        await self._emit(ev.SpeakerLeft(
+            call=self.call, speaker=self.speaker,
+            data=ev.SpeakerLeftData(offset_s=end, reason=reason,
+                                    speech_s=round(self.windower.speech_s, 3),
+                                    spikes=self.stress.spikes),
+        ))
+
+    async def _enqueue(self, window: SpeechWindow) -> None:
+        if self.offline:
+            await self._queue.put(window)
+            return
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(window)
+
+    async def _run(self) -> None:
+        while True:
+            window = await self._queue.get()
+            if window is None:
+                return
+            try:
+                await self._analyze(window)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad window must not end this speaker, let alone others.
+                log.exception("speaker %s: analysis of window at %.1f s failed",
+                              self.speaker.id, window.end_s)
+
+    async def _analyze(self, window: SpeechWindow) -> None:
+        prosody: ProsodyFeatures | None = None
+        emotion: EmotionScores | None = None
+        extra: dict[str, Any] = {}
+        results = await asyncio.gather(
+            *(a.analyze(window, wait=self.offline) for a in self.engine.analyzers),
+            return_exceptions=True,
+        )
+        for analyzer, result in zip(self.engine.analyzers, results, strict=True):
+            if isinstance(result, BaseException):
+                self._note_failure(analyzer.name, result)
+            elif isinstance(result, ProsodyFeatures):
+                prosody = result
+            elif isinstance(result, EmotionScores):
+                emotion = result
+            elif result is not None:
+                is_instance = dataclasses.is_dataclass(result) and not isinstance(result, type)
+                extra[analyzer.name] = dataclasses.asdict(cast(Any, result)) if is_instance else result
+        if emotion is None and self.engine.has_emotion:
+            emotion = self._last_emotion  # too little new speech: the last estimate stands
+        self._last_emotion = emotion
+
+        estimate = self.stress.update(stress_features(prosody, emotion), window.voiced_s,
+                                      window.end_s)
+        self.latest_index = estimate.index
+        await self._emit(ev.AffectSample(
+            call=self.call, speaker=self.speaker,
+            data=ev.AffectSampleData(
+                offset_s=round(window.end_s, 3),
+                window_start_s=round(window.start_s, 3),
+                window_end_s=round(window.end_s, 3),
+                voiced_s=round(window.voiced_s, 3),
+                emotion=({k: round(v, 4) for k, v in emotion.probabilities.items()}
+                         if emotion else None),
+                arousal=round(emotion.arousal, 4) if emotion else None,
+                valence=round(emotion.valence, 4) if emotion else None,
+                prosody=_prosody_data(prosody, window),
+                stress=ev.StressData(index=round(estimate.index, 4),
+                                     components=estimate.components,
+                                     calibrating=estimate.calibrating),
+                extra=extra,
+            ),
+        ))
+        if estimate.spike is not None:
+            await self._emit(self._spike_event(estimate.spike))
+
+    def _spike_event(self, spike: StressSpike) -> ev.SpikeStarted | ev.SpikeEnded:
+        started = ev.SpikeStartedData(
+            offset_s=round(spike.at_s, 3), started_s=round(spike.started_s, 3),
+            index=round(spike.index, 4), peak=round(spike.peak, 4),
+            components=list(spike.main_components),
+        )
+        if spike.ended:
+            ended = ev.SpikeEndedData(**started.model_dump(), duration_s=round(spike.duration_s, 3))
+            return ev.SpikeEnded(call=self.call, speaker=self.speaker, data=ended)
+        return ev.SpikeStarted(call=self.call, speaker=self.speaker, data=started)
+
+    def _note_failure(self, name: str, exc: BaseException) -> None:
+        count = self._failures.get(name, 0) + 1
+        self._failures[name] = count
+        if count == 1:  # one line per analyzer and speaker, not one per window
+            log.error("speaker %s: analyzer %s failed: %s", self.speaker.id, name, exc)
+
+
+def _prosody_data(p: ProsodyFeatures | None, window: SpeechWindow) -> ev.ProsodyData:
+    def num(x: float, nd: int) -> float | None:
+        return round(x, nd) if math.isfinite(x) else None
+
+    if p is None:
+        pause = 1.0 - window.voiced_s / max(window.end_s - window.start_s, 1e-9)
+        return ev.ProsodyData(f0_hz=None, f0_range_st=None, jitter=None, shimmer=None,
+                              hnr_db=None, energy_db=None, speech_rate=None,
+                              pause_ratio=round(pause, 4))
+    return ev.ProsodyData(
+        f0_hz=num(p.f0_hz, 2), f0_range_st=num(p.f0_range_st, 3), jitter=num(p.jitter, 5),
+        shimmer=num(p.shimmer, 5), hnr_db=num(p.hnr_db, 2), energy_db=num(p.energy_db, 2),
+        speech_rate=num(p.speech_rate, 3), pause_ratio=round(p.pause_ratio, 4),
+    )
