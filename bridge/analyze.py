@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -83,8 +83,10 @@ async def analyze_files(
     per: str = "file",
     out: IO[str] | None = None,
     registry: dict[str, type] | None = None,
+    on_event: Callable[[Any], None] | None = None,
 ) -> AnalyzeResult:
-    """Analyse ``paths`` concurrently through the shared engine; write JSON lines to ``out``."""
+    """Analyse ``paths`` concurrently through the shared engine; write JSON lines to ``out``
+    and hand each event to ``on_event``."""
     sources = plan_sources(paths, per)
     call = ev.CallInfo(id="analyze:" + (paths[0].stem if paths else "none"), connector="file",
                        room=None)
@@ -94,6 +96,8 @@ async def analyze_files(
         _record(summaries, event)
         if out is not None:
             out.write(event.model_dump_json() + "\n")
+        if on_event is not None:
+            on_event(event)
 
     engine = AnalysisEngine(settings, registry)
     await engine.start()
@@ -214,6 +218,24 @@ def format_table(result: AnalyzeResult) -> str:
                        enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def describe(event: Any) -> str | None:
+    """One human line for the events a person watching wants to see, else None."""
+    who = event.speaker.display or event.speaker.id if event.speaker else ""
+    d = event.data
+    if isinstance(event, ev.SpeakerJoined):
+        return f"{d.offset_s:7.1f}s  {who} joined"
+    if isinstance(event, ev.SpikeStarted):
+        return (f"{d.offset_s:7.1f}s  {who}: STRESS SPIKE started at {d.started_s:.1f}s "
+                f"(index {d.index:.2f}; {', '.join(d.components)})")
+    if isinstance(event, ev.SpikeEnded):
+        return f"{d.offset_s:7.1f}s  {who}: spike ended after {d.duration_s:.1f}s (peak {d.peak:.2f})"
+    if isinstance(event, ev.SpeakerLeft):
+        return f"{d.offset_s:7.1f}s  {who} left ({d.speech_s:.1f}s of speech, {d.spikes} spikes)"
+    if isinstance(event, ev.AnalyzerDegraded):
+        return f"{d.offset_s:7.1f}s  analyzer {d.analyzer} unavailable: {d.reason}"
+    return None
 
 
 def print_errors(result: AnalyzeResult, stream: IO[str] = sys.stderr) -> None:

@@ -140,13 +140,21 @@ def demo_clips() -> list[Path]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from bridge.analyze import analyze_files, format_table
+    from bridge.analyze import analyze_files, describe, format_table
     from bridge.config import load_settings
 
     settings = load_settings(args.config)
+
+    def show(event: object) -> None:
+        line = describe(event)
+        if line is not None:
+            print(line, flush=True)
+
     out = sys.stdout if args.json else None
-    result = asyncio.run(analyze_files(demo_clips(), settings, out=out))
-    print(format_table(result), file=sys.stderr if args.json else sys.stdout)
+    result = asyncio.run(analyze_files(demo_clips(), settings, out=out,
+                                       on_event=None if args.json else show))
+    print(("\n" if not args.json else "") + format_table(result),
+          file=sys.stderr if args.json else sys.stdout)
     return EXIT_FAILED if result.failed else EXIT_OK
 
 

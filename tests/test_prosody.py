@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_jitter_rises_with_period_perturbation() -> None:
     values = [analyze_prosody(window(harmonic(150, 3.0, jitter=j, seed=3))).jitter
               for j in (0.0, 0.005, 0.01, 0.02, 0.04)]
     assert values[0] < 0.002
-    assert all(b > a for a, b in zip(values, values[1:], strict=False)), values
+    assert all(b > a for a, b in itertools.pairwise(values)), values
     # Local jitter of i.i.d. period noise with relative s.d. s is about 2 s / sqrt(pi) = 1.13 s.
     assert values[3] == pytest.approx(0.02 * 1.13, rel=0.35)
 

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from bridge.config import ConfigError, load_settings
+from tests.conftest import CALM, run_cli
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.listen == "127.0.0.1:9464"
+    assert s.analyzers == ["prosody", "emotion"]
+    assert s.emotion.model == "superb/wav2vec2-base-superb-er"
+    assert s.stress.on == 0.6 and s.stress.off == 0.4
+
+
+def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('analyzers = ["prosody"]\n[stress]\non = 0.7\noff = 0.5\n[vad]\naggressiveness = 3\n')
+    s = load_settings(cfg)
+    assert s.analyzers == ["prosody"] and s.stress.on == 0.7 and s.vad.aggressiveness == 3
+    monkeypatch.setenv("AFFECT_BRIDGE_STRESS__ON", "0.8")
+    monkeypatch.setenv("AFFECT_BRIDGE_EMOTION__MODEL", "/models/er")
+    s = load_settings(cfg)
+    assert s.stress.on == 0.8 and s.stress.off == 0.5 and s.emotion.model == "/models/er"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[vad]\naggressiveness = 7\n", "vad.aggressiveness"),
+        ("[stress]\non = 0.3\noff = 0.5\n", "off <= on"),
+        ("[windowing]\nhop_s = 5\nwindow_s = 4\n", "hop_s"),
+        ("unknown_key = 1\n", "unknown_key"),
+        ("[emotion]\nmodle = 'x'\n", "emotion.modle"),
+        ("[stress.weights]\npitch = 1.0\n", "pitch"),
+        ("this is = not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert needle in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[vad]\nframe_ms = 25\n")
+    proc = run_cli("analyze", str(CALM), "--config", str(cfg))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "vad.frame_ms" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_unknown_analyzer_fails_at_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('analyzers = ["prosody", "telepathy"]\n')
+    proc = run_cli("analyze", str(CALM), "--config", str(cfg))
+    assert proc.returncode == 2
+    assert "unknown analyzer 'telepathy'" in proc.stderr and "prosody" in proc.stderr
