@@ -7,6 +7,7 @@ Callers get a :class:`concurrent.futures.Future` (``asyncio.wrap_future`` makes 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -43,6 +44,7 @@ class InferenceScheduler(Generic[In, Out]):
         self,
         predict: Callable[[list[In]], Sequence[Out]],
         *,
+        on_start: Callable[[], None] | None = None,
         max_batch: int = 1,
         max_wait_ms: float = 20.0,
         queue_size: int = 64,
@@ -51,6 +53,7 @@ class InferenceScheduler(Generic[In, Out]):
         if max_batch < 1 or queue_size < 1:
             raise ValueError("max_batch and queue_size must be >= 1")
         self._predict = predict
+        self._on_start = on_start
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
@@ -85,6 +88,11 @@ class InferenceScheduler(Generic[In, Out]):
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            try:
+                self._on_start()
+            except Exception:  # a failed tuning hook must not kill inference
+                logging.getLogger(__name__).exception("inference thread set-up failed")
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -112,18 +120,22 @@ class InferenceScheduler(Generic[In, Out]):
         if not live:
             return
         started = time.perf_counter()
+        error: BaseException | None = None
+        results: Sequence[Out] = ()
         try:
             results = self._predict([item for item, _ in live])
             if len(results) != len(live):
                 raise RuntimeError(f"model returned {len(results)} results for {len(live)} inputs")
         except BaseException as exc:  # one bad batch fails its own futures, never the thread
-            for _, fut in live:
-                fut.set_exception(exc)
-        else:
-            for (_, fut), res in zip(live, results, strict=True):
-                fut.set_result(res)
+            error = exc
+        # Stats first, so that whoever wakes on a result sees them up to date.
         self.stats.busy_s += time.perf_counter() - started
         self.stats.batches += 1
         self.stats.items += len(live)
         self.stats.batch_sizes.append(len(live))
         del self.stats.batch_sizes[:-1000]
+        for i, (_, fut) in enumerate(live):
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(results[i])

@@ -40,9 +40,9 @@ class SpeechWindow:
     """The last ``end_s - start_s`` seconds of a speaker's audio, with the VAD's speech mask.
 
     ``samples`` covers the whole span (pauses included, so pause ratio can be measured);
-    ``speech_mask`` has one bool per VAD frame (``frame_s`` seconds); ``new_speech`` is the
-    voiced audio that arrived since the previous window (what the emotion model sees, so every
-    voiced second goes through the model once).
+    ``speech_mask`` has one bool per VAD frame (``frame_s`` seconds); ``new_speech`` is voiced
+    audio not yet seen by the emotion model, handed over in chunks (empty in between), so every
+    voiced second goes through the model once.
     """
 
     samples: Float32Array

@@ -20,6 +20,7 @@ class WindowConfig:
     window_s: float = 4.0  # analysis window length
     hop_s: float = 2.0  # a window is considered every hop
     min_voiced_s: float = 1.0  # windows with less speech than this are skipped
+    emotion_chunk_s: float = 4.0  # new speech goes to the emotion model in pieces this long
     emotion_max_s: float = 8.0  # at most this much new speech is kept for the emotion model
 
     def __post_init__(self) -> None:
@@ -27,8 +28,8 @@ class WindowConfig:
             raise ValueError("windowing needs 0 < hop_s <= window_s")
         if not (0 <= self.min_voiced_s <= self.window_s):
             raise ValueError("windowing needs 0 <= min_voiced_s <= window_s")
-        if self.emotion_max_s <= 0:
-            raise ValueError("windowing needs emotion_max_s > 0")
+        if not 0 < self.emotion_chunk_s <= self.emotion_max_s:
+            raise ValueError("windowing needs 0 < emotion_chunk_s <= emotion_max_s")
 
 
 class SpeechWindower:
@@ -92,21 +93,25 @@ class SpeechWindower:
         return due
 
     def flush(self) -> list[SpeechWindow]:
-        """At the end of the stream: a last window if enough new speech is waiting."""
-        if self._frames_seen == 0:
+        """At the end of the stream: a last window carrying whatever new speech is waiting."""
+        if self._frames_seen == 0 or not self._new_speech:
             return []
-        window = self._make_window()
-        return [window] if window is not None and len(window.new_speech) else []
+        window = self._make_window(final=True)
+        return [window] if window is not None else []
 
-    def _make_window(self) -> SpeechWindow | None:
+    def _make_window(self, final: bool = False) -> SpeechWindow | None:
         mask = np.fromiter(self._mask, dtype=bool, count=len(self._mask))
         if mask.sum() * self.vad.frame_s < self.config.min_voiced_s or not mask.any():
             return None
         samples = np.concatenate(self._frames)
-        new_speech = (
-            np.concatenate(self._new_speech) if self._new_speech else np.zeros(0, np.float32)
-        )
-        self._new_speech.clear()
+        # New speech waits until a whole emotion chunk has gathered (fewer, longer model calls:
+        # each call has a fixed cost), or the stream ends.
+        pending_s = len(self._new_speech) * self.vad.frame_s
+        if self._new_speech and (final or pending_s + 1e-9 >= self.config.emotion_chunk_s):
+            new_speech = np.concatenate(self._new_speech)
+            self._new_speech.clear()
+        else:
+            new_speech = np.zeros(0, np.float32)
         end = self.now_s
         return SpeechWindow(
             samples=samples,

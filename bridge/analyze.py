@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from bridge.config import Settings
 from bridge.pipeline import AnalysisEngine, SpeakerAnalysis
 
 __all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files"]
+
+log = logging.getLogger(__name__)
 
 READ_S = 1.0  # audio decoded per executor call
 
@@ -151,6 +154,11 @@ async def _run_file(
         reason = "decode error"
         for s in sources:
             summaries[s.speaker_id].error = str(exc)
+    except Exception as exc:  # a bug hit by one file must not take the other files down
+        log.exception("%s: analysis failed", path)
+        reason = "internal error"
+        for s in sources:
+            summaries[s.speaker_id].error = f"{path}: internal error: {exc}"
     finally:
         reader.close()
         for sp, s in zip(speakers, sources, strict=True):

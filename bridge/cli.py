@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -92,13 +93,11 @@ def _setup_logging(debug: bool) -> None:
     # Third-party chatter (transformers' own warnings, numba) stays out of normal output.
     for name in ("transformers", "numba", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    # Read by transformers / huggingface_hub when (and only if) they are imported.
+    if not debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _schema(args: argparse.Namespace) -> int:

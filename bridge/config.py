@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -56,6 +56,7 @@ class WindowSettings(_Section):
     window_s: float = Field(4.0, gt=0, le=60)
     hop_s: float = Field(2.0, gt=0, le=60)
     min_voiced_s: float = Field(1.0, ge=0)
+    emotion_chunk_s: float = Field(4.0, gt=0, le=60)
     emotion_max_s: float = Field(8.0, gt=0, le=60)
 
     def build(self) -> WindowConfig:
@@ -80,6 +81,7 @@ class EmotionSettings(_Section):
     max_wait_ms: float = Field(20.0, ge=0, le=5000)
     queue_size: int = Field(64, ge=1, le=100_000)
     threads: int = Field(0, ge=0, le=256)
+    quantize: Literal["auto", "int8", "none"] = "auto"
 
     def build(self) -> EmotionConfig:
         return EmotionConfig(**self.model_dump())

@@ -109,7 +109,8 @@ class AffectSampleData(_SpeakerData):
     window_end_s: float
     voiced_s: float
     emotion: dict[str, float] | None = Field(
-        description="Canonical emotion -> probability; null when no emotion model is available."
+        description="Canonical emotion -> probability; null when no emotion model is loaded, "
+        "or before the speaker's first estimate (made once emotion_chunk_s of speech gathered)."
     )
     arousal: float | None
     valence: float | None

@@ -18,6 +18,7 @@ This is not a test (pytest does not collect it) and nothing here is timed agains
 prints figures, and PASS/FAIL against the project's targets for information.
 
     .venv/bin/python tests/bench/bench_pipeline.py [--quick] [--json OUT.json]
+        [--speed | --memory] [--repeat N] [--seconds S] [--long-seconds S]
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ FIXTURES = (
     ("carol", ROOT / "bridge" / "assets" / "demo" / "carol_calm.flac"),
 )
 LABELS = {0: "neu", 1: "hap", 2: "ang", 3: "sad"}
-NAMES = ("reference", "ours (full)", "ours (no emotion model)")
+NAMES = ("reference", "ours (full)", "ours (no emotion model)", "reference, ours' torch threads",
+         "ours (full, fp32 model)")
 
 SPEECH_FRACTION = 0.40
 SILENCE_DBFS = -60.0  # quieter 10 ms frames count as pause when splitting sentences
@@ -245,13 +247,32 @@ def write_long_flac(path: Path, conversation: npt.NDArray[np.float32], seconds: 
 class Timing:
     wall_s: float
     cpu_s: float
+    other_cpu_s: float | None = None  # CPU the rest of the machine used meanwhile (Linux)
+
+
+def system_busy_s() -> float | None:
+    """CPU-seconds all processes have spent so far (``/proc/stat``), or None where unavailable."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, Timing]:
-    """Wall (perf_counter) and CPU time of the whole process, all threads (process_time)."""
-    w0, c0 = time.perf_counter(), time.process_time()
+    """Wall (perf_counter) and CPU time of the whole process, all threads (process_time).
+
+    Also what the rest of the machine used meanwhile: on a shared 2-core box another process
+    leaves torch's two OpenMP threads one core, and their spin-waits then inflate *our* CPU time
+    several times over. A run with much ``other_cpu_s`` is not a clean measurement.
+    """
+    b0, w0, c0 = system_busy_s(), time.perf_counter(), time.process_time()
     value = fn()
-    return value, Timing(time.perf_counter() - w0, time.process_time() - c0)
+    wall, cpu, b1 = time.perf_counter() - w0, time.process_time() - c0, system_busy_s()
+    other = None if b0 is None or b1 is None else max(0.0, b1 - b0 - cpu)
+    return value, Timing(wall, cpu, other)
 
 
 @dataclass
@@ -262,7 +283,8 @@ class Result:
     cpu_s: float
     excluded_wall_s: float = 0.0  # model loading subtracted from the measured time (ours)
     excluded_cpu_s: float = 0.0
-    runs: list[dict[str, float]] = field(default_factory=list)
+    other_cpu_s: float | None = None  # median CPU used by other processes during a run
+    runs: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -329,20 +351,27 @@ class Reference:
         return out
 
 
-def reference_timed(ref: Reference, wav_bytes: bytes) -> tuple[Timing, dict[str, Any]]:
+def reference_timed(ref: Reference, wav_bytes: bytes, threads: int) -> tuple[Timing, dict[str, Any]]:
+    """The reference as written runs with torch's default thread count; ``threads`` sets it
+    (our emotion model sets torch's process-wide count when it loads, so it is reset here)."""
+    import torch
+
+    torch.set_num_threads(threads)
     out, t = timed(lambda: ref.analyze(wav_bytes))
-    return t, {"model_calls": len(out)}
+    return t, {"model_calls": len(out), "torch_threads": threads}
 
 
 # ---- ours ----------------------------------------------------------------------------------
 
 
-def ours_settings(model_dir: Path, emotion: bool) -> Any:
+def ours_settings(model_dir: Path, emotion: bool, quantize: str = "auto") -> Any:
+    """Our defaults (``quantize = "auto"``: int8 when it agrees with fp32 on probe signals),
+    or ``quantize="none"`` for the fp32 model."""
     from bridge.config import load_settings
 
     analyzers = ["prosody", "emotion"] if emotion else ["prosody"]
     return load_settings(None, analyzers=analyzers,
-                         emotion={"model": str(model_dir), "device": "cpu"})
+                         emotion={"model": str(model_dir), "device": "cpu", "quantize": quantize})
 
 
 def ours_once(wav: Path, settings: Any) -> Any:
@@ -356,7 +385,13 @@ def ours_once(wav: Path, settings: Any) -> Any:
 
 def engine_load(settings: Any) -> Timing:
     """What ``analyze_files`` spends in ``engine.start()`` + ``aclose()`` (model load, scheduler
-    thread start/stop) with no audio: measured on its own, subtracted from the timed call."""
+    thread start/stop) with no audio: measured on its own, subtracted from the timed call.
+
+    Timing "a second call" would not exclude loading: every ``analyze_files`` call builds its own
+    engine and loads the model again. The reference loads once before its timed section; for
+    ours the same load is measured just before each timed call (warm file cache, like the load
+    inside it) and subtracted. Both the subtracted figure and the raw one are in the JSON.
+    """
     from bridge.pipeline import AnalysisEngine
 
     async def go() -> None:
@@ -373,30 +408,39 @@ def ours_timed(wav: Path, settings: Any) -> tuple[Timing, dict[str, Any]]:
     load = engine_load(settings)
     result, t = timed(lambda: ours_once(wav, settings))
     sp = result.speakers[0]
-    info = {"vad_speech_s": sp.speech_s, "windows": len(sp.series),
+    info = {"raw_wall_s": t.wall_s, "raw_cpu_s": t.cpu_s,
+            "vad_speech_s": sp.speech_s, "windows": len(sp.series),
             "vad_speech_fraction": sp.speech_s / max(sp.audio_s, 1e-9),
             "load_wall_s": load.wall_s, "load_cpu_s": load.cpu_s}
-    return Timing(t.wall_s - load.wall_s, t.cpu_s - load.cpu_s), info
+    return Timing(t.wall_s - load.wall_s, t.cpu_s - load.cpu_s, t.other_cpu_s), info
 
 
 def emotion_calls(wav: Path, settings: Any) -> dict[str, float]:
-    """Untimed: how much audio the scheduler sent to the model, in how many calls."""
+    """Untimed diagnostics: what the scheduler sent to the model (calls, seconds of audio), and
+    what those same calls cost when run alone, one after another, outside the pipeline."""
     from analyzers import emotion as emo
 
-    seen: list[int] = []
+    seen: list[npt.NDArray[np.float32]] = []
+    models: list[Any] = []
     original = emo.EmotionModel.predict
 
-    def counting(self: Any, waveforms: list[npt.NDArray[np.float32]]) -> Any:
-        seen.extend(len(w) for w in waveforms)
+    def recording(self: Any, waveforms: list[npt.NDArray[np.float32]]) -> Any:
+        seen.extend(w.copy() for w in waveforms)
+        models[:] = [self]
         return original(self, waveforms)
 
-    emo.EmotionModel.predict = counting  # type: ignore[method-assign]
+    emo.EmotionModel.predict = recording  # type: ignore[method-assign]
     try:
         ours_once(wav, settings)
     finally:
         emo.EmotionModel.predict = original  # type: ignore[method-assign]
-    return {"model_items": len(seen), "model_audio_s": sum(seen) / SR,
-            "mean_item_s": (sum(seen) / SR / len(seen)) if seen else 0.0}
+    audio = sum(len(w) for w in seen) / SR
+    info = {"model_items": len(seen), "model_audio_s": audio,
+            "mean_item_s": audio / len(seen) if seen else 0.0}
+    if models:
+        _, alone = timed(lambda: [original(models[0], [w]) for w in seen])
+        info |= {"model_alone_wall_s": alone.wall_s, "model_alone_cpu_s": alone.cpu_s}
+    return info
 
 
 def _result(name: str, audio_s: float, runs: list[tuple[Timing, dict[str, Any]]]) -> Result:
@@ -406,6 +450,8 @@ def _result(name: str, audio_s: float, runs: list[tuple[Timing, dict[str, Any]]]
         cpu_s=statistics.median(t.cpu_s for t, _ in runs),
         runs=[asdict(t) for t, _ in runs], info=dict(runs[-1][1]),
     )
+    others = [t.other_cpu_s for t, _ in runs if t.other_cpu_s is not None]
+    res.other_cpu_s = statistics.median(others) if others else None
     if "load_cpu_s" in res.info:
         res.excluded_wall_s = statistics.median(i["load_wall_s"] for _, i in runs)
         res.excluded_cpu_s = statistics.median(i["load_cpu_s"] for _, i in runs)
@@ -424,6 +470,7 @@ class ChildRun:
     wall_s: float
     cpu_s: float  # user + sys of the child
     exit_code: int
+    other_cpu_s: float | None  # the rest of the machine meanwhile (the launcher included)
 
     @property
     def per_cpu(self) -> float:
@@ -454,15 +501,18 @@ def run_cli_child(path: Path, config: Path, audio_s: float, workdir: Path) -> Ch
     cmd = [sys.executable, "-m", "bridge.cli", "analyze", str(path), "--format", "table",
            "--config", str(config)]
     out_path, err_path = workdir / f"{path.stem}.out", workdir / f"{path.stem}.err"
+    busy0 = system_busy_s()
     launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out_path), str(err_path), *cmd],
                               capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    busy1 = system_busy_s()
     usage = json.loads(launched.stdout)
+    other = None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - usage["cpu_s"])
     if usage["exit_code"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {usage['exit_code']}:\n"
                            f"{err_path.read_text()[-2000:]}")
     # Linux: ru_maxrss is in KiB.
     return ChildRun(audio_s, usage["maxrss_kib"] / 1024, usage["wall_s"], usage["cpu_s"],
-                    usage["exit_code"])
+                    usage["exit_code"], other)
 
 
 def memory_part(conv_short: Conversation, conv_loop: Conversation, long_s: float,
@@ -470,6 +520,9 @@ def memory_part(conv_short: Conversation, conv_loop: Conversation, long_s: float
     config = workdir / "prosody-only.toml"
     config.write_text('analyzers = ["prosody"]\n', encoding="utf-8")
     short = write_wav(workdir / "one-minute.wav", conv_short.audio)
+    print(f"  1 minute: {conv_short.seconds:.1f} s, speech {conv_short.speech_fraction:.1%}; long: "
+          f"a {conv_loop.seconds:.1f} s conversation (speech {conv_loop.speech_fraction:.1%}) "
+          f"repeated to {long_s:.0f} s", flush=True)
     print(f"  writing the {long_s / 3600:.2g}-hour FLAC ...", flush=True)
     long = write_long_flac(workdir / "long.flac", conv_loop.audio, long_s)
     print(f"  {long.name}: {long.stat().st_size / 1e6:.0f} MB; running children ...", flush=True)
@@ -499,10 +552,11 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 def speed_table(results: list[Result]) -> str:
     rows = [[r.name, f"{r.audio_s:.1f}", f"{r.wall_s:.2f}", f"{r.cpu_s:.2f}", f"{r.per_wall:.1f}",
-             f"{r.per_cpu:.1f}", f"{r.excluded_cpu_s:.2f}" if r.excluded_cpu_s else "-"]
+             f"{r.per_cpu:.1f}", f"{r.excluded_cpu_s:.2f}" if r.excluded_cpu_s else "-",
+             "?" if r.other_cpu_s is None else f"{r.other_cpu_s:.2f}"]
             for r in results]
     return table(rows, ["approach", "audio s", "wall s", "CPU s", "audio s/wall s",
-                        "audio s/CPU s", "load CPU s excl."])
+                        "audio s/CPU s", "load CPU s excl.", "other procs CPU s"])
 
 
 def verdict(ok: bool) -> str:
@@ -594,17 +648,22 @@ def _describe_recording(conv: Conversation) -> dict[str, Any]:
 def speed_part(conv: Conversation, workdir: Path, repeat: int) -> dict[str, Any]:
     import torch
 
+    default_threads = torch.get_num_threads()  # before our model load changes it
     model_dir = build_model(workdir / "wav2vec2-base-random")
     wav = write_wav(workdir / "conversation.wav", conv.audio)
     warm = write_wav(workdir / "warmup.wav", conv.audio[: int(WARMUP_S * SR)])
     full, prosody = ours_settings(model_dir, True), ours_settings(model_dir, False)
+    full_fp32 = ours_settings(model_dir, True, quantize="none")
 
     ref, load = timed(lambda: Reference.load(model_dir))
     print(f"reference model load (excluded): {load.wall_s:.2f} s wall, {load.cpu_s:.2f} s CPU")
     print(f"warm-up on the first {WARMUP_S:.0f} s (untimed) ...", flush=True)
     ref.analyze(warm.read_bytes())
     ours_once(warm, full)
+    # What our inference thread uses (emotion.threads = 0: half the cores); set in that thread.
+    ours_threads = full.emotion.threads or max(1, (os.cpu_count() or 2) // 2)
     ours_once(warm, prosody)
+    ours_once(warm, full_fp32)
 
     wav_bytes = wav.read_bytes()  # the reference's request body, already received
     runs: dict[str, list[tuple[Timing, dict[str, Any]]]] = {k: [] for k in NAMES}
@@ -612,14 +671,17 @@ def speed_part(conv: Conversation, workdir: Path, repeat: int) -> dict[str, Any]
     for i in range(repeat):
         # Interleaved, so that whatever else the machine is doing hits every approach alike.
         print(f"timed run {i + 1}/{repeat} ...", flush=True)
-        runs[NAMES[0]].append(reference_timed(ref, wav_bytes))
+        runs[NAMES[0]].append(reference_timed(ref, wav_bytes, default_threads))
         runs[NAMES[1]].append(ours_timed(wav, full))
         runs[NAMES[2]].append(ours_timed(wav, prosody))
+        # Diagnostic: the reference on our thread count, to show what threading alone gives.
+        runs[NAMES[3]].append(reference_timed(ref, wav_bytes, ours_threads))
+        runs[NAMES[4]].append(ours_timed(wav, full_fp32))
     load_after = os.getloadavg()[0]
     results = [_result(name, conv.seconds, runs[name]) for name in NAMES]
     results[1].info |= emotion_calls(wav, full)
     results[0].info |= {"model_audio_s": conv.seconds}
-    ref_r, ours_full, ours_pro = results
+    ref_r, ours_full, ours_pro, ref_same_threads, ours_fp32 = results
     ratios: dict[str, Any] = {
         "full_vs_reference_per_cpu": ours_full.per_cpu / ref_r.per_cpu,
         "full_vs_reference_per_wall": ours_full.per_wall / ref_r.per_wall,
@@ -629,9 +691,12 @@ def speed_part(conv: Conversation, workdir: Path, repeat: int) -> dict[str, Any]
     per_run_ratio = [ours_full.audio_s / f["cpu_s"] / (ref_r.audio_s / r["cpu_s"])
                      for f, r in zip(ours_full.runs, ref_r.runs, strict=True)]
     ratios["full_vs_reference_per_cpu_each_run"] = per_run_ratio
+    ratios["full_vs_reference_same_threads_per_cpu"] = ours_full.per_cpu / ref_same_threads.per_cpu
+    ratios["full_fp32_vs_reference_per_cpu"] = ours_fp32.per_cpu / ref_r.per_cpu
+    ratios["full_fp32_vs_reference_per_wall"] = ours_fp32.per_wall / ref_r.per_wall
     print(f"\n== speed: {conv.seconds:.0f} s conversation, median of {repeat} interleaved run(s), "
-          f"torch threads {torch.get_num_threads()}, load average {load_before:.2f} -> "
-          f"{load_after:.2f} (on {os.cpu_count()} CPUs)")
+          f"torch threads: reference {default_threads} (torch default), ours {ours_threads}, "
+          f"load average {load_before:.2f} -> {load_after:.2f} (on {os.cpu_count()} CPUs)")
     print(speed_table(results))
     print("ours: the timed analyze_files() call includes engine.start() (model load) and "
           "aclose();\n      the same start+aclose measured alone just before is subtracted "
@@ -641,12 +706,27 @@ def speed_part(conv: Conversation, workdir: Path, repeat: int) -> dict[str, Any]
           f"(new voiced speech only; mean {ours_full.info['mean_item_s']:.2f} s per call)")
     print(f"ours VAD speech: {ours_full.info['vad_speech_s']:.1f} s "
           f"({ours_full.info['vad_speech_fraction']:.1%}), {ours_full.info['windows']} windows")
+    if "model_alone_cpu_s" in ours_full.info:
+        alone = ours_full.info["model_alone_cpu_s"]
+        rest = ours_full.cpu_s - ours_pro.cpu_s - alone
+        print(f"ours (full) CPU {ours_full.cpu_s:.2f} s = no-emotion pipeline {ours_pro.cpu_s:.2f} s "
+              f"+ the same model calls run alone {alone:.2f} s + the rest {rest:+.2f} s "
+              "(contention, scheduling)")
+    noisy = [r.name for r in results
+             if r.other_cpu_s is not None and r.other_cpu_s > 0.1 * r.wall_s]
+    if noisy:
+        print("WARNING: other processes used the CPU during: " + ", ".join(noisy)
+              + " (their figures are inflated; rerun on a quiet machine or with --repeat)")
     print("\nratios ours / reference:")
     print(table([["ours (full)", f"{ratios['full_vs_reference_per_cpu']:.2f}x",
                   f"{ratios['full_vs_reference_per_wall']:.2f}x"],
+                 ["ours (full, fp32 model)", f"{ratios['full_fp32_vs_reference_per_cpu']:.2f}x",
+                  f"{ratios['full_fp32_vs_reference_per_wall']:.2f}x"],
                  ["ours (no emotion model)", f"{ratios['no_emotion_vs_reference_per_cpu']:.2f}x",
                   f"{ratios['no_emotion_vs_reference_per_wall']:.2f}x"]],
                 ["", "per CPU-second", "per wall-second"]))
+    print(f"ours (full) / reference run on ours' torch threads ({ours_threads}), per CPU-second: "
+          f"{ratios['full_vs_reference_same_threads_per_cpu']:.2f}x")
     if repeat > 1:
         print("ours (full) / reference per CPU-second, run by run: "
               + ", ".join(f"{x:.2f}x" for x in per_run_ratio))
@@ -658,10 +738,14 @@ def _print_memory(mem: dict[str, Any], long_s: float) -> None:
     rows = []
     for key, label in (("short", "1 minute"), ("long", f"{long_s / 3600:.3g} hours")):
         m = mem[key]
+        other = "?" if m["other_cpu_s"] is None else f"{m['other_cpu_s']:.1f}"
         rows.append([label, f"{m['audio_s']:.0f}", f"{m['peak_rss_mb']:.1f}", f"{m['wall_s']:.1f}",
-                     f"{m['cpu_s']:.1f}", f"{m['audio_s_per_cpu_s']:.1f}"])
+                     f"{m['cpu_s']:.1f}", f"{m['audio_s_per_cpu_s']:.1f}", other])
     print(table(rows, ["recording", "audio s", "peak RSS MB", "wall s", "CPU s (user+sys)",
-                       "audio s/CPU s"]))
+                       "audio s/CPU s", "other procs CPU s"]))
+    print("(each a fresh `python -m bridge.cli analyze FILE --format table` with "
+          "analyzers = [\"prosody\"];\n CPU and audio s/CPU s include interpreter start-up and "
+          "imports)")
     print(f"difference: {mem['difference_mb']:+.1f} MB")
 
 

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from analyzers.types import AudioChunk
+from analyzers.windowing import SpeechWindower, WindowConfig
+from tests.conftest import SR, harmonic
+
+
+def stream(audio: np.ndarray, windower: SpeechWindower, step: int = 960) -> list:
+    out = []
+    for i in range(0, len(audio), step):
+        out += windower.push(AudioChunk(audio[i : i + step], i / SR))
+    return out
+
+
+def talk(seconds: float) -> np.ndarray:
+    """Alternating 1.5 s of voice and 0.5 s of silence."""
+    piece = np.concatenate([harmonic(160, 1.5), np.zeros(SR // 2, np.float32)])
+    reps = int(np.ceil(seconds / 2.0))
+    return np.tile(piece, reps)[: int(seconds * SR)]
+
+
+def test_a_window_every_hop_covering_the_last_window_s() -> None:
+    w = SpeechWindower(WindowConfig(window_s=4.0, hop_s=2.0))
+    windows = stream(talk(20.0), w)
+    ends = [round(x.end_s, 2) for x in windows]
+    assert ends == pytest.approx([2.01, 4.02, 6.0, 8.01, 10.02, 12.0, 14.01, 16.02, 18.0, 20.01][:len(ends)],
+                                 abs=0.05)
+    assert len(windows) >= 9
+    for x in windows[1:]:
+        assert x.end_s - x.start_s == pytest.approx(4.0, abs=0.03)
+        assert len(x.samples) == len(x.speech_mask) * 480
+        assert 0.5 < x.voiced_s / 4.0 < 0.95
+
+
+def test_silence_gives_no_windows_and_min_voiced_is_respected() -> None:
+    w = SpeechWindower(WindowConfig(min_voiced_s=1.0))
+    assert stream(np.zeros(10 * SR, np.float32), w) == []
+    blip = np.concatenate([np.zeros(3 * SR, np.float32), harmonic(150, 0.5),
+                           np.zeros(3 * SR, np.float32)])
+    assert stream(blip, SpeechWindower(WindowConfig(min_voiced_s=1.0))) == []
+    assert stream(blip, SpeechWindower(WindowConfig(min_voiced_s=0.3)))
+
+
+def test_every_voiced_second_reaches_the_emotion_model_once_in_chunks() -> None:
+    w = SpeechWindower(WindowConfig(emotion_chunk_s=3.0, emotion_max_s=8.0))
+    windows = stream(talk(30.0), w) + w.flush()
+    handed = [len(x.new_speech) / SR for x in windows]
+    nonzero = [h for h in handed if h > 0]
+    assert all(h >= 3.0 - 1e-6 for h in nonzero[:-1])  # only the last (flush) may be shorter
+    assert sum(handed) == pytest.approx(w.speech_s, abs=0.01)
+
+
+def test_new_speech_is_capped() -> None:
+    # A window only every 20 s: the speech waiting for the model keeps just the newest 5 s.
+    w = SpeechWindower(WindowConfig(window_s=20, hop_s=20, emotion_chunk_s=5, emotion_max_s=5))
+    windows = stream(harmonic(150, 21.0), w)
+    assert len(windows[0].new_speech) / SR == pytest.approx(5.0, abs=0.03)
+
+
+def test_chunk_boundaries_do_not_matter() -> None:
+    audio = talk(12.0)
+    a = stream(audio, SpeechWindower(), step=160)
+    b = stream(audio, SpeechWindower(), step=7919)
+    assert [x.end_s for x in a] == [x.end_s for x in b]
+    assert all(np.array_equal(x.samples, y.samples) for x, y in zip(a, b, strict=True))
+
+
+def test_time_starts_at_the_first_chunk() -> None:
+    w = SpeechWindower()
+    audio = harmonic(150, 5.0)
+    windows = [win for i in range(0, len(audio), 960)
+               for win in w.push(AudioChunk(audio[i : i + 960], 100.0 + i / SR))]
+    assert windows[0].end_s == pytest.approx(102.0, abs=0.05)
+
+
+@pytest.mark.parametrize("kw", [{"hop_s": 5.0, "window_s": 4.0}, {"min_voiced_s": 5.0},
+                                {"emotion_chunk_s": 9.0, "emotion_max_s": 8.0}])
+def test_bad_config(kw: dict) -> None:
+    with pytest.raises(ValueError):
+        WindowConfig(**kw)
