@@ -77,9 +77,10 @@ def chunks(seconds: float = 30.0) -> list[AudioChunk]:
     return out
 
 
-async def run_speaker(names: list[str], *, offline: bool = True) -> tuple[list[Any], SpeakerAnalysis]:
-    settings = load_settings(None, analyzers=names)
-    engine = AnalysisEngine(settings, REGISTRY)
+async def start_speaker(names: list[str], *, offline: bool = True, queue_size: int = 4,
+                        ) -> tuple[list[Any], SpeakerAnalysis]:
+    """A started speaker on an engine with ``names`` loaded; events collect in the list."""
+    engine = AnalysisEngine(load_settings(None, analyzers=names), REGISTRY)
     await engine.start()
     got: list[Any] = []
 
@@ -87,12 +88,18 @@ async def run_speaker(names: list[str], *, offline: bool = True) -> tuple[list[A
         got.append(e)
 
     sp = SpeakerAnalysis(engine, ev.CallInfo(id="t:1", connector="test"),
-                         ev.SpeakerInfo(id="t:1:a", display="A"), emit, offline=offline)
+                         ev.SpeakerInfo(id="t:1:a", display="A"), emit, offline=offline,
+                         queue_size=queue_size)
     await sp.start()
+    return got, sp
+
+
+async def run_speaker(names: list[str]) -> tuple[list[Any], SpeakerAnalysis]:
+    got, sp = await start_speaker(names)
     for c in chunks():
         await sp.feed(c)
     await sp.finish("test over")
-    await engine.aclose()
+    await sp.engine.aclose()
     return got, sp
 
 
@@ -127,22 +134,13 @@ async def test_a_failing_analyzer_does_not_stop_the_speaker(caplog: pytest.LogCa
 
 
 async def test_live_mode_drops_oldest_windows_when_analysis_stalls() -> None:
-    settings = load_settings(None, analyzers=["slow"])
-    engine = AnalysisEngine(settings, REGISTRY)
-    await engine.start()
-    got: list[Any] = []
-
-    async def emit(e: Any) -> None:
-        got.append(e)
-
-    sp = SpeakerAnalysis(engine, ev.CallInfo(id="t:1", connector="test"),
-                         ev.SpeakerInfo(id="t:1:a"), emit, offline=False, queue_size=2)
-    await sp.start()
+    got, sp = await start_speaker(["slow"], offline=False, queue_size=2)
     for c in chunks():
         await sp.feed(c)  # never blocks, although the analyzer never finishes
     assert sp.dropped > 5
     assert sp._queue.qsize() == 2
     await sp.finish("gone")
+    await sp.engine.aclose()
     assert isinstance(got[-1], ev.SpeakerLeft)
     assert not [e for e in got if isinstance(e, ev.AffectSample)]
 
