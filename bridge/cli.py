@@ -10,6 +10,10 @@ import os
 import sys
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.config import Settings
 
 __all__ = ["main"]
 
@@ -100,6 +104,16 @@ def _setup_logging(debug: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The configuration for this command; its ``log_level`` applies unless ``--debug``."""
+    from bridge.config import load_settings
+
+    settings = load_settings(args.config)
+    if not args.debug:
+        logging.getLogger().setLevel(settings.log_level)
+    return settings
+
+
 def _schema(args: argparse.Namespace) -> int:
     from bridge.events import envelope_schema
 
@@ -109,10 +123,9 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from bridge.analyze import analyze_files, format_table, print_errors
-    from bridge.config import load_settings
     from bridge.report import write_report
 
-    settings = load_settings(args.config)
+    settings = _settings(args)
     if args.report is not None and args.report.suffix.lower() not in (".html", ".htm"):
         print("affect-bridge: error: --report needs a .html path", file=sys.stderr)
         return EXIT_USAGE
@@ -140,9 +153,8 @@ def demo_clips() -> list[Path]:
 
 def _demo(args: argparse.Namespace) -> int:
     from bridge.analyze import analyze_files, describe, format_table
-    from bridge.config import load_settings
 
-    settings = load_settings(args.config)
+    settings = _settings(args)
 
     def show(event: object) -> None:
         line = describe(event)
@@ -159,9 +171,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from analyzers.emotion import EmotionModel, ModelUnavailable
-    from bridge.config import load_settings
 
-    settings = load_settings(args.config)
+    settings = _settings(args)
     if "emotion" not in settings.analyzers:
         print("emotion analyzer not configured: nothing to download")
         return EXIT_OK

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     )
 
     listen: str = "127.0.0.1:9464"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     analyzers: list[str] = Field(default_factory=lambda: ["prosody", "emotion"],
                                  description="analyzer plugins to load, by entry-point name")
     plugin_options: dict[str, dict[str, Any]] = Field(

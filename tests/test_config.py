@@ -66,3 +66,14 @@ def test_unknown_analyzer_fails_at_start(tmp_path: Path) -> None:
     proc = run_cli("analyze", str(CALM), "--config", str(cfg))
     assert proc.returncode == 2
     assert "unknown analyzer 'telepathy'" in proc.stderr and "prosody" in proc.stderr
+
+
+def test_log_level_from_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "quiet.toml"
+    cfg.write_text('log_level = "ERROR"\n')
+    quiet = run_cli("analyze", str(CALM), "--format", "table", "--config", str(cfg))
+    loud = run_cli("analyze", str(CALM), "--format", "table")
+    assert quiet.returncode == loud.returncode == 0
+    assert "WARNING" in loud.stderr and "WARNING" not in quiet.stderr
+    cfg.write_text('log_level = "CHATTY"\n')
+    assert run_cli("analyze", str(CALM), "--config", str(cfg)).returncode == 2
