@@ -7,6 +7,7 @@ Callers get a :class:`concurrent.futures.Future` (``asyncio.wrap_future`` makes 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -16,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["InferenceScheduler", "QueueFull", "SchedulerStats"]
+__all__ = ["InferenceScheduler", "QueueFull", "SchedulerStats", "infer"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -139,3 +140,20 @@ class InferenceScheduler(Generic[In, Out]):
                 fut.set_exception(error)
             else:
                 fut.set_result(results[i])
+
+
+async def infer(scheduler: InferenceScheduler[In, Out], item: In, *, wait: bool) -> Out | None:
+    """Run ``item`` through ``scheduler`` from async code.
+
+    ``wait`` (offline analysis): wait for room in the queue, off the event loop, so nothing is
+    lost. Otherwise (live): a full queue returns None at once; the drop is counted.
+    """
+    if wait:
+        loop = asyncio.get_running_loop()
+        fut = await loop.run_in_executor(None, scheduler.submit, item)
+    else:
+        try:
+            fut = scheduler.submit(item, block=False)
+        except QueueFull:
+            return None
+    return await asyncio.wrap_future(fut)

@@ -7,7 +7,6 @@ Russell's circumplex, as commonly used to place categorical emotions; documented
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.batching import InferenceScheduler, QueueFull
+from analyzers.batching import InferenceScheduler, infer
 from analyzers.quantize import quantize_checked
 from analyzers.types import SAMPLE_RATE, EmotionScores, SpeechWindow
 
@@ -29,7 +28,9 @@ __all__ = [
     "EmotionModel",
     "ModelUnavailable",
     "canonical_label",
+    "first_sentence",
     "scores_from_probabilities",
+    "set_cpu_threads",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class EmotionModel:
                                                                     local_files_only=local_only)
         except Exception as exc:  # hub/offline/path/format errors all mean "unavailable"
             raise ModelUnavailable(
-                f"cannot load emotion model {self.config.model!r}: {_first_sentence(exc)}"
+                f"cannot load emotion model {self.config.model!r}: {first_sentence(exc)}"
                 + ("" if download or Path(self.config.model).exists() else
                    " (weights are only read locally: run 'affect-bridge download-models' first)")
             ) from exc
@@ -157,16 +158,8 @@ class EmotionModel:
                  len(self._labels))
 
     def configure_thread(self) -> None:
-        """Run in the thread that calls ``predict``: torch's CPU thread count is per thread.
-
-        Half the cores by default: one inference thread per two cores wastes less CPU in thread
-        hand-offs (measured 0.099 vs 0.109 CPU-s per audio-second here) and leaves the rest for
-        decoding, VAD and prosody.
-        """
-        if self.device == "cpu":
-            import torch
-
-            torch.set_num_threads(self.config.threads or max(1, (os.cpu_count() or 2) // 2))
+        """Run in the thread that calls ``predict``."""
+        set_cpu_threads(self.device, self.config.threads)
 
     def _probabilities(self, model: Any, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         import torch
@@ -204,7 +197,20 @@ class EmotionModel:
         return out
 
 
-def _first_sentence(exc: BaseException) -> str:
+def set_cpu_threads(device: str, threads: int) -> None:
+    """Set torch's CPU threads for the calling thread (the count is per thread in torch).
+
+    ``threads`` 0 means half the cores: one inference thread per two cores wastes less CPU in
+    thread hand-offs (0.099 vs 0.109 CPU-s per audio-second for wav2vec2-base here) and leaves
+    the other cores to decoding, VAD and prosody.
+    """
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
+
+
+def first_sentence(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if not text:
         return type(exc).__name__
@@ -247,16 +253,7 @@ class EmotionAnalyzer:
         little of it, or (``wait`` false, the live case) when the shared queue is full."""
         if self._scheduler is None or len(window.new_speech) < self.config.min_audio_s * SAMPLE_RATE:
             return None
-        scheduler = self._scheduler
-        if wait:
-            loop = asyncio.get_running_loop()
-            fut = await loop.run_in_executor(None, scheduler.submit, window.new_speech)
-        else:
-            try:
-                fut = scheduler.submit(window.new_speech, block=False)
-            except QueueFull:
-                return None
-        return await asyncio.wrap_future(fut)
+        return await infer(self._scheduler, window.new_speech, wait=wait)
 
     def close(self) -> None:
         if self._scheduler is not None:

@@ -2,7 +2,8 @@
 
 What this is: a 0..1 indicator of how far a speaker's voice has moved, in one window, from that
 same speaker's calm baseline in the directions linked to acute stress (F0 up, wider F0 range,
-louder, faster, more jitter/shimmer, lower HNR, more high-arousal negative emotion). What it is
+louder, faster, more jitter/shimmer, lower HNR, more high-arousal negative emotion, and, with
+the semantic stream on, more negative words than usual). What it is
 not: a clinical measure or a cortisol estimate. See the README.
 
 1. Calibration: the first ``calibration_s`` voiced seconds (and at least
@@ -24,7 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analyzers.types import EmotionScores, ProsodyFeatures, StressEstimate, StressSpike
+from analyzers.types import (
+    EmotionScores,
+    ProsodyFeatures,
+    SemanticResult,
+    StressEstimate,
+    StressSpike,
+)
 
 __all__ = ["DEFAULT_WEIGHTS", "StressConfig", "StressEngine", "stress_features"]
 
@@ -38,10 +45,11 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "shimmer": 0.05,
     "hnr": 0.05,
     "emotion": 0.10,
+    "sentiment": 0.10,  # only with the semantic stream on
 }
 DIRECTIONS: dict[str, float] = {
     "f0": 1.0, "f0_range": 1.0, "energy": 1.0, "speech_rate": 1.0,
-    "jitter": 1.0, "shimmer": 1.0, "hnr": -1.0, "emotion": 1.0,
+    "jitter": 1.0, "shimmer": 1.0, "hnr": -1.0, "emotion": 1.0, "sentiment": 1.0,
 }
 DEFAULT_FLOORS: dict[str, float] = {
     "f0": 1.0,  # semitones
@@ -52,6 +60,7 @@ DEFAULT_FLOORS: dict[str, float] = {
     "shimmer": 0.02,
     "hnr": 1.0,  # dB
     "emotion": 0.1,  # probability
+    "sentiment": 0.2,  # negativity, -1..1
 }
 HIGH_AROUSAL_NEGATIVE = ("angry", "fearful", "disgusted")
 
@@ -83,11 +92,15 @@ class StressConfig:
 
 
 def stress_features(
-    prosody: ProsodyFeatures | None, emotion: EmotionScores | None
+    prosody: ProsodyFeatures | None,
+    emotion: EmotionScores | None,
+    semantic: SemanticResult | None = None,
 ) -> dict[str, float]:
     """The raw per-window values the index is built from (NaN-free; missing ones left out).
 
     F0 is in semitones re 100 Hz so that its scale is perceptual; the baseline takes it from there.
+    Sentiment enters as negativity (minus the -1..1 score): more negative than this speaker's
+    baseline raises the index, and so does plainly negative speech against a neutral baseline.
     """
     out: dict[str, float] = {}
     if prosody is not None:
@@ -103,6 +116,8 @@ def stress_features(
         out.update({k: float(v) for k, v in raw.items() if math.isfinite(v)})
     if emotion is not None:
         out["emotion"] = float(sum(emotion.probabilities.get(k, 0.0) for k in HIGH_AROUSAL_NEGATIVE))
+    if semantic is not None and math.isfinite(semantic.sentiment_score):
+        out["sentiment"] = -float(semantic.sentiment_score)
     return out
 
 

@@ -12,6 +12,7 @@ __all__ = [
     "AudioChunk",
     "EmotionScores",
     "ProsodyFeatures",
+    "SemanticResult",
     "SpeechWindow",
     "StressEstimate",
     "StressSpike",
@@ -90,6 +91,17 @@ class EmotionScores:
     @property
     def dominant(self) -> str:
         return max(self.probabilities, key=self.probabilities.__getitem__)
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticResult:
+    """Sentiment of what was said in one chunk of speech (the semantic stream)."""
+
+    sentiment_score: float  # -1 (negative) .. 1 (positive)
+    sentiment_label: str  # "negative" | "neutral" | "positive"
+    words: int  # words recognised
+    audio_s: float  # seconds of speech transcribed
+    transcript: str | None = None  # only when include_transcript is on; never logged
 
 
 @dataclass(frozen=True, slots=True)

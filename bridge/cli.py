@@ -170,20 +170,34 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    """Fetch the weights of every configured model into the HuggingFace cache (image builds)."""
     from analyzers.emotion import EmotionModel, ModelUnavailable
+    from analyzers.semantic import SemanticConfig, SentimentModel, SpeechRecognizer
 
     settings = _settings(args)
-    if "emotion" not in settings.analyzers:
-        print("emotion analyzer not configured: nothing to download")
+    loaders: list[tuple[str, EmotionModel | SpeechRecognizer | SentimentModel]] = []
+    if "emotion" in settings.analyzers:
+        loaders.append((f"emotion model {settings.emotion.model}",
+                        EmotionModel(settings.emotion.build())))
+    if "semantic" in settings.analyzers:
+        semantic = SemanticConfig(**settings.semantic.model_dump())
+        loaders.append((f"speech recognition model {semantic.asr_model}",
+                        SpeechRecognizer(semantic)))
+        if semantic.sentiment != "vader":
+            loaders.append((f"sentiment model {semantic.sentiment}", SentimentModel(semantic)))
+    if not loaders:
+        print("no model-backed analyzer is configured: nothing to download")
         return EXIT_OK
-    model = EmotionModel(settings.emotion.build())
-    try:
-        model.load(download=True)
-    except ModelUnavailable as exc:
-        print(f"affect-bridge: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"emotion model {settings.emotion.model} is in the local cache")
-    return EXIT_OK
+    failed = False
+    for what, loader in loaders:
+        try:
+            loader.load(download=True)
+        except ModelUnavailable as exc:
+            print(f"affect-bridge: error: {exc}", file=sys.stderr)
+            failed = True
+        else:
+            print(f"{what} is in the local cache")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -87,6 +87,22 @@ class EmotionSettings(_Section):
         return EmotionConfig(**self.model_dump())
 
 
+class SemanticSettings(_Section):
+    """The semantic stream: on when "semantic" is in ``analyzers`` (off by default)."""
+
+    asr_model: str = "openai/whisper-base"
+    language: str | None = "en"
+    device: str = "auto"
+    sentiment: str = "vader"
+    include_transcript: bool = False
+    max_new_tokens: int = Field(96, ge=1, le=448)
+    min_audio_s: float = Field(1.0, ge=0.1)
+    max_batch: int = Field(0, ge=0, le=256)
+    max_wait_ms: float = Field(20.0, ge=0, le=5000)
+    queue_size: int = Field(64, ge=1, le=100_000)
+    threads: int = Field(0, ge=0, le=256)
+
+
 class StressSettings(_Section):
     calibration_s: float = Field(20.0, ge=0)
     calibration_windows: int = Field(5, ge=1)
@@ -118,6 +134,7 @@ class Settings(BaseSettings):
     windowing: WindowSettings = Field(default_factory=lambda: WindowSettings())
     prosody: ProsodySettings = Field(default_factory=lambda: ProsodySettings())
     emotion: EmotionSettings = Field(default_factory=lambda: EmotionSettings())
+    semantic: SemanticSettings = Field(default_factory=lambda: SemanticSettings())
     stress: StressSettings = Field(default_factory=lambda: StressSettings())
 
     @classmethod
@@ -136,6 +153,7 @@ class Settings(BaseSettings):
         options = {k: dict(v) for k, v in self.plugin_options.items()}
         options["prosody"] = self.prosody.model_dump()
         options["emotion"] = self.emotion.model_dump()
+        options["semantic"] = self.semantic.model_dump()
         return options
 
 

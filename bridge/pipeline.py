@@ -19,7 +19,14 @@ from typing import Any, cast
 from analyzers.emotion import ModelUnavailable
 from analyzers.plugins import Analyzer, load_analyzers
 from analyzers.stress import StressEngine, stress_features
-from analyzers.types import AudioChunk, EmotionScores, ProsodyFeatures, SpeechWindow, StressSpike
+from analyzers.types import (
+    AudioChunk,
+    EmotionScores,
+    ProsodyFeatures,
+    SemanticResult,
+    SpeechWindow,
+    StressSpike,
+)
 from analyzers.windowing import SpeechWindower
 from bridge import events as ev
 from bridge.config import Settings
@@ -66,9 +73,9 @@ class AnalysisEngine:
             for name, reason in self.degraded.items()
         ]
 
-    @property
-    def has_emotion(self) -> bool:
-        return any(a.name == "emotion" for a in self.analyzers)
+    def has(self, name: str) -> bool:
+        """Whether analyzer ``name`` is loaded (configured and not degraded)."""
+        return any(a.name == name for a in self.analyzers)
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
@@ -106,6 +113,7 @@ class SpeakerAnalysis:
         self._queue: asyncio.Queue[SpeechWindow | None] = asyncio.Queue(maxsize=queue_size)
         self._worker: asyncio.Task[None] | None = None
         self._last_emotion: EmotionScores | None = None
+        self._last_semantic: SemanticResult | None = None
         self._failures: dict[str, int] = {}
         self.dropped = 0
         self.latest_index: float | None = None
@@ -170,6 +178,7 @@ class SpeakerAnalysis:
     async def _analyze(self, window: SpeechWindow) -> None:
         prosody: ProsodyFeatures | None = None
         emotion: EmotionScores | None = None
+        semantic: SemanticResult | None = None
         extra: dict[str, Any] = {}
         results = await asyncio.gather(
             *(a.analyze(window, wait=self.offline) for a in self.engine.analyzers),
@@ -182,15 +191,24 @@ class SpeakerAnalysis:
                 prosody = result
             elif isinstance(result, EmotionScores):
                 emotion = result
+            elif isinstance(result, SemanticResult):
+                semantic = result
             elif result is not None:
                 is_instance = dataclasses.is_dataclass(result) and not isinstance(result, type)
                 extra[analyzer.name] = dataclasses.asdict(cast(Any, result)) if is_instance else result
-        if emotion is None and self.engine.has_emotion:
-            emotion = self._last_emotion  # too little new speech: the last estimate stands
+        # Between speech chunks the latest estimates stand.
+        if emotion is None and self.engine.has("emotion"):
+            emotion = self._last_emotion
         self._last_emotion = emotion
+        fresh_semantic = semantic
+        if semantic is None and self.engine.has("semantic"):
+            semantic = self._last_semantic
+        self._last_semantic = semantic
+        if semantic is not None:
+            extra["semantic"] = _semantic_data(semantic, fresh=fresh_semantic is not None)
 
-        estimate = self.stress.update(stress_features(prosody, emotion), window.voiced_s,
-                                      window.end_s)
+        estimate = self.stress.update(stress_features(prosody, emotion, semantic),
+                                      window.voiced_s, window.end_s)
         self.latest_index = estimate.index
         await self._emit(ev.AffectSample(
             call=self.call, speaker=self.speaker,
@@ -229,6 +247,16 @@ class SpeakerAnalysis:
         self._failures[name] = count
         if count == 1:  # one line per analyzer and speaker, not one per window
             log.error("speaker %s: analyzer %s failed: %s", self.speaker.id, name, exc)
+
+
+def _semantic_data(s: SemanticResult, *, fresh: bool) -> dict[str, Any]:
+    """Sentiment for every window; the transcript (when allowed at all) only with the window
+    whose speech it is, never repeated."""
+    data: dict[str, Any] = {"sentiment": {"score": round(s.sentiment_score, 4),
+                                          "label": s.sentiment_label}}
+    if fresh and s.transcript is not None:
+        data["transcript"] = s.transcript
+    return data
 
 
 def _prosody_data(p: ProsodyFeatures | None, window: SpeechWindow) -> ev.ProsodyData:

@@ -69,6 +69,83 @@ def build_tiny_emotion_model(path: Path, labels: tuple[str, ...] = ("neu", "hap"
     return path
 
 
+WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>",
+                    "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
+                    "<|notimestamps|>")
+
+
+def build_tiny_whisper(path: Path) -> Path:
+    """A ~90k-parameter Whisper (random weights) with a byte-level tokenizer and the generation
+    config multilingual Whisper checkpoints carry, saved like a hub checkpoint."""
+    import json
+
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    eot = WHISPER_SPECIALS[0]
+    tok = WhisperTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), unk_token=eot,
+                           bos_token=eot, eos_token=eot, pad_token=eot)
+    tok.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS[1:])})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    cfg = WhisperConfig(
+        vocab_size=len(tok), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=64,
+        pad_token_id=ids[eot], bos_token_id=ids[eot], eos_token_id=ids[eot],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+    )
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids[eot],
+        pad_token_id=ids[eot], bos_token_id=ids[eot], max_length=64, is_multilingual=True,
+        lang_to_id={"<|en|>": ids["<|en|>"], "<|de|>": ids["<|de|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], suppress_tokens=[], begin_suppress_tokens=[],
+    )
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
+    return path
+
+
+def build_tiny_text_classifier(path: Path, labels: tuple[str, ...] = ("NEGATIVE", "POSITIVE"),
+                               ) -> Path:
+    """A tiny BERT sentiment classifier (random weights) with a word-piece vocabulary."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "love", "hate", "the",
+             "is", "it", "i", "this", "terrible", "great"]
+    (path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    cfg = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                     num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={name: i for i, name in enumerate(labels)})
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_whisper(tmp_path_factory.mktemp("models") / "tiny-whisper")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_text_classifier(tmp_path_factory.mktemp("models") / "tiny-sentiment")
+
+
 @pytest.fixture(scope="session")
 def tiny_emotion_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_emotion_model(tmp_path_factory.mktemp("models") / "tiny-er")
