@@ -8,7 +8,6 @@ Russell's circumplex, as commonly used to place categorical emotions; documented
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzers.batching import InferenceScheduler, infer
+from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.quantize import quantize_checked
 from analyzers.types import SAMPLE_RATE, EmotionScores, SpeechWindow
 
@@ -26,11 +26,8 @@ __all__ = [
     "EmotionAnalyzer",
     "EmotionConfig",
     "EmotionModel",
-    "ModelUnavailable",
     "canonical_label",
-    "first_sentence",
     "scores_from_probabilities",
-    "set_cpu_threads",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,10 +71,6 @@ def scores_from_probabilities(
     return EmotionScores(probabilities, float(arousal), float(valence), audio_s)
 
 
-class ModelUnavailable(RuntimeError):
-    """The model could not be loaded; the message is one line saying why."""
-
-
 @dataclass(frozen=True, slots=True)
 class EmotionConfig:
     model: str = "superb/wav2vec2-base-superb-er"  # hub id or local directory
@@ -116,13 +109,10 @@ class EmotionModel:
         are fetched ahead of time (``affect-bridge download-models``), never on a first call.
         """
         try:
-            import torch
             from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
         except ImportError as exc:  # pragma: no cover - torch/transformers are core deps
             raise ModelUnavailable(f"emotion needs torch and transformers: {exc}") from exc
-        device = self.config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(self.config.device)
         try:
             local_only = not download
             extractor = AutoFeatureExtractor.from_pretrained(self.config.model,
@@ -195,27 +185,6 @@ class EmotionModel:
                 merged[label] = merged.get(label, 0.0) + float(p)
             out.append(scores_from_probabilities(merged, len(wave) / SAMPLE_RATE))
         return out
-
-
-def set_cpu_threads(device: str, threads: int) -> None:
-    """Set torch's CPU threads for the calling thread (the count is per thread in torch).
-
-    ``threads`` 0 means half the cores: one inference thread per two cores wastes less CPU in
-    thread hand-offs (0.099 vs 0.109 CPU-s per audio-second for wav2vec2-base here) and leaves
-    the other cores to decoding, VAD and prosody.
-    """
-    if device == "cpu":
-        import torch
-
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
-
-
-def first_sentence(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if not text:
-        return type(exc).__name__
-    end = text.find(". ")
-    return text[: end + 1] if 0 < end < 300 else text[:300]
 
 
 class EmotionAnalyzer:

@@ -1,7 +1,7 @@
 """Analyzer plugins: entry-point group ``affect_bridge.analyzers``, loaded by the names in config.
 
 A plugin is a class with ``name``, ``from_options(dict)``, a blocking ``load()`` (raises
-:class:`~analyzers.emotion.ModelUnavailable` when its model cannot be had), an async
+:class:`~analyzers.loading.ModelUnavailable` when its model cannot be had), an async
 ``analyze(window, *, wait)`` and ``close()``. Only configured names are loaded; an unknown name
 or a plugin that fails to import stops start-up with a message naming it.
 """

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzers.batching import InferenceScheduler, infer
-from analyzers.emotion import ModelUnavailable, first_sentence, set_cpu_threads
+from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.types import SAMPLE_RATE, SemanticResult, SpeechWindow
 
 __all__ = [
@@ -59,14 +59,6 @@ class SemanticConfig:
     threads: int = 0  # torch CPU threads of the inference thread; 0: half the cores
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def _unavailable(what: str, model: str, exc: BaseException) -> ModelUnavailable:
     hint = "" if Path(model).exists() else \
         " (weights are only read locally: run 'affect-bridge download-models' first)"
@@ -101,7 +93,7 @@ class SpeechRecognizer:
             extractor = AutoFeatureExtractor.from_pretrained(name, local_files_only=local)
         except Exception as exc:
             raise _unavailable("speech recognition model", name, exc) from exc
-        self.device = _device(self.config.device)
+        self.device = resolve_device(self.config.device)
         self._pipe = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
                               feature_extractor=extractor, device=self.device)
         if cfg.is_encoder_decoder:
@@ -151,7 +143,7 @@ class SentimentModel:
         labels = [str(model.config.id2label[i]) for i in range(len(model.config.id2label))]
         self._polarity = _polarities(labels)
         self._pipe = pipeline("text-classification", model=model, tokenizer=tokenizer,
-                              device=_device(self.config.device), top_k=None)
+                              device=resolve_device(self.config.device), top_k=None)
 
     def scores(self, texts: list[str]) -> list[float]:
         if self._vader is not None:

@@ -171,7 +171,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     """Fetch the weights of every configured model into the HuggingFace cache (image builds)."""
-    from analyzers.emotion import EmotionModel, ModelUnavailable
+    from analyzers.emotion import EmotionModel
+    from analyzers.loading import ModelUnavailable
     from analyzers.semantic import SemanticConfig, SentimentModel, SpeechRecognizer
 
     settings = _settings(args)

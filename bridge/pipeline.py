@@ -16,7 +16,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from analyzers.emotion import ModelUnavailable
+from analyzers.loading import ModelUnavailable
 from analyzers.plugins import Analyzer, load_analyzers
 from analyzers.stress import StressEngine, stress_features
 from analyzers.types import (

@@ -12,10 +12,10 @@ from analyzers.emotion import (
     EmotionAnalyzer,
     EmotionConfig,
     EmotionModel,
-    ModelUnavailable,
     canonical_label,
     scores_from_probabilities,
 )
+from analyzers.loading import ModelUnavailable
 from analyzers.types import SpeechWindow
 from tests.conftest import SR, build_tiny_emotion_model, harmonic
 

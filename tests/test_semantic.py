@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analyzers.emotion import ModelUnavailable
+from analyzers.loading import ModelUnavailable
 from analyzers.semantic import (
     SemanticAnalyzer,
     SemanticConfig,

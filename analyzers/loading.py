@@ -1,0 +1,41 @@
+"""What every model-backed analyzer shares: the unavailable error, devices, CPU threads."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["ModelUnavailable", "first_sentence", "resolve_device", "set_cpu_threads"]
+
+
+class ModelUnavailable(RuntimeError):
+    """The model could not be loaded; the message is one line saying why."""
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other names unchanged."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def set_cpu_threads(device: str, threads: int) -> None:
+    """Set torch's CPU threads for the calling thread (the count is per thread in torch).
+
+    ``threads`` 0 means half the cores: one inference thread per two cores wastes less CPU in
+    thread hand-offs (0.099 vs 0.109 CPU-s per audio-second for wav2vec2-base here) and leaves
+    the other cores to decoding, VAD and prosody.
+    """
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
+
+
+def first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    end = text.find(". ")
+    return text[: end + 1] if 0 < end < 300 else text[:300]
