@@ -17,7 +17,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["InferenceScheduler", "QueueFull", "SchedulerStats", "infer"]
+import numpy as np
+import numpy.typing as npt
+
+from analyzers.types import SAMPLE_RATE, SpeechWindow
+
+__all__ = ["InferenceScheduler", "QueueFull", "SchedulerStats", "SpeechChunkAnalyzer", "infer"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -157,3 +162,26 @@ async def infer(scheduler: InferenceScheduler[In, Out], item: In, *, wait: bool)
         except QueueFull:
             return None
     return await asyncio.wrap_future(fut)
+
+
+class SpeechChunkAnalyzer(Generic[Out]):
+    """Base of the analyzers whose model hears each speaker's new speech chunks through a shared
+    scheduler (emotion, semantic). Subclasses set ``_scheduler`` in ``load()``."""
+
+    min_audio_s: float = 1.0
+    _scheduler: InferenceScheduler[npt.NDArray[np.float32], Out] | None = None
+
+    @property
+    def scheduler(self) -> InferenceScheduler[npt.NDArray[np.float32], Out] | None:
+        return self._scheduler
+
+    async def analyze(self, window: SpeechWindow, *, wait: bool = False) -> Out | None:
+        """The result for the speech handed over with this window; None when there is too
+        little of it, or (``wait`` false, the live case) when the shared queue is full."""
+        if self._scheduler is None or len(window.new_speech) < self.min_audio_s * SAMPLE_RATE:
+            return None
+        return await infer(self._scheduler, window.new_speech, wait=wait)
+
+    def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.close()

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.batching import InferenceScheduler, infer
+from analyzers.batching import InferenceScheduler, SpeechChunkAnalyzer
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.quantize import quantize_checked
-from analyzers.types import SAMPLE_RATE, EmotionScores, SpeechWindow
+from analyzers.types import SAMPLE_RATE, EmotionScores
 
 __all__ = [
     "CANONICAL",
@@ -187,15 +187,15 @@ class EmotionModel:
         return out
 
 
-class EmotionAnalyzer:
+class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
     """Plugin face (entry point ``emotion``): one shared model behind an inference scheduler."""
 
     name = "emotion"
 
     def __init__(self, config: EmotionConfig | None = None) -> None:
         self.config = config or EmotionConfig()
+        self.min_audio_s = self.config.min_audio_s
         self.model = EmotionModel(self.config)
-        self._scheduler: InferenceScheduler[npt.NDArray[np.float32], EmotionScores] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> EmotionAnalyzer:
@@ -212,18 +212,3 @@ class EmotionAnalyzer:
             queue_size=self.config.queue_size,
             name="emotion-inference",
         )
-
-    @property
-    def scheduler(self) -> InferenceScheduler[npt.NDArray[np.float32], EmotionScores] | None:
-        return self._scheduler
-
-    async def analyze(self, window: SpeechWindow, *, wait: bool = False) -> EmotionScores | None:
-        """Emotion of the speech that arrived since the last window; None when there is too
-        little of it, or (``wait`` false, the live case) when the shared queue is full."""
-        if self._scheduler is None or len(window.new_speech) < self.config.min_audio_s * SAMPLE_RATE:
-            return None
-        return await infer(self._scheduler, window.new_speech, wait=wait)
-
-    def close(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.close()

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.batching import InferenceScheduler, infer
+from analyzers.batching import InferenceScheduler, SpeechChunkAnalyzer
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
-from analyzers.types import SAMPLE_RATE, SemanticResult, SpeechWindow
+from analyzers.types import SAMPLE_RATE, SemanticResult
 
 __all__ = [
     "SemanticAnalyzer",
@@ -177,7 +177,7 @@ def _polarities(labels: list[str]) -> dict[str, float]:
     raise ModelUnavailable(f"sentiment labels {labels} do not name positive and negative")
 
 
-class SemanticAnalyzer:
+class SemanticAnalyzer(SpeechChunkAnalyzer[SemanticResult]):
     """Plugin face (entry point ``semantic``): ASR + sentiment behind one inference scheduler
     shared by every speaker, fed the same new-speech chunks as the emotion model."""
 
@@ -185,9 +185,9 @@ class SemanticAnalyzer:
 
     def __init__(self, config: SemanticConfig | None = None) -> None:
         self.config = config or SemanticConfig()
+        self.min_audio_s = self.config.min_audio_s
         self.asr = SpeechRecognizer(self.config)
         self.sentiment = SentimentModel(self.config)
-        self._scheduler: InferenceScheduler[npt.NDArray[np.float32], SemanticResult] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> SemanticAnalyzer:
@@ -218,12 +218,3 @@ class SemanticAnalyzer:
                            len(w) / SAMPLE_RATE, text if keep else None)
             for w, text, score in zip(waveforms, texts, scores, strict=True)
         ]
-
-    async def analyze(self, window: SpeechWindow, *, wait: bool = False) -> SemanticResult | None:
-        if self._scheduler is None or len(window.new_speech) < self.config.min_audio_s * SAMPLE_RATE:
-            return None
-        return await infer(self._scheduler, window.new_speech, wait=wait)
-
-    def close(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.close()
