@@ -171,6 +171,10 @@ class EmotionModel:
 
         if self._model is None:
             raise ModelUnavailable("emotion model is not loaded")
+        # Unequal lengths in a batch are zero-padded; the extractor adds an attention mask when
+        # the checkpoint expects one. Checkpoints without (group-norm wav2vec2-base, like the
+        # default) see the padding as silence, which shifts results slightly: hence batch 1 on
+        # CPU, where batching gains nothing anyway.
         inputs = self._extractor(
             waveforms, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=len(waveforms) > 1
         )
