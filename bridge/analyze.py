@@ -16,7 +16,8 @@ from bridge.audio import AudioDecodeError, channel_count, read_file
 from bridge.config import Settings
 from bridge.pipeline import AnalysisEngine, SpeakerAnalysis
 
-__all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files"]
+__all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files", "describe", "format_table",
+           "record_event"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ async def analyze_files(
     summaries = {s.speaker_id: SpeakerSummary(s.speaker_id, s.display) for s in sources}
 
     async def emit(event: Any) -> None:
-        _record(summaries, event)
+        record_event(summaries, event)
         if out is not None:
             out.write(event.model_dump_json() + "\n")
         if on_event is not None:
@@ -185,8 +186,14 @@ def _batched(frames: Iterator[list[AudioChunk]]) -> Generator[list[list[AudioChu
             close()
 
 
-def _record(summaries: dict[str, SpeakerSummary], event: Any) -> None:
-    if event.speaker is None or event.speaker.id not in summaries:
+def record_event(summaries: dict[str, SpeakerSummary], event: Any) -> None:
+    """Fold one event into the per-speaker summaries (a speaker.joined starts a new one)."""
+    if event.speaker is None:
+        return
+    if isinstance(event, ev.SpeakerJoined) and event.speaker.id not in summaries:
+        name = event.speaker.display or event.speaker.id
+        summaries[event.speaker.id] = SpeakerSummary(name, event.speaker.id)
+    if event.speaker.id not in summaries:
         return
     s = summaries[event.speaker.id]
     data = event.data

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import sys
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,8 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--report", type=Path, metavar="PATH.html", help="write an HTML report")
     a.add_argument("--config", type=Path, help="TOML configuration file")
 
-    d = sub.add_parser("demo", help="the embedded demo: three bundled speakers, one gets stressed")
+    d = sub.add_parser("demo", help="the embedded demo: a local WebRTC call of three bundled "
+                                    "speakers, one of whom gets stressed")
     d.add_argument("--json", action="store_true", help="events as JSON lines")
+    d.add_argument("--loop", action="store_true", help="keep the clips playing until Ctrl-C")
     d.add_argument("--config", type=Path, help="TOML configuration file")
 
     s = sub.add_parser("schema", help="print the JSON Schema of the event envelope")
@@ -95,7 +96,8 @@ def _setup_logging(debug: bool) -> None:
         stream=sys.stderr,
     )
     # Third-party chatter (transformers' own warnings, numba) stays out of normal output.
-    for name in ("transformers", "numba", "urllib3", "filelock", "huggingface_hub"):
+    for name in ("transformers", "numba", "urllib3", "filelock", "huggingface_hub", "aioice",
+                 "aiortc"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
     # Read by transformers / huggingface_hub when (and only if) they are imported.
     if not debug:
@@ -145,27 +147,13 @@ def _analyze(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
-def demo_clips() -> list[Path]:
-    root = files("bridge") / "assets" / "demo"
-    return [Path(str(root / name)) for name in
-            ("alice_calm_then_stressed.flac", "bob_calm.flac", "carol_calm.flac")]
-
-
 def _demo(args: argparse.Namespace) -> int:
-    from bridge.analyze import analyze_files, describe, format_table
+    from bridge.demo import print_summary, run_demo
 
     settings = _settings(args)
-
-    def show(event: object) -> None:
-        line = describe(event)
-        if line is not None:
-            print(line, flush=True)
-
-    out = sys.stdout if args.json else None
-    result = asyncio.run(analyze_files(demo_clips(), settings, out=out,
-                                       on_event=None if args.json else show))
-    print(("\n" if not args.json else "") + format_table(result),
-          file=sys.stderr if args.json else sys.stdout)
+    result = asyncio.run(run_demo(settings, json_out=sys.stdout if args.json else None,
+                                  loop=args.loop))
+    print_summary(result, to_stderr=args.json)
     return EXIT_FAILED if result.failed else EXIT_OK
 
 

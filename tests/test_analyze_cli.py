@@ -308,13 +308,3 @@ def test_two_hour_silent_file_without_memory_growth(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert not of_type(evs, "affect.sample")  # silence: a correct empty result
     assert of_type(evs, "call.left")[0]["data"]["offset_s"] == pytest.approx(7200, abs=1)
-
-
-def test_demo_three_speakers_spike_only_for_the_stressed_one() -> None:
-    proc = run_cli("demo", "--json")
-    assert proc.returncode == 0, proc.stderr
-    evs = events(proc.stdout)
-    joined = {e["speaker"]["id"] for e in of_type(evs, "speaker.joined")}
-    assert joined == {"alice_calm_then_stressed", "bob_calm", "carol_calm"}
-    spiking = {e["speaker"]["id"] for e in of_type(evs, "stress.spike.started")}
-    assert spiking == {"alice_calm_then_stressed"}

@@ -1,0 +1,110 @@
+"""Calls and their speakers: the registry, and who owns which task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bridge import events as ev
+from bridge.connectors.base import Connector, OnSpeaker, OnSpeakerLeft, SpeakerTrack
+from bridge.pipeline import AnalysisEngine, Emit
+from bridge.speaker import SpeakerPipeline
+from bridge.tasks import TaskSet
+
+__all__ = ["Call", "CallManager"]
+
+log = logging.getLogger(__name__)
+
+ConnectorFactory = Callable[[ev.CallInfo, OnSpeaker, OnSpeakerLeft], Connector]
+
+
+@dataclass
+class Call:
+    info: ev.CallInfo
+    connector: Connector
+    started: float
+    speakers: dict[str, SpeakerPipeline] = field(default_factory=dict)
+    seen_speakers: int = 0
+    empty: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CallManager:
+    """Joins calls through connectors and runs one pipeline per speaker; ``aclose`` leaves all."""
+
+    def __init__(self, engine: AnalysisEngine, emit: Emit, *, silence_timeout_s: float = 10.0,
+                 ) -> None:
+        self.engine = engine
+        self._emit = emit
+        self._silence_timeout = silence_timeout_s
+        self.calls: dict[str, Call] = {}
+        self._tasks = TaskSet("calls")
+
+    async def join(self, info: ev.CallInfo, factory: ConnectorFactory) -> Call:
+        """Join a call; raises ConnectorError (and registers nothing) when that fails."""
+        if info.id in self.calls:
+            raise ValueError(f"already in call {info.id}")
+        loop = asyncio.get_running_loop()
+
+        async def on_speaker(found: SpeakerTrack) -> None:
+            await self._add_speaker(info.id, found)
+
+        async def on_left(speaker_id: str, reason: str) -> None:
+            await self._remove_speaker(info.id, speaker_id, reason)
+
+        connector = factory(info, on_speaker, on_left)
+        call = Call(info, connector, loop.time())
+        self.calls[info.id] = call
+        try:
+            await connector.join()
+        except BaseException:
+            self.calls.pop(info.id, None)
+            raise
+        await self._emit(ev.CallJoined(call=info, data=ev.CallJoinedData()))
+        return call
+
+    async def _add_speaker(self, call_id: str, found: SpeakerTrack) -> None:
+        call = self.calls.get(call_id)
+        if call is None or found.speaker.id in call.speakers:
+            found.track.stop()
+            return
+        pipeline = SpeakerPipeline(self.engine, call.info, found.speaker, found.track, self._emit,
+                                   call_started=call.started,
+                                   silence_timeout_s=self._silence_timeout)
+        call.speakers[found.speaker.id] = pipeline
+        call.seen_speakers += 1
+        call.empty.clear()
+        await pipeline.start()
+        self._tasks.spawn(self._watch(call_id, pipeline), name=f"watch:{found.speaker.id}")
+
+    async def _watch(self, call_id: str, pipeline: SpeakerPipeline) -> None:
+        """A speaker whose track ended or went silent leaves by itself."""
+        await pipeline.ended.wait()
+        await self._remove_speaker(call_id, pipeline.speaker.id, None)
+
+    async def _remove_speaker(self, call_id: str, speaker_id: str, reason: str | None) -> None:
+        call = self.calls.get(call_id)
+        pipeline = call.speakers.pop(speaker_id, None) if call else None
+        if call is None or pipeline is None:
+            return
+        await pipeline.aclose(reason)
+        if not call.speakers:
+            call.empty.set()
+
+    async def leave(self, call_id: str, reason: str) -> None:
+        call = self.calls.pop(call_id, None)
+        if call is None:
+            return
+        for speaker_id, pipeline in list(call.speakers.items()):
+            call.speakers.pop(speaker_id, None)
+            await pipeline.aclose("call left")
+        await call.connector.leave()
+        loop = asyncio.get_running_loop()
+        await self._emit(ev.CallLeft(call=call.info, data=ev.CallLeftData(
+            offset_s=round(loop.time() - call.started, 3), reason=reason)))
+
+    async def aclose(self, reason: str = "shutting down") -> None:
+        for call_id in list(self.calls):
+            await self.leave(call_id, reason)
+        await self._tasks.aclose()

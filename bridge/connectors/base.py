@@ -1,0 +1,84 @@
+"""How a call is joined and its speakers found: the connector interface.
+
+A connector joins one call and reports speakers as they come and go; the call manager owns the
+per-speaker pipelines. Connectors are plugins (entry-point group ``affect_bridge.connectors``).
+pyee/aiortc string events stay inside the connector; what crosses this boundary is typed.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import random
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer
+
+from bridge import events as ev
+
+__all__ = ["Backoff", "Connector", "ConnectorError", "SpeakerTrack", "ice_configuration"]
+
+
+class ConnectorError(RuntimeError):
+    """Joining failed for a reason worth one line (unreachable, refused, bad answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerTrack:
+    """A speaker found in a call: stable id, display name, and the audio track to drain."""
+
+    speaker: ev.SpeakerInfo
+    track: MediaStreamTrack
+
+
+OnSpeaker = Callable[[SpeakerTrack], Coroutine[Any, Any, None]]
+OnSpeakerLeft = Callable[[str, str], Coroutine[Any, Any, None]]  # speaker id, reason
+
+
+class Connector(abc.ABC):
+    """Join one call. ``on_speaker`` is awaited for each speaker found (its track must be drained
+    from the first frame); ``on_speaker_left`` when the signalling says a speaker went."""
+
+    name: str = "base"
+
+    def __init__(self, call: ev.CallInfo, on_speaker: OnSpeaker, on_speaker_left: OnSpeakerLeft,
+                 ) -> None:
+        self.call = call
+        self._on_speaker = on_speaker
+        self._on_speaker_left = on_speaker_left
+
+    @abc.abstractmethod
+    async def join(self) -> None:
+        """Connect; raise :class:`ConnectorError` with a one-line reason when that fails."""
+
+    @abc.abstractmethod
+    async def leave(self) -> None:
+        """Disconnect and release everything (idempotent)."""
+
+
+def ice_configuration(urls: list[str] | None = None) -> RTCConfiguration:
+    """ICE servers come from config and default to none (aiortc's own default contacts a public
+    STUN server, which a bridge on a private network must not do)."""
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in urls or []])
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter for reconnects: 1 s, 2 s, 4 s ... capped."""
+
+    base_s: float = 1.0
+    cap_s: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap_s, self.base_s * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(0, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.next_delay())

@@ -1,0 +1,139 @@
+"""WHEP (WebRTC-HTTP Egress Protocol, IETF wish WG): subscribe to a media server's session.
+
+POST an SDP offer (``application/sdp``, optional bearer token), read the answer and the session
+``Location``; DELETE that location on leave. Every audio track of the session is a speaker;
+display names come from config, in track order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from urllib.parse import urljoin
+
+import aiohttp
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from bridge import events as ev
+from bridge.connectors.base import (
+    Connector,
+    ConnectorError,
+    OnSpeaker,
+    OnSpeakerLeft,
+    SpeakerTrack,
+    ice_configuration,
+)
+from bridge.tasks import TaskSet
+
+__all__ = ["WhepConnector"]
+
+log = logging.getLogger(__name__)
+
+
+class WhepConnector(Connector):
+    name = "whep"
+
+    def __init__(
+        self,
+        call: ev.CallInfo,
+        on_speaker: OnSpeaker,
+        on_speaker_left: OnSpeakerLeft,
+        *,
+        url: str,
+        token: str | None = None,
+        tracks: int = 1,
+        displays: list[str] | None = None,
+        ice_servers: list[str] | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(call, on_speaker, on_speaker_left)
+        if tracks < 1:
+            raise ValueError("a WHEP session needs at least one audio track")
+        self.url = url
+        self._token = token
+        self._tracks = tracks
+        self._displays = displays or []
+        self._ice_servers = ice_servers
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._pc: RTCPeerConnection | None = None
+        self._location: str | None = None
+        self._tasks = TaskSet(f"whep:{call.id}")
+        self._speakers: list[str] = []
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    async def join(self) -> None:
+        pc = RTCPeerConnection(ice_configuration(self._ice_servers))
+        self._pc = pc
+        for _ in range(self._tracks):
+            pc.addTransceiver("audio", direction="recvonly")
+
+        @pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            if track.kind != "audio":
+                return
+            index = len(self._speakers)
+            speaker_id = f"{self.call.id}:{index}"
+            self._speakers.append(speaker_id)
+            display = self._displays[index] if index < len(self._displays) else f"track {index}"
+            speaker = SpeakerTrack(ev.SpeakerInfo(id=speaker_id, display=display), track)
+            self._tasks.spawn(self._on_speaker(speaker), name=f"speaker-found:{speaker_id}")
+
+        @pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            if pc.connectionState == "failed":
+                log.warning("WHEP session %s: connection failed", self.call.id)
+                for speaker_id in list(self._speakers):
+                    await self._on_speaker_left(speaker_id, "connection failed")
+
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await self._post(pc.localDescription.sdp)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except ConnectorError:
+            await self.leave()
+            raise
+        except (ValueError, AssertionError) as exc:  # aiortc rejects a malformed answer
+            await self.leave()
+            raise ConnectorError(f"WHEP endpoint {self.url} sent an unusable SDP answer: "
+                                 f"{exc}") from exc
+
+    async def _post(self, offer: str) -> str:
+        try:
+            async with aiohttp.ClientSession(timeout=self._timeout) as http, http.post(
+                self.url, data=offer, headers=self._headers("application/sdp")
+            ) as resp:
+                body = await resp.text()
+                if resp.status not in (200, 201):
+                    raise ConnectorError(f"WHEP endpoint {self.url} answered {resp.status}: "
+                                         f"{body.strip()[:200]}")
+                if "application/sdp" not in resp.headers.get("Content-Type", ""):
+                    raise ConnectorError(f"WHEP endpoint {self.url} did not answer with SDP")
+                location = resp.headers.get("Location")
+                self._location = urljoin(self.url, location) if location else None
+                return body
+        except aiohttp.ClientError as exc:
+            raise ConnectorError(f"WHEP endpoint {self.url} unreachable: {exc}") from exc
+        except TimeoutError as exc:
+            raise ConnectorError(f"WHEP endpoint {self.url} did not answer in time") from exc
+
+    async def leave(self) -> None:
+        location, self._location = self._location, None
+        if location:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with aiohttp.ClientSession(timeout=self._timeout) as http, http.delete(
+                    location, headers=self._headers()
+                ):
+                    pass
+        pc, self._pc = self._pc, None
+        if pc is not None:
+            await pc.close()
+        await self._tasks.aclose()
+        await asyncio.sleep(0)

@@ -1,0 +1,79 @@
+"""``affect-bridge demo``: a local call of three bundled speakers over real WebRTC on loopback.
+
+The demo's media source (a WHEP endpoint playing the recordings) is the other side of the call;
+the bridge joins it through the same WHEP connector production uses, drains each track, and
+analyses each speaker live. It ends when every speaker has left (their clips ended), unless
+``loop`` keeps the clips playing.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import IO, Any
+
+from bridge import events as ev
+from bridge.analyze import AnalyzeResult, SpeakerSummary, describe, format_table, record_event
+from bridge.calls import CallManager
+from bridge.config import Settings
+from bridge.connectors.demo import DemoSource
+from bridge.connectors.whep import WhepConnector
+from bridge.ice import restrict_host_addresses
+from bridge.pipeline import AnalysisEngine
+
+__all__ = ["DEMO_SPEAKERS", "demo_clips", "run_demo"]
+
+DEMO_SPEAKERS = ("Alice", "Bob", "Carol")
+SILENCE_TIMEOUT_S = 3.0  # the demo's clips end cleanly: no need to wait long to call them gone
+
+
+def demo_clips() -> list[Path]:
+    root = files("bridge") / "assets" / "demo"
+    return [Path(str(root / name)) for name in
+            ("alice_calm_then_stressed.flac", "bob_calm.flac", "carol_calm.flac")]
+
+
+async def run_demo(settings: Settings, *, json_out: IO[str] | None, loop: bool = False,
+                   ) -> AnalyzeResult:
+    """Play the demo call and analyse it. Events go to ``json_out`` as JSON lines, or, without
+    it, notable ones to stdout as readable lines. Returns the per-speaker summary."""
+    restrict_host_addresses(["127.0.0.1"])  # test traffic stays on loopback
+    summaries: dict[str, SpeakerSummary] = {}
+
+    async def emit(event: Any) -> None:
+        record_event(summaries, event)
+        if json_out is not None:
+            json_out.write(event.model_dump_json() + "\n")
+            json_out.flush()
+        elif (line := describe(event)) is not None:
+            print(line, flush=True)
+
+    source = DemoSource(demo_clips(), loop=loop)
+    engine = AnalysisEngine(settings)
+    await engine.start()
+    manager = CallManager(engine, emit, silence_timeout_s=SILENCE_TIMEOUT_S)
+    try:
+        url = await source.start()
+        info = ev.CallInfo(id="demo:local", connector="whep", room="demo")
+        for event in engine.degraded_events(info):
+            await emit(event)
+        call = await manager.join(info, lambda i, on_sp, on_left: WhepConnector(
+            i, on_sp, on_left, url=url, tracks=len(DEMO_SPEAKERS), displays=list(DEMO_SPEAKERS)))
+        while True:  # until every speaker that came has gone again
+            await call.empty.wait()
+            if call.seen_speakers >= len(DEMO_SPEAKERS):
+                break
+            call.empty.clear()
+        await manager.leave(info.id, "demo finished")
+    finally:
+        await manager.aclose()
+        await source.aclose()
+        await engine.aclose()
+        restrict_host_addresses(None)
+    return AnalyzeResult(list(summaries.values()), dict(engine.degraded))
+
+
+def print_summary(result: AnalyzeResult, *, to_stderr: bool) -> None:
+    stream = sys.stderr if to_stderr else sys.stdout
+    print(("" if to_stderr else "\n") + format_table(result), file=stream)

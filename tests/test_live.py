@@ -1,0 +1,131 @@
+"""Live calls over real WebRTC on loopback: the WHEP connector against the demo's media source."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection
+
+from bridge import events as ev
+from bridge.calls import CallManager
+from bridge.config import load_settings
+from bridge.connectors.base import ConnectorError
+from bridge.connectors.demo import DemoSource
+from bridge.connectors.whep import WhepConnector
+from bridge.demo import demo_clips
+from bridge.ice import restrict_host_addresses
+from bridge.pipeline import AnalysisEngine
+from tests.conftest import run_cli
+
+
+@pytest.fixture(autouse=True)
+def loopback_ice() -> Any:
+    restrict_host_addresses(["127.0.0.1"])
+    yield
+    restrict_host_addresses(None)
+
+
+@pytest.fixture
+async def source() -> Any:
+    src = DemoSource(demo_clips(), token="s3cret")
+    await src.start()
+    yield src
+    await src.aclose()
+
+
+async def _manager() -> tuple[CallManager, list[Any]]:
+    engine = AnalysisEngine(load_settings(None, analyzers=["prosody"]))
+    await engine.start()
+    got: list[Any] = []
+
+    async def emit(e: Any) -> None:
+        got.append(e)
+
+    return CallManager(engine, emit, silence_timeout_s=2.0), got
+
+
+def _whep(url: str, **kw: Any) -> Any:
+    return lambda info, on_sp, on_left: WhepConnector(info, on_sp, on_left, url=url, **kw)
+
+
+async def test_whep_call_drains_every_track_and_leaves_cleanly(source: DemoSource) -> None:
+    manager, got = await _manager()
+    info = ev.CallInfo(id="whep:test", connector="whep")
+    call = await manager.join(info, _whep(source.url, token="s3cret", tracks=3,
+                                          displays=["Alice", "Bob", "Carol"]))
+    assert source.sessions == 1
+    for _ in range(100):  # until audio flows (bounded: 10 s)
+        if call.speakers and all(p.frames > 100 for p in call.speakers.values()):
+            break
+        await asyncio.sleep(0.1)
+    assert {p.speaker.display for p in call.speakers.values()} == {"Alice", "Bob", "Carol"}
+    assert all(p.frames > 100 for p in call.speakers.values())  # 20 ms frames: > 2 s each
+    await manager.leave(info.id, "test over")
+    assert source.sessions == 0  # the WHEP session was DELETEd
+    types = [e.type for e in got]
+    assert types.count("speaker.joined") == 3 and types.count("speaker.left") == 3
+    assert types[0] == "call.joined" and types[-1] == "call.left"
+    await manager.aclose()
+    await manager.engine.aclose()
+
+
+async def test_wrong_token_unreachable_and_bad_answers_are_connector_errors(
+    source: DemoSource,
+) -> None:
+    manager, got = await _manager()
+    info = ev.CallInfo(id="whep:bad", connector="whep")
+    with pytest.raises(ConnectorError, match="401"):
+        await manager.join(info, _whep(source.url, token="wrong"))
+    with pytest.raises(ConnectorError, match="unreachable"):
+        await manager.join(info, _whep("http://127.0.0.1:9/whep"))
+    with pytest.raises(ConnectorError, match="404"):
+        await manager.join(info, _whep(source.url.replace("/whep", "/nope"), token="s3cret"))
+    assert manager.calls == {} and got == [] and source.sessions == 0
+    await manager.engine.aclose()
+
+
+async def test_source_rejects_bad_offers_and_changes_nothing(source: DemoSource) -> None:
+    auth = {"Authorization": "Bearer s3cret"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(source.url, data="v=0\r\nnonsense", headers={
+                **auth, "Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 400
+        async with http.post(source.url, data="{}", headers={
+                **auth, "Content-Type": "application/json"}) as resp:
+            assert resp.status == 415
+        async with http.post(source.url, data="x", headers={"Content-Type": "application/sdp"}
+                             ) as resp:
+            assert resp.status == 401
+        async with http.delete(source.url + "/nosuch", headers=auth) as resp:
+            assert resp.status == 404
+        # A valid offer still works afterwards.
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with http.post(source.url, data=pc.localDescription.sdp, headers={
+                **auth, "Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 201 and resp.headers["Location"].startswith("/whep/")
+        await pc.close()
+    assert source.sessions == 1
+
+
+def test_demo_over_webrtc_spike_only_for_the_stressed_speaker(tmp_path: Path) -> None:
+    """The README's main job: `affect-bridge demo --json`."""
+    import json
+
+    proc = run_cli("demo", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    evs = [json.loads(line) for line in proc.stdout.splitlines()]
+    joined = {e["speaker"]["display"] for e in evs if e["type"] == "speaker.joined"}
+    assert joined == {"Alice", "Bob", "Carol"}
+    spiking = {e["speaker"]["display"] for e in evs if e["type"] == "stress.spike.started"}
+    assert spiking == {"Alice"}
+    for e in evs:
+        if e["type"] == "stress.spike.started":
+            assert e["data"]["started_s"] > 46.0  # in the stressed part of Alice's clip
+    left = [e for e in evs if e["type"] == "speaker.left"]
+    assert len(left) == 3 and evs[-1]["type"] == "call.left"
