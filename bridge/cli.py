@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--loop", action="store_true", help="keep the clips playing until Ctrl-C")
     d.add_argument("--config", type=Path, help="TOML configuration file")
 
+    r = sub.add_parser("run", help="the service: control API, live calls, events on stdout")
+    r.add_argument("--config", type=Path, help="TOML configuration file")
+    r.add_argument("--listen", metavar="HOST:PORT", help="control API address "
+                                                         "(default from config: 127.0.0.1:9464)")
+
     s = sub.add_parser("schema", help="print the JSON Schema of the event envelope")
     s.add_argument("--indent", type=int, default=2)
 
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "run":
+            return _run(args)
         if args.command == "download-models":
             return _download(args)
     except (AudioDecodeError, ConfigError, PluginError) as exc:
@@ -106,11 +113,11 @@ def _setup_logging(debug: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     """The configuration for this command; its ``log_level`` applies unless ``--debug``."""
     from bridge.config import load_settings
 
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, **overrides)
     if not args.debug:
         logging.getLogger().setLevel(settings.log_level)
     return settings
@@ -155,6 +162,14 @@ def _demo(args: argparse.Namespace) -> int:
                                   loop=args.loop))
     print_summary(result, to_stderr=args.json)
     return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bridge.service import serve
+
+    settings = _settings(args, **({"listen": args.listen} if args.listen else {}))
+    asyncio.run(serve(settings))
+    return EXIT_OK
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -103,6 +103,17 @@ class SemanticSettings(_Section):
     threads: int = Field(0, ge=0, le=256)
 
 
+class LiveSettings(_Section):
+    """Live calls."""
+
+    silence_timeout_s: float = Field(10.0, gt=0, le=3600,
+                                     description="a track silent this long counts as gone")
+    ice_servers: list[str] = Field(default_factory=list,
+                                   description="STUN/TURN URLs; none by default")
+    ice_host_addresses: list[str] | None = Field(
+        None, description="gather ICE host candidates only on these local addresses")
+
+
 class StressSettings(_Section):
     calibration_s: float = Field(20.0, ge=0)
     calibration_windows: int = Field(5, ge=1)
@@ -124,7 +135,7 @@ class Settings(BaseSettings):
         env_prefix="AFFECT_BRIDGE_", env_nested_delimiter="__", extra="forbid",
     )
 
-    listen: str = "127.0.0.1:9464"
+    listen: str = Field("127.0.0.1:9464", pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     analyzers: list[str] = Field(default_factory=lambda: ["prosody", "emotion"],
                                  description="analyzer plugins to load, by entry-point name")
@@ -135,6 +146,7 @@ class Settings(BaseSettings):
     prosody: ProsodySettings = Field(default_factory=lambda: ProsodySettings())
     emotion: EmotionSettings = Field(default_factory=lambda: EmotionSettings())
     semantic: SemanticSettings = Field(default_factory=lambda: SemanticSettings())
+    live: LiveSettings = Field(default_factory=lambda: LiveSettings())
     stress: StressSettings = Field(default_factory=lambda: StressSettings())
 
     @classmethod

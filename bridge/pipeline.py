@@ -46,6 +46,7 @@ class AnalysisEngine:
         self._registry = registry
         self.analyzers: list[Analyzer] = []
         self.degraded: dict[str, str] = {}
+        self.started = False
 
     async def start(self) -> None:
         """Build and load the analyzers (blocking loads run in an executor).
@@ -65,6 +66,7 @@ class AnalysisEngine:
                             analyzer.name, exc)
                 continue
             self.analyzers.append(analyzer)
+        self.started = True
 
     def degraded_events(self, call: ev.CallInfo | None = None) -> list[ev.AnalyzerDegraded]:
         return [
@@ -82,6 +84,7 @@ class AnalysisEngine:
         for analyzer in self.analyzers:
             await loop.run_in_executor(None, analyzer.close)
         self.analyzers = []
+        self.started = False
 
 
 class SpeakerAnalysis:

@@ -1,0 +1,229 @@
+"""The control API (aiohttp): health, readiness, and joining/leaving calls on demand.
+
+``/v1/*`` needs ``Authorization: Bearer <token>`` (the token from ``AFFECT_BRIDGE_API_TOKEN``;
+without one configured, ``/v1/*`` refuses every request). Every bad request gets a JSON error
+``{"error": ..., "reason": ...}`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bridge import events as ev
+from bridge.calls import Call, CallManager
+from bridge.config import Settings
+from bridge.connectors.base import ConnectorError
+from bridge.connectors.whep import WhepConnector
+from bridge.pipeline import AnalysisEngine, Emit
+
+__all__ = ["ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "openapi"]
+
+ENGINE = web.AppKey("engine", AnalysisEngine)
+MANAGER = web.AppKey("manager", CallManager)
+TOKEN = web.AppKey("token", str)
+ICE = web.AppKey("ice_servers", list)
+
+CONNECTORS = ("whep",)
+
+
+class WhepJoin(BaseModel):
+    """Join a WHEP session: every audio track is a speaker."""
+
+    model_config = ConfigDict(extra="forbid")
+    connector: Literal["whep"]
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    token: str | None = Field(None, max_length=4096)
+    tracks: int = Field(1, ge=1, le=64)
+    displays: list[str] = Field(default_factory=list, max_length=64)
+
+
+def _error(status: int, error: str, reason: str) -> web.Response:
+    return web.json_response({"error": error, "reason": reason}, status=status)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        token = request.app[TOKEN]
+        given = request.headers.get("Authorization", "")
+        if not token:
+            return _error(401, "unauthorized",
+                          "no API token is configured (set AFFECT_BRIDGE_API_TOKEN)")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _error(401, "unauthorized", "missing or wrong bearer token")
+    return await handler(request)
+
+
+def _call_json(call: Call) -> dict[str, Any]:
+    return {
+        "id": call.info.id,
+        "connector": call.info.connector,
+        "room": call.info.room,
+        "speakers": [
+            {"id": p.speaker.id, "display": p.speaker.display,
+             "stress_index": p.analysis.latest_index,
+             "speech_s": round(p.analysis.windower.speech_s, 3)}
+            for p in call.speakers.values()
+        ],
+    }
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    analyzers = {a.name: "ready" for a in engine.analyzers}
+    analyzers |= {name: f"degraded: {reason}" for name, reason in engine.degraded.items()}
+    ready = engine.started
+    body = {"status": "ready" if ready else "starting", "analyzers": analyzers,
+            "calls": len(request.app[MANAGER].calls)}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    return web.json_response({"calls": [_call_json(c) for c in request.app[MANAGER].calls.values()]})
+
+
+async def get_call(request: web.Request) -> web.Response:
+    call = request.app[MANAGER].calls.get(request.match_info["call_id"])
+    if call is None:
+        return _error(404, "not_found", f"no call {request.match_info['call_id']!r}")
+    return web.json_response(_call_json(call))
+
+
+async def get_speakers(request: web.Request) -> web.Response:
+    call = request.app[MANAGER].calls.get(request.match_info["call_id"])
+    if call is None:
+        return _error(404, "not_found", f"no call {request.match_info['call_id']!r}")
+    return web.json_response({"speakers": _call_json(call)["speakers"]})
+
+
+async def join_call(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "invalid_json", "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        return _error(400, "invalid_request", "the request body must be a JSON object")
+    connector = body.get("connector")
+    if connector not in CONNECTORS:
+        return _error(400, "unknown_connector",
+                      f"unknown connector {connector!r}; available: {', '.join(CONNECTORS)}")
+    try:
+        req = WhepJoin.model_validate(body)
+    except ValidationError as exc:
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return _error(422, "invalid_request", reason)
+    call_id = "whep:" + hashlib.sha256(req.url.encode()).hexdigest()[:12]
+    manager = request.app[MANAGER]
+    if call_id in manager.calls:
+        return _error(409, "already_joined", f"already in call {call_id}")
+    info = ev.CallInfo(id=call_id, connector="whep", room=None)
+    ice = request.app[ICE]
+    try:
+        await manager.join(info, lambda i, on_sp, on_left: WhepConnector(
+            i, on_sp, on_left, url=req.url, token=req.token, tracks=req.tracks,
+            displays=req.displays, ice_servers=ice))
+    except ConnectorError as exc:
+        return _error(502, "join_failed", str(exc))
+    return web.json_response({"id": call_id}, status=201)
+
+
+async def leave_call(request: web.Request) -> web.Response:
+    call_id = request.match_info["call_id"]
+    manager = request.app[MANAGER]
+    if call_id not in manager.calls:
+        return _error(404, "not_found", f"no call {call_id!r}")
+    await manager.leave(call_id, "left on request")
+    return web.json_response({"id": call_id, "left": True})
+
+
+async def openapi_doc(request: web.Request) -> web.Response:
+    return web.json_response(openapi())
+
+
+def openapi() -> dict[str, Any]:
+    error = {"type": "object", "properties": {"error": {"type": "string"},
+                                              "reason": {"type": "string"}}}
+    err = {"description": "error", "content": {"application/json": {"schema": error}}}
+    ok = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    call_id = [{"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "affect-bridge control API", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"WhepJoin": WhepJoin.model_json_schema()},
+        },
+        "paths": {
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok}}},
+            "/readyz": {"get": {"summary": "readiness: analyzers loaded or degraded",
+                                "responses": {"200": ok, "503": ok}}},
+            "/v1/calls": {
+                "get": {"summary": "calls with their speakers and latest stress index",
+                        "security": secured, "responses": {"200": ok, "401": err}},
+                "post": {"summary": "join a call", "security": secured,
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/WhepJoin"}}}},
+                         "responses": {"201": ok, "400": err, "401": err, "409": err,
+                                       "422": err, "502": err}},
+            },
+            "/v1/calls/{call_id}": {
+                "get": {"summary": "one call", "security": secured, "parameters": call_id,
+                        "responses": {"200": ok, "401": err, "404": err}},
+                "delete": {"summary": "leave a call", "security": secured,
+                           "parameters": call_id,
+                           "responses": {"200": ok, "401": err, "404": err}},
+            },
+            "/v1/calls/{call_id}/speakers": {
+                "get": {"summary": "a call's speakers", "security": secured,
+                        "parameters": call_id, "responses": {"200": ok, "401": err, "404": err}},
+            },
+        },
+    }
+
+
+def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | None,
+               ice_servers: list[str] | None = None) -> web.Application:
+    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    app[ENGINE] = engine
+    app[MANAGER] = manager
+    app[TOKEN] = token or ""
+    app[ICE] = list(ice_servers or [])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi_doc)
+    app.router.add_get("/v1/calls", list_calls)
+    app.router.add_post("/v1/calls", join_call)
+    app.router.add_get("/v1/calls/{call_id}", get_call)
+    app.router.add_delete("/v1/calls/{call_id}", leave_call)
+    app.router.add_get("/v1/calls/{call_id}/speakers", get_speakers)
+    return app
+
+
+def build_app(settings: Settings, *, token: str | None, emit: Emit) -> web.Application:
+    """The service: engine and call manager started and stopped with the app (cleanup_ctx);
+    stopping leaves every call (``call.left``) before the analyzers close."""
+    engine = AnalysisEngine(settings)
+    manager = CallManager(engine, emit, silence_timeout_s=settings.live.silence_timeout_s)
+    app = create_app(engine, manager, token=token, ice_servers=settings.live.ice_servers)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await engine.start()
+        for event in engine.degraded_events():
+            await emit(event)
+        yield
+        await manager.aclose("shutting down")
+        await engine.aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,74 @@
+"""``affect-bridge run``: the control API and live calls until SIGTERM/SIGINT.
+
+Events go to stdout as JSON lines (the console sink). On SIGTERM every call is left with a
+``call.left`` event, output is flushed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bridge.app import build_app
+from bridge.config import ConfigError, Settings
+from bridge.ice import restrict_host_addresses
+
+__all__ = ["api_token", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def api_token() -> str | None:
+    """The control API's bearer token: ``AFFECT_BRIDGE_API_TOKEN``, or the first line of the file
+    named by ``AFFECT_BRIDGE_API_TOKEN_FILE``. Never from the config file, never logged."""
+    token = os.environ.get("AFFECT_BRIDGE_API_TOKEN")
+    path = os.environ.get("AFFECT_BRIDGE_API_TOKEN_FILE")
+    if not token and path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip().splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"AFFECT_BRIDGE_API_TOKEN_FILE {path!r} is unreadable or empty"
+                              ) from exc
+    return token or None
+
+
+async def serve(settings: Settings) -> None:
+    host, _, port = settings.listen.rpartition(":")
+    host = host.strip("[]")
+    token = api_token()
+    restrict_host_addresses(settings.live.ice_host_addresses)
+
+    async def emit(event: Any) -> None:
+        sys.stdout.write(event.model_dump_json() + "\n")
+        sys.stdout.flush()
+
+    app = build_app(settings, token=token, emit=emit)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, int(port))
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
+    log.info("control API on http://%s/ (token %s)", settings.listen,
+             "set" if token else "NOT set: /v1/* refuses every request")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: leaving every call")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()  # leaves calls (call.left), closes analyzers
+        sys.stdout.flush()
