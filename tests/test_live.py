@@ -129,3 +129,64 @@ def test_demo_over_webrtc_spike_only_for_the_stressed_speaker(tmp_path: Path) ->
             assert e["data"]["started_s"] > 46.0  # in the stressed part of Alice's clip
     left = [e for e in evs if e["type"] == "speaker.left"]
     assert len(left) == 3 and evs[-1]["type"] == "call.left"
+
+
+async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> None:
+    """100 join/leave cycles: tasks, tracks, peer connections, threads and calls all return to
+    where they started (counted, not timed)."""
+    import gc
+    import threading
+
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+    def census() -> dict[str, int]:
+        gc.collect()
+        objects = gc.get_objects()
+        return {
+            "tasks": len(asyncio.all_tasks()),
+            # The default executor's workers come and go as needed; media players must not stay.
+            "threads": sum(not t.name.startswith(("ThreadPoolExecutor", "asyncio_"))
+                           for t in threading.enumerate()),
+            "tracks": sum(type(o) is RemoteStreamTrack for o in objects),
+            "peer_connections": sum(type(o) is RTCPeerConnection for o in objects),
+        }
+
+    manager, got = await _manager()
+    info = ev.CallInfo(id="whep:cycle", connector="whep")
+
+    async def cycle() -> None:
+        call = await manager.join(info, _whep(source.url, token="s3cret", tracks=2))
+        for _ in range(250):  # until audio flows on both tracks (bounded: 5 s)
+            if len(call.speakers) == 2 and all(p.frames for p in call.speakers.values()):
+                break
+            await asyncio.sleep(0.02)
+        assert len(call.speakers) == 2 and all(p.frames for p in call.speakers.values())
+        await manager.leave(info.id, "cycle")
+
+    await cycle()  # warm-up: first-use allocations are not growth
+    before = census()
+    for _ in range(100):
+        await cycle()
+    await asyncio.sleep(0.2)
+    after = census()
+    assert manager.calls == {} and source.sessions == 0
+    assert after == before, (before, after)
+    assert [e.type for e in got].count("speaker.left") == 2 * 101
+    await manager.aclose()
+    await manager.engine.aclose()
+
+
+async def test_leaving_while_still_connecting_leaves_no_tasks(source: DemoSource) -> None:
+    manager, _ = await _manager()
+    info = ev.CallInfo(id="whep:hasty", connector="whep")
+    await manager.join(info, _whep(source.url, token="s3cret", tracks=2))
+    await manager.leave(info.id, "hasty")
+    before = len(asyncio.all_tasks())
+    for _ in range(20):
+        await manager.join(info, _whep(source.url, token="s3cret", tracks=2))
+        await manager.leave(info.id, "hasty")  # at once: ICE checks still running
+    await asyncio.sleep(0.2)
+    assert len(asyncio.all_tasks()) == before
+    assert source.sessions == 0
+    await manager.aclose()
+    await manager.engine.aclose()

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
-from bridge.connectors.base import ice_configuration
+from bridge.connectors.base import close_peer_connection, ice_configuration
 
 __all__ = ["DemoSource"]
 
@@ -107,4 +107,4 @@ async def _close(pc: RTCPeerConnection, players: list[MediaPlayer]) -> None:
     for player in players:
         if player.audio is not None:
             player.audio.stop()
-    await pc.close()
+    await close_peer_connection(pc)

@@ -22,6 +22,7 @@ from bridge.connectors.base import (
     OnSpeaker,
     OnSpeakerLeft,
     SpeakerTrack,
+    close_peer_connection,
     ice_configuration,
 )
 from bridge.tasks import TaskSet
@@ -134,6 +135,6 @@ class WhepConnector(Connector):
                     pass
         pc, self._pc = self._pc, None
         if pc is not None:
-            await pc.close()
+            await close_peer_connection(pc)
         await self._tasks.aclose()
         await asyncio.sleep(0)
