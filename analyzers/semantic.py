@@ -52,6 +52,7 @@ class SemanticConfig:
     sentiment: str = "vader"  # "vader", or a text-classification hub id / directory
     include_transcript: bool = False  # put transcripts in events (never in logs)
     max_new_tokens: int = 96
+    num_beams: int = 1  # greedy: beam search (transformers' pipeline default, 5) costs ~2x CPU
     min_audio_s: float = 1.0
     max_batch: int = 0  # 0: 1 on CPU, 8 on GPU
     max_wait_ms: float = 20.0
@@ -97,7 +98,8 @@ class SpeechRecognizer:
         self._pipe = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
                               feature_extractor=extractor, device=self.device)
         if cfg.is_encoder_decoder:
-            self._generate = {"max_new_tokens": self.config.max_new_tokens}
+            self._generate = {"max_new_tokens": self.config.max_new_tokens,
+                              "num_beams": self.config.num_beams}
             if cfg.model_type == "whisper":
                 self._generate["task"] = "transcribe"
                 if self.config.language:

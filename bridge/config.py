@@ -96,6 +96,7 @@ class SemanticSettings(_Section):
     sentiment: str = "vader"
     include_transcript: bool = False
     max_new_tokens: int = Field(96, ge=1, le=448)
+    num_beams: int = Field(1, ge=1, le=16)
     min_audio_s: float = Field(1.0, ge=0.1)
     max_batch: int = Field(0, ge=0, le=256)
     max_wait_ms: float = Field(20.0, ge=0, le=5000)
