@@ -54,7 +54,7 @@ class SemanticConfig:
     max_new_tokens: int = 96
     num_beams: int = 1  # greedy: beam search (transformers' pipeline default, 5) costs ~2x CPU
     min_audio_s: float = 1.0
-    max_batch: int = 0  # 0: 1 on CPU, 8 on GPU
+    max_batch: int = 0  # 0: 4 on CPU (greedy Whisper batches save 13-26 % CPU here), 8 on GPU
     max_wait_ms: float = 20.0
     queue_size: int = 64
     threads: int = 0  # torch CPU threads of the inference thread; 0: half the cores
@@ -198,7 +198,7 @@ class SemanticAnalyzer(SpeechChunkAnalyzer[SemanticResult]):
     def load(self, *, download: bool = False) -> None:
         self.sentiment.load(download=download)
         self.asr.load(download=download)
-        max_batch = self.config.max_batch or (1 if self.asr.device == "cpu" else 8)
+        max_batch = self.config.max_batch or (4 if self.asr.device == "cpu" else 8)
         self._scheduler = InferenceScheduler(
             self._predict,
             on_start=lambda: set_cpu_threads(self.asr.device, self.config.threads),

@@ -66,6 +66,7 @@ def test_language_is_passed_to_whisper(tiny_whisper: Path) -> None:
     asr = SpeechRecognizer(SemanticConfig(asr_model=str(tiny_whisper), language="de"))
     asr.load()
     assert asr._generate["language"] == "de" and asr._generate["task"] == "transcribe"
+    assert asr._generate["num_beams"] == 1  # greedy unless configured (the pipeline would use 5)
     auto = SpeechRecognizer(SemanticConfig(asr_model=str(tiny_whisper), language=None))
     auto.load()
     assert "language" not in auto._generate
