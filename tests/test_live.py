@@ -190,3 +190,29 @@ async def test_leaving_while_still_connecting_leaves_no_tasks(source: DemoSource
     assert source.sessions == 0
     await manager.aclose()
     await manager.engine.aclose()
+
+
+async def test_live_calls_use_the_semantic_stream_when_enabled(source: DemoSource,
+                                                                tiny_whisper: Path) -> None:
+    engine = AnalysisEngine(load_settings(None, analyzers=["prosody", "semantic"], semantic={
+        "asr_model": str(tiny_whisper), "max_new_tokens": 4}))
+    await engine.start()
+    assert engine.has("semantic")
+    got: list[Any] = []
+
+    async def emit(e: Any) -> None:
+        got.append(e)
+
+    manager = CallManager(engine, emit)
+    info = ev.CallInfo(id="whep:semantic", connector="whep")
+    await manager.join(info, _whep(source.url, token="s3cret", tracks=1, displays=["Alice"]))
+    for _ in range(300):  # until a sample carries sentiment (bounded: 30 s)
+        if any(isinstance(e, ev.AffectSample) and "semantic" in e.data.extra for e in got):
+            break
+        await asyncio.sleep(0.1)
+    await manager.aclose()
+    await engine.aclose()
+    with_sentiment = [e for e in got if isinstance(e, ev.AffectSample) and "semantic" in e.data.extra]
+    assert with_sentiment
+    sentiment = with_sentiment[0].data.extra["semantic"]["sentiment"]
+    assert -1 <= sentiment["score"] <= 1 and "transcript" not in with_sentiment[0].data.extra["semantic"]
