@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,3 +167,28 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed; .ci/setup should have installed it")
         pytest.skip(f"{name} not installed (run bash .ci/setup)")
     return path
+
+
+SOURCE_TOKEN = "s3cret"
+
+
+@pytest.fixture
+def loopback_ice() -> Iterator[None]:
+    """ICE on 127.0.0.1 only: test traffic never leaves loopback."""
+    from bridge.ice import restrict_host_addresses
+
+    restrict_host_addresses(["127.0.0.1"])
+    yield
+    restrict_host_addresses(None)
+
+
+@pytest.fixture
+async def source(loopback_ice: None) -> AsyncIterator[Any]:
+    """The demo's WHEP media source on loopback, bearer token ``SOURCE_TOKEN``."""
+    from bridge.connectors.demo import DemoSource
+    from bridge.demo import demo_clips
+
+    src = DemoSource(demo_clips(), token=SOURCE_TOKEN)
+    await src.start()
+    yield src
+    await src.aclose()

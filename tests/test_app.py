@@ -19,28 +19,14 @@ from bridge.app import create_app
 from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.demo import DemoSource
-from bridge.demo import demo_clips
-from bridge.ice import restrict_host_addresses
 from bridge.pipeline import AnalysisEngine
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SOURCE_TOKEN
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(autouse=True)
-def loopback_ice() -> Any:
-    restrict_host_addresses(["127.0.0.1"])
-    yield
-    restrict_host_addresses(None)
-
-
-@pytest.fixture
-async def source() -> Any:
-    src = DemoSource(demo_clips())
-    await src.start()
-    yield src
-    await src.aclose()
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 @pytest.fixture
@@ -124,7 +110,7 @@ async def test_bad_requests_get_a_reason_and_change_nothing(client: TestClient, 
 
 
 async def test_join_list_and_leave_a_whep_call(client: TestClient, source: DemoSource) -> None:
-    body = {"connector": "whep", "url": source.url, "tracks": 3,
+    body = {"connector": "whep", "url": source.url, "token": SOURCE_TOKEN, "tracks": 3,
             "displays": ["Alice", "Bob", "Carol"]}
     resp = await client.post("/v1/calls", json=body, headers=AUTH)
     assert resp.status == 201
@@ -181,7 +167,8 @@ async def test_run_joins_on_request_and_leaves_every_call_on_sigterm(tmp_path: P
                     pass
                 await asyncio.sleep(0.1)
             async with http.post(base + "/v1/calls", headers=AUTH,
-                                 json={"connector": "whep", "url": source.url, "tracks": 2}) as r:
+                                 json={"connector": "whep", "url": source.url,
+                                       "token": SOURCE_TOKEN, "tracks": 2}) as r:
                 assert r.status == 201, await r.text()
             await asyncio.sleep(1.0)
         proc.send_signal(signal.SIGTERM)

@@ -16,25 +16,10 @@ from bridge.config import load_settings
 from bridge.connectors.base import ConnectorError
 from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
-from bridge.demo import demo_clips
-from bridge.ice import restrict_host_addresses
 from bridge.pipeline import AnalysisEngine
 from tests.conftest import run_cli
 
-
-@pytest.fixture(autouse=True)
-def loopback_ice() -> Any:
-    restrict_host_addresses(["127.0.0.1"])
-    yield
-    restrict_host_addresses(None)
-
-
-@pytest.fixture
-async def source() -> Any:
-    src = DemoSource(demo_clips(), token="s3cret")
-    await src.start()
-    yield src
-    await src.aclose()
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 async def _manager() -> tuple[CallManager, list[Any]]:
