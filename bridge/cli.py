@@ -158,8 +158,7 @@ def _demo(args: argparse.Namespace) -> int:
     from bridge.demo import print_summary, run_demo
 
     settings = _settings(args)
-    result = asyncio.run(run_demo(settings, json_out=sys.stdout if args.json else None,
-                                  loop=args.loop))
+    result = asyncio.run(run_demo(settings, json_out=args.json, loop=args.loop))
     print_summary(result, to_stderr=args.json)
     return EXIT_FAILED if result.failed else EXIT_OK
 

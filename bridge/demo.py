@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from bridge import events as ev
-from bridge.analyze import AnalyzeResult, SpeakerSummary, describe, format_table, record_event
+from bridge.analyze import AnalyzeResult, SpeakerSummary, format_table, record_event
 from bridge.calls import CallManager
 from bridge.config import Settings
 from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
 from bridge.ice import restrict_host_addresses
 from bridge.pipeline import AnalysisEngine
+from bridge.sinks.console import ConsoleSink
 
 __all__ = ["DEMO_SPEAKERS", "demo_clips", "run_demo"]
 
@@ -34,20 +35,19 @@ def demo_clips() -> list[Path]:
             ("alice_calm_then_stressed.flac", "bob_calm.flac", "carol_calm.flac")]
 
 
-async def run_demo(settings: Settings, *, json_out: IO[str] | None, loop: bool = False,
-                   ) -> AnalyzeResult:
-    """Play the demo call and analyse it. Events go to ``json_out`` as JSON lines, or, without
-    it, notable ones to stdout as readable lines. Returns the per-speaker summary."""
+async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
+                   stream: IO[str] | None = None) -> AnalyzeResult:
+    """Play the demo call and analyse it. Events go to ``stream`` (stdout) as JSON lines with
+    ``json_out``, else as a live speaker table (on a terminal) or readable event lines.
+    Returns the per-speaker summary."""
     restrict_host_addresses(["127.0.0.1"])  # test traffic stays on loopback
     summaries: dict[str, SpeakerSummary] = {}
+    console = ConsoleSink("jsonl" if json_out else "table", stream)
+    await console.start()
 
     async def emit(event: Any) -> None:
         record_event(summaries, event)
-        if json_out is not None:
-            json_out.write(event.model_dump_json() + "\n")
-            json_out.flush()
-        elif (line := describe(event)) is not None:
-            print(line, flush=True)
+        await console.emit(event)
 
     source = DemoSource(demo_clips(), loop=loop)
     engine = AnalysisEngine(settings)
@@ -70,6 +70,7 @@ async def run_demo(settings: Settings, *, json_out: IO[str] | None, loop: bool =
         await manager.aclose()
         await source.aclose()
         await engine.aclose()
+        await console.aclose()
         restrict_host_addresses(None)
     return AnalyzeResult(list(summaries.values()), dict(engine.degraded))
 

@@ -12,13 +12,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from bridge.app import build_app
 from bridge.config import ConfigError, Settings
 from bridge.ice import restrict_host_addresses
+from bridge.sinks.console import ConsoleSink
 
 __all__ = ["api_token", "serve"]
 
@@ -45,11 +45,8 @@ async def serve(settings: Settings) -> None:
     token = api_token()
     restrict_host_addresses(settings.live.ice_host_addresses)
 
-    async def emit(event: Any) -> None:
-        sys.stdout.write(event.model_dump_json() + "\n")
-        sys.stdout.flush()
-
-    app = build_app(settings, token=token, emit=emit)
+    console = ConsoleSink("jsonl")
+    app = build_app(settings, token=token, emit=console.emit)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -1,0 +1,1 @@
+"""Where events go: console (more to come: webhooks, Prometheus)."""
