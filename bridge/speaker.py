@@ -57,7 +57,11 @@ class SpeakerPipeline:
         try:
             while True:
                 try:
-                    frame = await asyncio.wait_for(self.track.recv(), self._silence_timeout)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                    # lands as a frame arrives (CPython gh-86296), and then leaving hangs; it
+                    # also costs a task per frame.
+                    async with asyncio.timeout(self._silence_timeout):
+                        frame = await self.track.recv()
                 except TimeoutError:
                     self.reason = "silent"
                     return
