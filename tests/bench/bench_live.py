@@ -63,6 +63,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from procstat import machine_busy_s  # tests/bench/, beside this script
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a model hub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,17 +99,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def machine_busy_s() -> float | None:
-    """CPU-seconds all processes have spent so far (``/proc/stat``), or None where unavailable."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def die_with_parent(parent: int) -> None:

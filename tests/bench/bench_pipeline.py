@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
+from procstat import machine_busy_s  # tests/bench/, beside this script
 
 # Before transformers / huggingface_hub are imported (they are imported lazily below).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -250,17 +251,6 @@ class Timing:
     other_cpu_s: float | None = None  # CPU the rest of the machine used meanwhile (Linux)
 
 
-def system_busy_s() -> float | None:
-    """CPU-seconds all processes have spent so far (``/proc/stat``), or None where unavailable."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def timed(fn: Callable[[], Any]) -> tuple[Any, Timing]:
     """Wall (perf_counter) and CPU time of the whole process, all threads (process_time).
 
@@ -268,9 +258,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, Timing]:
     leaves torch's two OpenMP threads one core, and their spin-waits then inflate *our* CPU time
     several times over. A run with much ``other_cpu_s`` is not a clean measurement.
     """
-    b0, w0, c0 = system_busy_s(), time.perf_counter(), time.process_time()
+    b0, w0, c0 = machine_busy_s(), time.perf_counter(), time.process_time()
     value = fn()
-    wall, cpu, b1 = time.perf_counter() - w0, time.process_time() - c0, system_busy_s()
+    wall, cpu, b1 = time.perf_counter() - w0, time.process_time() - c0, machine_busy_s()
     other = None if b0 is None or b1 is None else max(0.0, b1 - b0 - cpu)
     return value, Timing(wall, cpu, other)
 
@@ -501,10 +491,10 @@ def run_cli_child(path: Path, config: Path, audio_s: float, workdir: Path) -> Ch
     cmd = [sys.executable, "-m", "bridge.cli", "analyze", str(path), "--format", "table",
            "--config", str(config)]
     out_path, err_path = workdir / f"{path.stem}.out", workdir / f"{path.stem}.err"
-    busy0 = system_busy_s()
+    busy0 = machine_busy_s()
     launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out_path), str(err_path), *cmd],
                               capture_output=True, text=True, env=env, cwd=ROOT, check=True)
-    busy1 = system_busy_s()
+    busy1 = machine_busy_s()
     usage = json.loads(launched.stdout)
     other = None if busy0 is None or busy1 is None else max(0.0, busy1 - busy0 - usage["cpu_s"])
     if usage["exit_code"] != 0:
