@@ -7,40 +7,28 @@ without one configured, ``/v1/*`` refuses every request). Every bad request gets
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from bridge import events as ev
+from bridge.autojoin import JanusAutoJoin
 from bridge.calls import Call, CallManager
 from bridge.config import Settings
-from bridge.connectors.base import ConnectorError
-from bridge.connectors.whep import WhepConnector
+from bridge.connectors import load_connectors
+from bridge.connectors.base import Connector, ConnectorError
 from bridge.pipeline import AnalysisEngine, Emit
 
-__all__ = ["ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "openapi"]
+__all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "openapi"]
 
 ENGINE = web.AppKey("engine", AnalysisEngine)
 MANAGER = web.AppKey("manager", CallManager)
 TOKEN = web.AppKey("token", str)
 ICE = web.AppKey("ice_servers", list)
-
-CONNECTORS = ("whep",)
-
-
-class WhepJoin(BaseModel):
-    """Join a WHEP session: every audio track is a speaker."""
-
-    model_config = ConfigDict(extra="forbid")
-    connector: Literal["whep"]
-    url: str = Field(pattern=r"^https?://", max_length=2048)
-    token: str | None = Field(None, max_length=4096)
-    tracks: int = Field(1, ge=1, le=64)
-    displays: list[str] = Field(default_factory=list, max_length=64)
+CONNECTORS = web.AppKey("connectors", dict)
+AUTOJOIN = web.AppKey("autojoin", list)
 
 
 def _error(status: int, error: str, reason: str) -> web.Response:
@@ -113,28 +101,28 @@ async def join_call(request: web.Request) -> web.Response:
         return _error(400, "invalid_json", "the request body is not valid JSON")
     if not isinstance(body, dict):
         return _error(400, "invalid_request", "the request body must be a JSON object")
-    connector = body.get("connector")
-    if connector not in CONNECTORS:
+    connectors: dict[str, type[Connector]] = request.app[CONNECTORS]
+    name = body.get("connector")
+    if not isinstance(name, str) or name not in connectors:
         return _error(400, "unknown_connector",
-                      f"unknown connector {connector!r}; available: {', '.join(CONNECTORS)}")
+                      f"unknown connector {name!r}; available: {', '.join(sorted(connectors))}")
+    cls = connectors[name]
     try:
-        req = WhepJoin.model_validate(body)
+        req = cls.Request.model_validate(body)
     except ValidationError as exc:
         reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _error(422, "invalid_request", reason)
-    call_id = "whep:" + hashlib.sha256(req.url.encode()).hexdigest()[:12]
+    info, factory = cls.from_request(req, ice_servers=request.app[ICE])
     manager = request.app[MANAGER]
-    if call_id in manager.calls:
-        return _error(409, "already_joined", f"already in call {call_id}")
-    info = ev.CallInfo(id=call_id, connector="whep", room=None)
-    ice = request.app[ICE]
+    if info.id in manager.calls:
+        return _error(409, "already_joined", f"already in call {info.id}")
     try:
-        await manager.join(info, lambda i, on_sp, on_left: WhepConnector(
-            i, on_sp, on_left, url=req.url, token=req.token, tracks=req.tracks,
-            displays=req.displays, ice_servers=ice))
+        await manager.join(info, factory)
     except ConnectorError as exc:
-        return _error(502, "join_failed", str(exc))
-    return web.json_response({"id": call_id}, status=201)
+        return _error(422, exc.error, str(exc))
+    except ValueError as exc:  # joined concurrently by another request or by auto-join
+        return _error(409, "already_joined", str(exc))
+    return web.json_response({"id": info.id}, status=201)
 
 
 async def leave_call(request: web.Request) -> web.Response:
@@ -162,7 +150,8 @@ def openapi() -> dict[str, Any]:
         "info": {"title": "affect-bridge control API", "version": "1"},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"WhepJoin": WhepJoin.model_json_schema()},
+            "schemas": {cls.Request.__name__: cls.Request.model_json_schema()
+                        for cls in load_connectors().values()},
         },
         "paths": {
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok}}},
@@ -173,9 +162,11 @@ def openapi() -> dict[str, Any]:
                         "security": secured, "responses": {"200": ok, "401": err}},
                 "post": {"summary": "join a call", "security": secured,
                          "requestBody": {"required": True, "content": {"application/json": {
-                             "schema": {"$ref": "#/components/schemas/WhepJoin"}}}},
+                             "schema": {"oneOf": [
+                                 {"$ref": f"#/components/schemas/{cls.Request.__name__}"}
+                                 for cls in load_connectors().values()]}}}},
                          "responses": {"201": ok, "400": err, "401": err, "409": err,
-                                       "422": err, "502": err}},
+                                       "422": err}},
             },
             "/v1/calls/{call_id}": {
                 "get": {"summary": "one call", "security": secured, "parameters": call_id,
@@ -199,6 +190,8 @@ def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | Non
     app[MANAGER] = manager
     app[TOKEN] = token or ""
     app[ICE] = list(ice_servers or [])
+    app[CONNECTORS] = load_connectors()
+    app[AUTOJOIN] = []
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_doc)
@@ -217,11 +210,19 @@ def build_app(settings: Settings, *, token: str | None, emit: Emit) -> web.Appli
     manager = CallManager(engine, emit, silence_timeout_s=settings.live.silence_timeout_s)
     app = create_app(engine, manager, token=token, ice_servers=settings.live.ice_servers)
 
+    autojoins = [JanusAutoJoin(manager, cfg, settings.shard, ice_servers=settings.live.ice_servers)
+                 for cfg in settings.janus]
+    app[AUTOJOIN] = autojoins
+
     async def lifecycle(app: web.Application) -> Any:
         await engine.start()
         for event in engine.degraded_events():
             await emit(event)
+        for autojoin in autojoins:
+            autojoin.start()
         yield
+        for autojoin in autojoins:
+            await autojoin.aclose()
         await manager.aclose("shutting down")
         await engine.aclose()
 

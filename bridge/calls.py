@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge import events as ev
-from bridge.connectors.base import Connector, OnSpeaker, OnSpeakerLeft, SpeakerTrack
+from bridge.connectors.base import Connector, ConnectorFactory, SpeakerTrack
 from bridge.pipeline import AnalysisEngine, Emit
 from bridge.speaker import SpeakerPipeline
 from bridge.tasks import TaskSet
@@ -16,8 +16,6 @@ from bridge.tasks import TaskSet
 __all__ = ["Call", "CallManager"]
 
 log = logging.getLogger(__name__)
-
-ConnectorFactory = Callable[[ev.CallInfo, OnSpeaker, OnSpeakerLeft], Connector]
 
 
 @dataclass
@@ -28,6 +26,7 @@ class Call:
     speakers: dict[str, SpeakerPipeline] = field(default_factory=dict)
     seen_speakers: int = 0
     empty: asyncio.Event = field(default_factory=asyncio.Event)
+    watcher: asyncio.Task[None] | None = None
 
 
 class CallManager:
@@ -62,7 +61,14 @@ class CallManager:
             self.calls.pop(info.id, None)
             raise
         await self._emit(ev.CallJoined(call=info, data=ev.CallJoinedData()))
+        call.watcher = self._tasks.spawn(self._watch_call(call), name=f"call:{info.id}")
         return call
+
+    async def _watch_call(self, call: Call) -> None:
+        """A call that ends by itself (room destroyed, room empty) is left."""
+        await call.connector.ended.wait()
+        if self.calls.get(call.info.id) is call:
+            await self.leave(call.info.id, call.connector.end_reason)
 
     async def _add_speaker(self, call_id: str, found: SpeakerTrack) -> None:
         call = self.calls.get(call_id)
@@ -100,6 +106,11 @@ class CallManager:
             call.speakers.pop(speaker_id, None)
             await pipeline.aclose("call left")
         await call.connector.leave()
+        watcher = call.watcher
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         loop = asyncio.get_running_loop()
         await self._emit(ev.CallLeft(call=call.info, data=ev.CallLeftData(
             offset_s=round(loop.time() - call.started, 3), reason=reason)))

@@ -7,11 +7,19 @@ Precedence: explicit arguments > environment > TOML file > defaults.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,6 +123,54 @@ class LiveSettings(_Section):
         None, description="gather ICE host candidates only on these local addresses")
 
 
+class JanusSettings(_Section):
+    """One Janus server to auto-join rooms on (``[[janus]]`` blocks)."""
+
+    url: str = Field(pattern=r"^https?://", max_length=2048,
+                     description="the Janus HTTP API, e.g. http://janus:8088/janus")
+    rooms: list[int | str] | str = Field(
+        "*", description='"*", a list of room ids, or a regex searched in room id and description')
+    display_name: str = Field("affect-bridge (monitoring)", min_length=1, max_length=128)
+    leave_when_empty: float | None = Field(
+        30.0, ge=0, description="leave after nobody else has been in the room this long; "
+        "null: stay")
+    poll_s: float = Field(5.0, gt=0, le=3600, description="how often the room list is polled")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+                             description="prefix for call ids when several servers are set")
+
+    @field_validator("rooms")
+    @classmethod
+    def _rooms(cls, v: list[int | str] | str) -> list[int | str] | str:
+        if isinstance(v, str) and v != "*":
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+    def wants(self, room: int | str, description: str) -> bool:
+        """Whether auto-join should take this room (before sharding)."""
+        if self.rooms == "*":
+            return True
+        if isinstance(self.rooms, list):
+            return str(room) in {str(r) for r in self.rooms}
+        pattern = re.compile(self.rooms)
+        return bool(pattern.search(str(room)) or pattern.search(description))
+
+
+class ShardSettings(_Section):
+    """This replica's share of auto-joined rooms (rendezvous hashing of the room id)."""
+
+    index: int = Field(0, ge=0)
+    count: int = Field(1, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> ShardSettings:
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} must be below count {self.count}")
+        return self
+
+
 class StressSettings(_Section):
     calibration_s: float = Field(20.0, ge=0)
     calibration_windows: int = Field(5, ge=1)
@@ -148,6 +204,9 @@ class Settings(BaseSettings):
     emotion: EmotionSettings = Field(default_factory=lambda: EmotionSettings())
     semantic: SemanticSettings = Field(default_factory=lambda: SemanticSettings())
     live: LiveSettings = Field(default_factory=lambda: LiveSettings())
+    janus: list[JanusSettings] = Field(default_factory=list,
+                                       description="Janus servers whose rooms are auto-joined")
+    shard: ShardSettings = Field(default_factory=lambda: ShardSettings())
     stress: StressSettings = Field(default_factory=lambda: StressSettings())
 
     @classmethod

@@ -149,6 +149,7 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
         await manager.leave(info.id, "cycle")
 
     await cycle()  # warm-up: first-use allocations are not growth
+    await asyncio.sleep(0.2)  # the same settling time as before the second census
     before = census()
     for _ in range(100):
         await cycle()

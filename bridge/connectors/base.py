@@ -13,18 +13,24 @@ import contextlib
 import random
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
+from pydantic import BaseModel
 
 from bridge import events as ev
 
-__all__ = ["Backoff", "Connector", "ConnectorError", "SpeakerTrack", "close_peer_connection",
-           "ice_configuration"]
+__all__ = ["Backoff", "Connector", "ConnectorError", "ConnectorFactory", "SpeakerTrack",
+           "close_peer_connection", "ice_configuration"]
 
 
 class ConnectorError(RuntimeError):
-    """Joining failed for a reason worth one line (unreachable, refused, bad answer)."""
+    """Joining failed for a reason worth one line (unreachable, refused, bad answer).
+    ``error`` is the control API's error code for it."""
+
+    def __init__(self, reason: str, *, error: str = "join_failed") -> None:
+        super().__init__(reason)
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,19 +43,37 @@ class SpeakerTrack:
 
 OnSpeaker = Callable[[SpeakerTrack], Coroutine[Any, Any, None]]
 OnSpeakerLeft = Callable[[str, str], Coroutine[Any, Any, None]]  # speaker id, reason
+ConnectorFactory = Callable[[ev.CallInfo, OnSpeaker, OnSpeakerLeft], "Connector"]
 
 
 class Connector(abc.ABC):
     """Join one call. ``on_speaker`` is awaited for each speaker found (its track must be drained
-    from the first frame); ``on_speaker_left`` when the signalling says a speaker went."""
+    from the first frame); ``on_speaker_left`` when the signalling says a speaker went; ``end``
+    when the call is over by itself (the call manager then leaves it)."""
 
-    name: str = "base"
+    name: ClassVar[str] = "base"
+    #: The body of ``POST /v1/calls`` that joins a call through this connector.
+    Request: ClassVar[type[BaseModel]]
 
     def __init__(self, call: ev.CallInfo, on_speaker: OnSpeaker, on_speaker_left: OnSpeakerLeft,
                  ) -> None:
         self.call = call
         self._on_speaker = on_speaker
         self._on_speaker_left = on_speaker_left
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+
+    def end(self, reason: str) -> None:
+        """The call is over by itself (room destroyed or empty): the call manager leaves it."""
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    @classmethod
+    def from_request(cls, req: Any, *, ice_servers: list[str] | None = None,
+                     ) -> tuple[ev.CallInfo, ConnectorFactory]:
+        """The call a validated ``Request`` names, and how to build its connector."""
+        raise NotImplementedError(f"connector {cls.name!r} cannot be joined on request")
 
     @abc.abstractmethod
     async def join(self) -> None:

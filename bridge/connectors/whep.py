@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+from typing import Literal
 from urllib.parse import urljoin
 
 import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from pydantic import BaseModel, ConfigDict, Field
 
 from bridge import events as ev
 from bridge.connectors.base import (
     Connector,
     ConnectorError,
+    ConnectorFactory,
     OnSpeaker,
     OnSpeakerLeft,
     SpeakerTrack,
@@ -27,13 +31,36 @@ from bridge.connectors.base import (
 )
 from bridge.tasks import TaskSet
 
-__all__ = ["WhepConnector"]
+__all__ = ["WhepConnector", "WhepJoin"]
 
 log = logging.getLogger(__name__)
 
 
+class WhepJoin(BaseModel):
+    """Join a WHEP session: every audio track is a speaker."""
+
+    model_config = ConfigDict(extra="forbid")
+    connector: Literal["whep"]
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    token: str | None = Field(None, max_length=4096)
+    tracks: int = Field(1, ge=1, le=64)
+    displays: list[str] = Field(default_factory=list, max_length=64)
+
+
 class WhepConnector(Connector):
     name = "whep"
+    Request = WhepJoin
+
+    @classmethod
+    def from_request(cls, req: WhepJoin, *, ice_servers: list[str] | None = None,
+                     ) -> tuple[ev.CallInfo, ConnectorFactory]:
+        call_id = "whep:" + hashlib.sha256(req.url.encode()).hexdigest()[:12]
+        info = ev.CallInfo(id=call_id, connector="whep", room=None)
+
+        def factory(i: ev.CallInfo, on_sp: OnSpeaker, on_left: OnSpeakerLeft) -> Connector:
+            return cls(i, on_sp, on_left, url=req.url, token=req.token, tracks=req.tracks,
+                       displays=req.displays, ice_servers=ice_servers)
+        return info, factory
 
     def __init__(
         self,
@@ -121,9 +148,11 @@ class WhepConnector(Connector):
                 self._location = urljoin(self.url, location) if location else None
                 return body
         except aiohttp.ClientError as exc:
-            raise ConnectorError(f"WHEP endpoint {self.url} unreachable: {exc}") from exc
+            raise ConnectorError(f"WHEP endpoint {self.url} unreachable: {exc}",
+                                 error="unreachable") from exc
         except TimeoutError as exc:
-            raise ConnectorError(f"WHEP endpoint {self.url} did not answer in time") from exc
+            raise ConnectorError(f"WHEP endpoint {self.url} did not answer in time",
+                                 error="unreachable") from exc
 
     async def leave(self) -> None:
         location, self._location = self._location, None

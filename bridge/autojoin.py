@@ -1,0 +1,102 @@
+"""Auto-join: poll each configured Janus server's room list and join the rooms this replica owns.
+
+A room is joined when it matches the ``rooms`` setting, rendezvous hashing assigns it to this
+replica (``shard.index`` of ``shard.count``), and someone is in it. Rooms that appear later are
+joined on the next poll; a room the bridge left because it was empty is joined again when
+someone comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from bridge import events as ev
+from bridge.calls import CallManager
+from bridge.config import JanusSettings, ShardSettings
+from bridge.connectors.base import Backoff, ConnectorError, OnSpeaker, OnSpeakerLeft
+from bridge.connectors.janus import JanusConnector, JanusSession, janus_call_info
+from bridge.shard import owns
+from bridge.tasks import TaskSet
+
+__all__ = ["JanusAutoJoin"]
+
+log = logging.getLogger(__name__)
+
+
+class JanusAutoJoin:
+    """One per ``[[janus]]`` block; ``start`` spawns the poller, ``aclose`` stops it (the call
+    manager leaves the calls)."""
+
+    def __init__(self, manager: CallManager, cfg: JanusSettings, shard: ShardSettings, *,
+                 ice_servers: list[str] | None = None) -> None:
+        self.manager = manager
+        self.cfg = cfg
+        self.shard = shard
+        self._ice_servers = ice_servers
+        self._tasks = TaskSet(f"autojoin:{cfg.url}")
+        self._failed: dict[str, str] = {}  # call id -> last join error (logged once)
+        self.polls = 0
+
+    def start(self) -> None:
+        self._tasks.spawn(self._run(), name="poll")
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()
+
+    async def _run(self) -> None:
+        backoff = Backoff(cap_s=max(30.0, self.cfg.poll_s))
+        while True:
+            session = JanusSession(self.cfg.url)
+            try:
+                await session.create()
+                handle = await session.attach(_ignore)
+                backoff.reset()
+                while not session.lost.is_set():
+                    data, _ = await session.message(handle, {"request": "list"})
+                    self.polls += 1
+                    await self._reconcile(data.get("list", []))
+                    await asyncio.sleep(self.cfg.poll_s)
+            except ConnectorError as exc:
+                log.warning("auto-join on %s: %s", self.cfg.url, exc)
+            finally:
+                await session.close()
+            await backoff.sleep()
+
+    async def _reconcile(self, rooms: list[dict[str, Any]]) -> None:
+        for room in rooms:
+            room_id = room.get("room")
+            if room_id is None or not self.cfg.wants(room_id, str(room.get("description", ""))):
+                continue
+            if not owns(room_id, self.shard.index, self.shard.count):
+                continue
+            info = janus_call_info(room_id, self.cfg.name)
+            if info.id in self.manager.calls or int(room.get("num_participants", 0)) < 1:
+                continue
+            self._tasks.spawn(self._join(room_id, info), name=f"join:{info.id}")
+
+    async def _join(self, room: int | str, info: ev.CallInfo) -> None:
+        cfg = self.cfg
+
+        def factory(i: ev.CallInfo, on_sp: OnSpeaker, on_left: OnSpeakerLeft) -> JanusConnector:
+            return JanusConnector(i, on_sp, on_left, url=cfg.url, room=room,
+                                  display_name=cfg.display_name,
+                                  leave_when_empty=cfg.leave_when_empty,
+                                  ice_servers=self._ice_servers)
+
+        if info.id in self.manager.calls:
+            return
+        try:
+            await self.manager.join(info, factory)
+        except (ConnectorError, ValueError) as exc:
+            if self._failed.get(info.id) != str(exc):
+                log.warning("auto-join of room %s on %s failed: %s", room, cfg.url, exc)
+            self._failed[info.id] = str(exc)
+            return
+        self._failed.pop(info.id, None)
+        log.info("auto-joined room %s on %s as %s", room, cfg.url, info.id)
+
+
+async def _ignore(event: dict[str, Any]) -> None:
+    """The list handle's events carry nothing auto-join needs."""

@@ -1,0 +1,525 @@
+"""Janus 1.x VideoRoom over the HTTP API: join a room as a silent, visible participant.
+
+The bridge joins as a ``publisher`` with a display name (default ``affect-bridge (monitoring)``)
+and never publishes, so it receives the room's events (``publishers``, ``unpublished``,
+``leaving``, ``destroyed``). Each publisher's audio is received on its own subscriber handle and
+PeerConnection (one per feed): a feed that fails is re-subscribed alone, and aiortc never has to
+renegotiate a shared connection. A long poll carries events; a keepalive runs beside it.
+
+On session loss (Janus restarted, session timed out, API unreachable) every speaker leaves and
+the connector rejoins with backoff on a new session and new PeerConnections (aiortc has no ICE
+restart). The call ends by itself when the room is destroyed or nobody else has been in it for
+``leave_when_empty`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bridge import events as ev
+from bridge.connectors.base import (
+    Backoff,
+    Connector,
+    ConnectorError,
+    ConnectorFactory,
+    OnSpeaker,
+    OnSpeakerLeft,
+    SpeakerTrack,
+    close_peer_connection,
+    ice_configuration,
+)
+from bridge.tasks import TaskSet
+
+__all__ = ["DEFAULT_DISPLAY", "JanusConnector", "JanusError", "JanusJoin", "JanusSession",
+           "janus_call_info"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DISPLAY = "affect-bridge (monitoring)"
+VIDEOROOM = "janus.plugin.videoroom"
+NO_SUCH_SESSION = 458
+NO_SUCH_ROOM = 426
+
+EventHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+
+
+class JanusError(ConnectorError):
+    """Janus refused a request (``code`` is Janus's or the VideoRoom plugin's error code)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"Janus error {code}: {reason}",
+                         error="room_not_found" if code == NO_SUCH_ROOM else "join_failed")
+        self.code = code
+
+
+class JanusSession:
+    """One Janus API session over HTTP: requests, a long poll for events, and a keepalive.
+
+    ``lost`` is set (with ``lost_reason``) when the session is gone: Janus answered "no such
+    session", or the API stopped answering.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0, keepalive_s: float = 25.0) -> None:
+        self.url = url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._keepalive_s = keepalive_s
+        self._http: aiohttp.ClientSession | None = None
+        self.id: int | None = None
+        self.handlers: dict[int, EventHandler] = {}
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks = TaskSet(f"janus-session:{url}")
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+
+    async def create(self) -> None:
+        self._http = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            reply = await self._post(self.url, {"janus": "create"})
+        except BaseException:
+            await self.close()
+            raise
+        self.id = int(reply["data"]["id"])
+        self._tasks.spawn(self._poll(), name="poll")
+        self._tasks.spawn(self._keepalive(), name="keepalive")
+
+    async def attach(self, handler: EventHandler) -> int:
+        reply = await self._post(f"{self.url}/{self.id}", {"janus": "attach", "plugin": VIDEOROOM})
+        handle = int(reply["data"]["id"])
+        self.handlers[handle] = handler
+        return handle
+
+    async def detach(self, handle: int) -> None:
+        self.handlers.pop(handle, None)
+        if not self.lost.is_set():
+            with contextlib.suppress(ConnectorError):
+                await self._post(f"{self.url}/{self.id}/{handle}", {"janus": "detach"})
+
+    async def message(self, handle: int, body: dict[str, Any], jsep: dict[str, Any] | None = None,
+                      ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Send a plugin request; return the plugin's data and any JSEP. Synchronous requests
+        answer in the POST's reply; asynchronous ones are acked and answered on the long poll."""
+        msg: dict[str, Any] = {"janus": "message", "body": body}
+        if jsep is not None:
+            msg["jsep"] = jsep
+        transaction = secrets.token_hex(8)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[transaction] = future
+        try:
+            reply = await self._post(f"{self.url}/{self.id}/{handle}", msg, transaction)
+            if reply.get("janus") == "ack":
+                async with asyncio.timeout(self._timeout.total or 10.0):
+                    reply = await future
+        except TimeoutError as exc:
+            raise ConnectorError(f"Janus {self.url} did not answer {body.get('request')!r} "
+                                 "in time") from exc
+        finally:
+            self._pending.pop(transaction, None)
+        data = reply.get("plugindata", {}).get("data", {})
+        if "error_code" in data:
+            raise JanusError(int(data["error_code"]), str(data.get("error", "")))
+        return data, reply.get("jsep")
+
+    async def trickle_completed(self, handle: int) -> None:
+        await self._post(f"{self.url}/{self.id}/{handle}",
+                         {"janus": "trickle", "candidate": {"completed": True}})
+
+    async def close(self) -> None:
+        """Destroy the session (best effort) and stop polling; idempotent."""
+        if self.id is not None and not self.lost.is_set() and self._http is not None:
+            with contextlib.suppress(ConnectorError):
+                await self._post(f"{self.url}/{self.id}", {"janus": "destroy"})
+        self._mark_lost("closed")
+        await self._tasks.aclose()
+        for future in self._pending.values():
+            future.cancel()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+
+    def _mark_lost(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.lost_reason = reason
+            self.lost.set()
+
+    async def _post(self, url: str, msg: dict[str, Any], transaction: str | None = None,
+                    ) -> dict[str, Any]:
+        if self._http is None:
+            raise ConnectorError("Janus session is closed")
+        msg = {**msg, "transaction": transaction or secrets.token_hex(8)}
+        try:
+            async with self._http.post(url, json=msg) as resp:
+                if resp.status != 200:
+                    raise ConnectorError(f"Janus {self.url} answered HTTP {resp.status}")
+                reply: dict[str, Any] = await resp.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            raise ConnectorError(f"Janus {self.url} unreachable: {exc}",
+                                 error="unreachable") from exc
+        except TimeoutError as exc:
+            raise ConnectorError(f"Janus {self.url} did not answer in time",
+                                 error="unreachable") from exc
+        except ValueError as exc:
+            raise ConnectorError(f"Janus {self.url} sent something that is not JSON") from exc
+        if reply.get("janus") == "error":
+            error = reply.get("error", {})
+            code = int(error.get("code", 0))
+            if code == NO_SUCH_SESSION:
+                self._mark_lost("session gone")
+            raise JanusError(code, str(error.get("reason", "")))
+        return reply
+
+    async def _poll(self) -> None:
+        """The long poll: Janus holds it up to 30 s and answers with events or a keepalive."""
+        assert self._http is not None
+        failures = 0
+        poll_timeout = aiohttp.ClientTimeout(total=60)
+        while not self.lost.is_set():
+            try:
+                async with self._http.get(f"{self.url}/{self.id}", params={"maxev": "10"},
+                                          timeout=poll_timeout) as resp:
+                    body = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                failures += 1
+                if failures >= 2:
+                    self._mark_lost(f"Janus API unreachable ({type(exc).__name__})")
+                    return
+                await asyncio.sleep(1.0)
+                continue
+            failures = 0
+            for event in body if isinstance(body, list) else [body]:
+                await self._dispatch(event)
+
+    async def _dispatch(self, event: dict[str, Any]) -> None:
+        kind = event.get("janus")
+        if kind == "error" and int(event.get("error", {}).get("code", 0)) == NO_SUCH_SESSION:
+            self._mark_lost("session gone")
+            return
+        if kind in ("keepalive", "ack"):
+            return
+        future = self._pending.get(event.get("transaction", ""))
+        if future is not None and not future.done() and kind in ("event", "success", "error"):
+            future.set_result(event)
+            return
+        handler = self.handlers.get(int(event.get("sender", 0) or 0))
+        if handler is not None:
+            try:
+                await handler(event)
+            except Exception:
+                log.exception("Janus event handler failed on a %r event", kind)
+
+    async def _keepalive(self) -> None:
+        while not self.lost.is_set():
+            await asyncio.sleep(self._keepalive_s)
+            with contextlib.suppress(ConnectorError):
+                await self._post(f"{self.url}/{self.id}", {"janus": "keepalive"})
+
+
+@dataclass
+class _Feed:
+    feed: str
+    display: str
+    handle: int | None = None
+    pc: RTCPeerConnection | None = None
+    speaker_id: str = ""
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+def janus_call_info(room: int | str, name: str | None = None) -> ev.CallInfo:
+    """Call id ``janus:<room>`` (``janus:<name>:<room>`` for a named server)."""
+    prefix = f"janus:{name}" if name else "janus"
+    return ev.CallInfo(id=f"{prefix}:{room}", connector="janus", room=str(room))
+
+
+class JanusJoin(BaseModel):
+    """Join one VideoRoom room on a Janus server."""
+
+    model_config = ConfigDict(extra="forbid")
+    connector: Literal["janus"]
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    room: int | str = Field(description="room id: a number, or a string when the server uses "
+                                        "string_ids")
+    display_name: str = Field(DEFAULT_DISPLAY, min_length=1, max_length=128)
+    leave_when_empty: float | None = Field(30.0, ge=0)
+
+    @field_validator("room")
+    @classmethod
+    def _room(cls, room: int | str) -> int | str:
+        if isinstance(room, int) and not 0 < room < 2**63:
+            raise ValueError("must be a positive 64-bit number")
+        if isinstance(room, str) and not (0 < len(room) <= 128 and room.isprintable()):
+            raise ValueError("must be 1..128 printable characters")
+        return room
+
+
+class JanusConnector(Connector):
+    """One VideoRoom room. ``join`` raises :class:`JanusError` (``room_not_found``) for a room
+    that does not exist and :class:`ConnectorError` when the server cannot be reached."""
+
+    name = "janus"
+    Request = JanusJoin
+
+    @classmethod
+    def from_request(cls, req: JanusJoin, *, ice_servers: list[str] | None = None,
+                     ) -> tuple[ev.CallInfo, ConnectorFactory]:
+        def factory(i: ev.CallInfo, on_sp: OnSpeaker, on_left: OnSpeakerLeft) -> Connector:
+            return cls(i, on_sp, on_left, url=req.url, room=req.room,
+                       display_name=req.display_name, leave_when_empty=req.leave_when_empty,
+                       ice_servers=ice_servers)
+        return janus_call_info(req.room), factory
+
+    def __init__(
+        self,
+        call: ev.CallInfo,
+        on_speaker: OnSpeaker,
+        on_speaker_left: OnSpeakerLeft,
+        *,
+        url: str,
+        room: int | str,
+        display_name: str = DEFAULT_DISPLAY,
+        leave_when_empty: float | None = 30.0,
+        ice_servers: list[str] | None = None,
+        timeout_s: float = 10.0,
+        participants_poll_s: float = 5.0,
+    ) -> None:
+        super().__init__(call, on_speaker, on_speaker_left)
+        self.url = url
+        self.room = room
+        self.display_name = display_name
+        self.leave_when_empty = leave_when_empty
+        self._ice_servers = ice_servers
+        self._timeout_s = timeout_s
+        self._participants_poll_s = participants_poll_s
+        self._session: JanusSession | None = None
+        self._handle: int | None = None
+        self._own_id: str | None = None
+        self._feeds: dict[str, _Feed] = {}
+        self._publishers: dict[str, str] = {}  # feed id -> display, as the room announced
+        self._tasks = TaskSet(f"janus:{call.id}")
+        self._backoff = Backoff()
+        self.rejoins = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def join(self) -> None:
+        await self._connect()
+        self._tasks.spawn(self._supervise(), name="supervise")
+
+    async def leave(self) -> None:
+        await self._tasks.aclose()
+        await self._disconnect("call left", announce=False)
+        self.end("left")
+
+    async def _connect(self) -> None:
+        session = JanusSession(self.url, timeout_s=self._timeout_s)
+        await session.create()
+        self._session = session
+        try:
+            self._handle = await session.attach(self._on_room_event)
+            data, _ = await session.message(self._handle, {
+                "request": "join", "ptype": "publisher", "room": self.room,
+                "display": self.display_name})
+        except BaseException:
+            self._session = None
+            await session.close()
+            raise
+        self._own_id = str(data.get("id"))
+        log.info("joined Janus room %s on %s as %r", self.room, self.url, self.display_name)
+        await self._on_publishers(data.get("publishers", []))
+
+    async def _disconnect(self, reason: str, *, announce: bool = True) -> None:
+        """Drop every feed (``speaker.left`` with ``reason`` when ``announce``), leave the room
+        and destroy the session."""
+        for feed in list(self._feeds):
+            await self._drop_feed(feed, reason, announce=announce)
+        self._publishers.clear()
+        session, self._session = self._session, None
+        if session is None:
+            return
+        if not session.lost.is_set() and self._handle is not None:
+            with contextlib.suppress(ConnectorError):
+                await session.message(self._handle, {"request": "leave"})
+        await session.close()
+
+    async def _supervise(self) -> None:
+        """Rejoin after session loss; watch the room for emptiness and destruction."""
+        while True:
+            session = self._session
+            assert session is not None
+            watch = asyncio.create_task(self._watch_room(session), name="watch-room")
+            lost = asyncio.create_task(session.lost.wait(), name="session-lost")
+            try:
+                await asyncio.wait({watch, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (watch, lost):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self.ended.is_set():
+                return  # the call manager leaves the call (and calls leave())
+            reason = session.lost_reason
+            log.warning("Janus room %s on %s: %s; rejoining", self.room, self.url, reason)
+            await self._disconnect(f"janus session lost: {reason}")
+            while True:
+                await self._backoff.sleep()
+                try:
+                    await self._connect()
+                except JanusError as exc:
+                    if exc.code == NO_SUCH_ROOM:
+                        self.end("room destroyed")
+                        return
+                    log.warning("rejoining Janus room %s failed: %s", self.room, exc)
+                except ConnectorError as exc:
+                    log.warning("rejoining Janus room %s failed: %s", self.room, exc)
+                else:
+                    self._backoff.reset()
+                    self.rejoins += 1
+                    break
+
+    async def _watch_room(self, session: JanusSession) -> None:
+        """Poll ``listparticipants``: end when the room is gone or empty long enough."""
+        loop = asyncio.get_running_loop()
+        empty_since: float | None = None
+        while not self.ended.is_set():
+            await asyncio.sleep(self._participants_poll_s)
+            assert self._handle is not None
+            try:
+                data, _ = await session.message(self._handle, {"request": "listparticipants",
+                                                               "room": self.room})
+            except JanusError as exc:
+                if exc.code == NO_SUCH_ROOM:
+                    self.end("room destroyed")
+                continue
+            except ConnectorError:
+                continue  # the long poll decides whether the session is lost
+            others = [p for p in data.get("participants", []) if str(p.get("id")) != self._own_id]
+            if others or self.leave_when_empty is None:
+                empty_since = None
+            elif empty_since is None:
+                empty_since = loop.time()
+            elif loop.time() - empty_since >= self.leave_when_empty:
+                self.end("room empty")
+
+    # --- room events -----------------------------------------------------------------------
+
+    async def _on_room_event(self, event: dict[str, Any]) -> None:
+        data = event.get("plugindata", {}).get("data", {})
+        if data.get("videoroom") == "destroyed":
+            self.end("room destroyed")
+            return
+        if "publishers" in data:
+            await self._on_publishers(data["publishers"])
+        for key, reason in (("unpublished", "unpublished"), ("leaving", "left the room")):
+            feed = data.get(key)
+            if feed is not None and feed != "ok" and str(feed) != self._own_id:
+                self._publishers.pop(str(feed), None)
+                await self._drop_feed(str(feed), reason)
+
+    async def _on_publishers(self, publishers: list[dict[str, Any]]) -> None:
+        for pub in publishers:
+            feed = str(pub.get("id"))
+            if feed == self._own_id or pub.get("dummy"):
+                continue
+            streams = pub.get("streams")
+            if streams is not None and not any(s.get("type") == "audio" and not s.get("disabled")
+                                               for s in streams):
+                continue  # video only: nothing to hear
+            self._publishers[feed] = str(pub.get("display") or f"feed {feed}")
+            if feed not in self._feeds:
+                self._tasks.spawn(self._subscribe(feed, pub), name=f"subscribe:{feed}")
+
+    # --- feeds -----------------------------------------------------------------------------
+
+    async def _subscribe(self, feed: str, pub: dict[str, Any]) -> None:
+        session = self._session
+        if session is None or feed in self._feeds or feed not in self._publishers:
+            return
+        state = _Feed(feed, self._publishers[feed], speaker_id=f"{self.call.id}:{feed}")
+        self._feeds[feed] = state
+        audio_mids = [s["mid"] for s in pub.get("streams") or []
+                      if s.get("type") == "audio" and "mid" in s]
+        streams = [{"feed": pub.get("id"), "mid": mid} for mid in audio_mids[:1]] or [
+            {"feed": pub.get("id")}]
+        try:
+            state.handle = await session.attach(self._on_feed_event(feed))
+            _, offer = await session.message(state.handle, {
+                "request": "join", "ptype": "subscriber", "room": self.room, "streams": streams})
+            if offer is None:
+                raise ConnectorError("Janus sent no offer for the subscription")
+            pc = RTCPeerConnection(ice_configuration(self._ice_servers))
+            state.pc = pc
+            self._watch_pc(feed, pc)
+
+            @pc.on("track")
+            def _on_track(track: MediaStreamTrack) -> None:
+                if track.kind != "audio":
+                    track.stop()
+                    return
+                found = SpeakerTrack(ev.SpeakerInfo(id=state.speaker_id, display=state.display),
+                                     track)
+                self._tasks.spawn(self._on_speaker(found), name=f"speaker-found:{feed}")
+
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+            await session.message(state.handle, {"request": "start"},
+                                  {"type": "answer", "sdp": pc.localDescription.sdp})
+            await session.trickle_completed(state.handle)
+        except (ConnectorError, ValueError) as exc:
+            log.warning("Janus room %s: subscribing to feed %s failed: %s", self.room, feed, exc)
+            await self._drop_feed(feed, "subscription failed", announce=False)
+            self._retry(feed, pub, state.backoff)
+            return
+        state.backoff.reset()
+
+    def _retry(self, feed: str, pub: dict[str, Any], backoff: Backoff) -> None:
+        async def later() -> None:
+            await backoff.sleep()
+            if feed in self._publishers and feed not in self._feeds:
+                await self._subscribe(feed, pub)
+        self._tasks.spawn(later(), name=f"resubscribe:{feed}")
+
+    def _on_feed_event(self, feed: str) -> EventHandler:
+        async def handler(event: dict[str, Any]) -> None:
+            if event.get("janus") == "hangup":
+                log.info("Janus hung up feed %s in room %s: %s", feed, self.room,
+                         event.get("reason"))
+        return handler
+
+    def _watch_pc(self, feed: str, pc: RTCPeerConnection) -> None:
+        @pc.on("connectionstatechange")
+        async def _changed() -> None:
+            if pc.connectionState != "failed":
+                return
+            state = self._feeds.get(feed)
+            if state is None or state.pc is not pc:
+                return
+            log.warning("Janus room %s: connection to feed %s failed; resubscribing",
+                        self.room, feed)
+            backoff = state.backoff
+            await self._drop_feed(feed, "connection failed")
+            if feed in self._publishers:
+                self._retry(feed, {"id": _feed_id(feed)}, backoff)
+
+    async def _drop_feed(self, feed: str, reason: str, *, announce: bool = True) -> None:
+        state = self._feeds.pop(feed, None)
+        if state is None:
+            return
+        if announce:
+            await self._on_speaker_left(state.speaker_id, reason)
+        if state.pc is not None:
+            await close_peer_connection(state.pc, settle_s=1.0)
+        if state.handle is not None and self._session is not None:
+            await self._session.detach(state.handle)
+
+
+def _feed_id(feed: str) -> int | str:
+    """Janus feed ids are numbers unless the room uses ``string_ids``."""
+    return int(feed) if feed.isdigit() else feed
