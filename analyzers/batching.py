@@ -22,10 +22,34 @@ import numpy.typing as npt
 
 from analyzers.types import SAMPLE_RATE, SpeechWindow
 
-__all__ = ["InferenceScheduler", "QueueFull", "SchedulerStats", "SpeechChunkAnalyzer", "infer"]
+__all__ = ["InferenceScheduler", "QueueFull", "SchedulerStats", "SpeechChunkAnalyzer",
+           "add_batch_observer", "infer", "remove_batch_observer"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+# Called as observer(scheduler name, batch size, seconds) after every batch, and with size 0
+# and seconds 0 for every item dropped because the queue was full (metrics hook; thread-safe
+# callables only: they run on the inference thread).
+BatchObserver = Callable[[str, int, float], None]
+_OBSERVERS: list[BatchObserver] = []
+
+
+def add_batch_observer(observer: BatchObserver) -> None:
+    _OBSERVERS.append(observer)
+
+
+def remove_batch_observer(observer: BatchObserver) -> None:
+    if observer in _OBSERVERS:
+        _OBSERVERS.remove(observer)
+
+
+def _notify(name: str, size: int, seconds: float) -> None:
+    for observer in list(_OBSERVERS):
+        try:
+            observer(name, size, seconds)
+        except Exception:  # a broken metrics hook never breaks inference
+            logging.getLogger(__name__).exception("batch observer failed")
 
 
 class QueueFull(RuntimeError):
@@ -64,6 +88,7 @@ class InferenceScheduler(Generic[In, Out]):
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self.stats = SchedulerStats()
+        self.name = name
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
         self._thread.start()
@@ -77,6 +102,7 @@ class InferenceScheduler(Generic[In, Out]):
             self._queue.put((item, fut), block=block, timeout=timeout)
         except queue.Full:
             self.stats.dropped += 1
+            _notify(self.name, 0, 0.0)
             raise QueueFull("inference queue full") from None
         self.stats.submitted += 1
         return fut
@@ -135,7 +161,9 @@ class InferenceScheduler(Generic[In, Out]):
         except BaseException as exc:  # one bad batch fails its own futures, never the thread
             error = exc
         # Stats first, so that whoever wakes on a result sees them up to date.
-        self.stats.busy_s += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        _notify(self.name, len(live), elapsed)
+        self.stats.busy_s += elapsed
         self.stats.batches += 1
         self.stats.items += len(live)
         self.stats.batch_sizes.append(len(live))

@@ -12,14 +12,18 @@ import json
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
 from bridge.autojoin import JanusAutoJoin
+from bridge.bus import EventBus
 from bridge.calls import Call, CallManager
 from bridge.config import Settings
 from bridge.connectors import load_connectors
 from bridge.connectors.base import Connector, ConnectorError
+from bridge.metrics import Metrics
 from bridge.pipeline import AnalysisEngine, Emit
+from bridge.sinks.webhook import WebhookSink
 
 __all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "openapi"]
 
@@ -29,6 +33,8 @@ TOKEN = web.AppKey("token", str)
 ICE = web.AppKey("ice_servers", list)
 CONNECTORS = web.AppKey("connectors", dict)
 AUTOJOIN = web.AppKey("autojoin", list)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+WEBHOOKS = web.AppKey("webhooks", WebhookSink)
 
 
 def _error(status: int, error: str, reason: str) -> web.Response:
@@ -70,8 +76,12 @@ async def readyz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     analyzers = {a.name: "ready" for a in engine.analyzers}
     analyzers |= {name: f"degraded: {reason}" for name, reason in engine.degraded.items()}
-    ready = engine.started
-    body = {"status": "ready" if ready else "starting", "analyzers": analyzers,
+    sinks = {"console": "started"}
+    webhooks = request.app.get(WEBHOOKS)
+    if webhooks is not None:
+        sinks["webhooks"] = "started" if webhooks.started else "starting"
+    ready = engine.started and all(v == "started" for v in sinks.values())
+    body = {"status": "ready" if ready else "starting", "analyzers": analyzers, "sinks": sinks,
             "calls": len(request.app[MANAGER].calls)}
     return web.json_response(body, status=200 if ready else 503)
 
@@ -134,6 +144,26 @@ async def leave_call(request: web.Request) -> web.Response:
     return web.json_response({"id": call_id, "left": True})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def failed_webhooks(request: web.Request) -> web.Response:
+    sink = request.app.get(WEBHOOKS)
+    return web.json_response({"failed": await sink.failed() if sink is not None else []})
+
+
+async def replay_webhook(request: web.Request) -> web.Response:
+    sink = request.app.get(WEBHOOKS)
+    raw = request.match_info["row_id"]
+    if not raw.isdigit():
+        return _error(400, "invalid_request", f"{raw!r} is not a failed delivery id")
+    if sink is None or not await sink.replay(int(raw)):
+        return _error(404, "not_found", f"no failed delivery {raw}")
+    return web.json_response({"id": int(raw), "replayed": True}, status=202)
+
+
 async def openapi_doc(request: web.Request) -> web.Response:
     return web.json_response(openapi())
 
@@ -175,6 +205,19 @@ def openapi() -> dict[str, Any]:
                            "parameters": call_id,
                            "responses": {"200": ok, "401": err, "404": err}},
             },
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": {"200": {"description": "text exposition"}}}},
+            "/v1/webhooks/failed": {
+                "get": {"summary": "webhook deliveries whose retries ran out",
+                        "security": secured, "responses": {"200": ok, "401": err}},
+            },
+            "/v1/webhooks/failed/{row_id}/replay": {
+                "post": {"summary": "send a failed delivery again (re-enables its endpoint)",
+                         "security": secured,
+                         "parameters": [{"name": "row_id", "in": "path", "required": True,
+                                         "schema": {"type": "integer"}}],
+                         "responses": {"202": ok, "400": err, "401": err, "404": err}},
+            },
             "/v1/calls/{call_id}/speakers": {
                 "get": {"summary": "a call's speakers", "security": secured,
                         "parameters": call_id, "responses": {"200": ok, "401": err, "404": err}},
@@ -184,8 +227,10 @@ def openapi() -> dict[str, Any]:
 
 
 def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | None,
-               ice_servers: list[str] | None = None) -> web.Application:
+               ice_servers: list[str] | None = None,
+               registry: CollectorRegistry | None = None) -> web.Application:
     app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    app[REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[ENGINE] = engine
     app[MANAGER] = manager
     app[TOKEN] = token or ""
@@ -195,6 +240,9 @@ def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | Non
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_doc)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/webhooks/failed", failed_webhooks)
+    app.router.add_post("/v1/webhooks/failed/{row_id}/replay", replay_webhook)
     app.router.add_get("/v1/calls", list_calls)
     app.router.add_post("/v1/calls", join_call)
     app.router.add_get("/v1/calls/{call_id}", get_call)
@@ -203,21 +251,34 @@ def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | Non
     return app
 
 
-def build_app(settings: Settings, *, token: str | None, emit: Emit) -> web.Application:
-    """The service: engine and call manager started and stopped with the app (cleanup_ctx);
-    stopping leaves every call (``call.left``) before the analyzers close."""
+def build_app(settings: Settings, *, token: str | None, emit: Emit,
+              registry: CollectorRegistry | None = None) -> web.Application:
+    """The service: sinks, engine and call manager started and stopped with the app
+    (cleanup_ctx); stopping leaves every call (``call.left``) before the analyzers close, and
+    the sinks close last, so ``call.left`` reaches them."""
+    metrics = Metrics(registry, max_speakers=settings.metrics.max_speakers)
+    webhooks = (WebhookSink(settings.webhooks, settings.outbox, metrics=metrics)
+                if settings.webhooks else None)
+    bus = EventBus(emit, *([webhooks.emit] if webhooks is not None else []))
     engine = AnalysisEngine(settings)
-    manager = CallManager(engine, emit, silence_timeout_s=settings.live.silence_timeout_s)
-    app = create_app(engine, manager, token=token, ice_servers=settings.live.ice_servers)
+    engine.metrics = metrics
+    manager = CallManager(engine, bus.emit, silence_timeout_s=settings.live.silence_timeout_s)
+    metrics.watch(manager)
+    app = create_app(engine, manager, token=token, ice_servers=settings.live.ice_servers,
+                     registry=metrics.registry)
+    if webhooks is not None:
+        app[WEBHOOKS] = webhooks
 
     autojoins = [JanusAutoJoin(manager, cfg, settings.shard, ice_servers=settings.live.ice_servers)
                  for cfg in settings.janus]
     app[AUTOJOIN] = autojoins
 
     async def lifecycle(app: web.Application) -> Any:
+        if webhooks is not None:
+            await webhooks.start()
         await engine.start()
         for event in engine.degraded_events():
-            await emit(event)
+            await bus.emit(event)
         for autojoin in autojoins:
             autojoin.start()
         yield
@@ -225,6 +286,9 @@ def build_app(settings: Settings, *, token: str | None, emit: Emit) -> web.Appli
             await autojoin.aclose()
         await manager.aclose("shutting down")
         await engine.aclose()
+        if webhooks is not None:
+            await webhooks.aclose()
+        metrics.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

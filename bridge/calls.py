@@ -39,6 +39,12 @@ class CallManager:
         self._silence_timeout = silence_timeout_s
         self.calls: dict[str, Call] = {}
         self._tasks = TaskSet("calls")
+        self._frames_retired = 0  # frames of speakers that have left (metrics)
+
+    def frames_total(self) -> int:
+        """Audio frames received from every speaker so far, gone ones included."""
+        live = sum(p.frames for c in list(self.calls.values()) for p in list(c.speakers.values()))
+        return self._frames_retired + live
 
     async def join(self, info: ev.CallInfo, factory: ConnectorFactory) -> Call:
         """Join a call; raises ConnectorError (and registers nothing) when that fails."""
@@ -94,6 +100,7 @@ class CallManager:
         pipeline = call.speakers.pop(speaker_id, None) if call else None
         if call is None or pipeline is None:
             return
+        self._frames_retired += pipeline.frames
         await pipeline.aclose(reason)
         if not call.speakers:
             call.empty.set()
@@ -104,6 +111,7 @@ class CallManager:
             return
         for speaker_id, pipeline in list(call.speakers.items()):
             call.speakers.pop(speaker_id, None)
+            self._frames_retired += pipeline.frames
             await pipeline.aclose("call left")
         await call.connector.leave()
         watcher = call.watcher

@@ -45,9 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="events as JSON lines")
     d.add_argument("--loop", action="store_true", help="keep the clips playing until Ctrl-C")
     d.add_argument("--config", type=Path, help="TOML configuration file")
+    d.add_argument("--webhook", metavar="URL", help="also send events to this webhook (secret "
+                   "from AFFECT_BRIDGE_WEBHOOK_SECRET)")
+    d.add_argument("--listen", metavar="HOST:PORT", help="metrics address (default "
+                   "127.0.0.1:9464)")
 
     r = sub.add_parser("run", help="the service: control API, live calls, events on stdout")
     r.add_argument("--config", type=Path, help="TOML configuration file")
+    r.add_argument("--webhook", metavar="URL", help="also send events to this webhook (secret "
+                   "from AFFECT_BRIDGE_WEBHOOK_SECRET)")
     r.add_argument("--listen", metavar="HOST:PORT", help="control API address "
                                                          "(default from config: 127.0.0.1:9464)")
 
@@ -114,10 +120,14 @@ def _setup_logging(debug: bool) -> None:
 
 
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
-    """The configuration for this command; its ``log_level`` applies unless ``--debug``."""
+    """The configuration for this command; its ``log_level`` applies unless ``--debug``.
+    ``--webhook URL`` adds one endpoint (secret from AFFECT_BRIDGE_WEBHOOK_SECRET)."""
     from bridge.config import load_settings
 
     settings = load_settings(args.config, **overrides)
+    if getattr(args, "webhook", None):
+        settings = load_settings(args.config, **overrides, webhooks=[
+            *(w.model_dump() for w in settings.webhooks), {"url": args.webhook}])
     if not args.debug:
         logging.getLogger().setLevel(settings.log_level)
     return settings
@@ -157,7 +167,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from bridge.demo import print_summary, run_demo
 
-    settings = _settings(args)
+    settings = _settings(args, **({"listen": args.listen} if args.listen else {}))
     result = asyncio.run(run_demo(settings, json_out=args.json, loop=args.loop))
     print_summary(result, to_stderr=args.json)
     return EXIT_FAILED if result.failed else EXIT_OK

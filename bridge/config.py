@@ -33,7 +33,7 @@ from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, StressConfig
 from analyzers.vad import VadConfig
 from analyzers.windowing import WindowConfig
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "OutboxSettings", "Settings", "WebhookSettings", "load_settings"]
 
 
 class ConfigError(ValueError):
@@ -171,6 +171,49 @@ class ShardSettings(_Section):
         return self
 
 
+DEFAULT_WEBHOOK_EVENTS = ["call.*", "speaker.*", "stress.spike.*", "analyzer.degraded"]
+# Standard Webhooks' recommended schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h,
+# 10 h, 10 h.
+DEFAULT_RETRY_SCHEDULE_S = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
+class WebhookSettings(_Section):
+    """One webhook endpoint (``[[webhooks]]`` blocks). Secrets only from env or a file."""
+
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+    secret_env: str | None = Field(
+        "AFFECT_BRIDGE_WEBHOOK_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="variable holding whsec_<base64> secret(s), space-separated for rotation")
+    secret_file: Path | None = Field(None, description="file holding the secret(s) instead")
+    events: list[str] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
+                              min_length=1, description="event type patterns (fnmatch)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                             description="label in metrics and the failed list; default host")
+    timeout_s: float = Field(15.0, gt=0, le=300)
+    retry_schedule_s: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S), max_length=50,
+        description="delay before each retry; after the last the row is kept as failed")
+    max_in_flight: int = Field(8, ge=1, le=256, description="concurrent requests")
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _schedule(cls, v: list[float]) -> list[float]:
+        if any(d < 0 for d in v):
+            raise ValueError("delays must not be negative")
+        return v
+
+
+class OutboxSettings(_Section):
+    path: Path = Field(Path("affect-bridge-outbox.sqlite3"),
+                       description="SQLite file of the webhook outbox (a persistent volume)")
+    max_rows: int = Field(100_000, ge=10, le=100_000_000)
+
+
+class MetricsSettings(_Section):
+    max_speakers: int = Field(1000, ge=0, le=100_000,
+                              description="per-speaker series are exported for at most this many")
+
+
 class StressSettings(_Section):
     calibration_s: float = Field(20.0, ge=0)
     calibration_windows: int = Field(5, ge=1)
@@ -207,6 +250,9 @@ class Settings(BaseSettings):
     janus: list[JanusSettings] = Field(default_factory=list,
                                        description="Janus servers whose rooms are auto-joined")
     shard: ShardSettings = Field(default_factory=lambda: ShardSettings())
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    outbox: OutboxSettings = Field(default_factory=lambda: OutboxSettings())
+    metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings())
     stress: StressSettings = Field(default_factory=lambda: StressSettings())
 
     @classmethod

@@ -8,22 +8,31 @@ analyses each speaker live. It ends when every speaker has left (their clips end
 
 from __future__ import annotations
 
+import logging
 import sys
 from importlib.resources import files
 from pathlib import Path
 from typing import IO, Any
 
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from bridge import events as ev
 from bridge.analyze import AnalyzeResult, SpeakerSummary, format_table, record_event
+from bridge.bus import EventBus
 from bridge.calls import CallManager
 from bridge.config import Settings
 from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
 from bridge.ice import restrict_host_addresses
+from bridge.metrics import Metrics
 from bridge.pipeline import AnalysisEngine
 from bridge.sinks.console import ConsoleSink
+from bridge.sinks.webhook import WebhookSink
 
 __all__ = ["DEMO_SPEAKERS", "demo_clips", "run_demo"]
+
+log = logging.getLogger(__name__)
 
 DEMO_SPEAKERS = ("Alice", "Bob", "Carol")
 SILENCE_TIMEOUT_S = 3.0  # the demo's clips end cleanly: no need to wait long to call them gone
@@ -43,16 +52,25 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
     restrict_host_addresses(["127.0.0.1"])  # test traffic stays on loopback
     summaries: dict[str, SpeakerSummary] = {}
     console = ConsoleSink("jsonl" if json_out else "table", stream)
+    metrics = Metrics(max_speakers=settings.metrics.max_speakers)
+    webhooks = (WebhookSink(settings.webhooks, settings.outbox, metrics=metrics)
+                if settings.webhooks else None)
     await console.start()
 
-    async def emit(event: Any) -> None:
+    async def record(event: Any) -> None:
         record_event(summaries, event)
-        await console.emit(event)
 
+    bus = EventBus(record, console.emit, *([webhooks.emit] if webhooks is not None else []))
+    if webhooks is not None:
+        await webhooks.start()
     source = DemoSource(demo_clips(), loop=loop)
     engine = AnalysisEngine(settings)
+    engine.metrics = metrics
     await engine.start()
-    manager = CallManager(engine, emit, silence_timeout_s=SILENCE_TIMEOUT_S)
+    manager = CallManager(engine, bus.emit, silence_timeout_s=SILENCE_TIMEOUT_S)
+    metrics.watch(manager)
+    emit = bus.emit
+    metrics_site = await _serve_metrics(metrics, settings.listen)
     try:
         url = await source.start()
         info = ev.CallInfo(id="demo:local", connector="whep", room="demo")
@@ -70,9 +88,38 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
         await manager.aclose()
         await source.aclose()
         await engine.aclose()
+        if webhooks is not None:
+            await webhooks.aclose()
+        if metrics_site is not None:
+            await metrics_site.cleanup()
+        metrics.close()
         await console.aclose()
         restrict_host_addresses(None)
     return AnalyzeResult(list(summaries.values()), dict(engine.degraded))
+
+
+async def _serve_metrics(metrics: Metrics, listen: str) -> web.AppRunner | None:
+    """``/metrics`` on ``listen`` (127.0.0.1:9464 by default); the demo goes on without it when
+    the address is taken."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    try:
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    except OSError as exc:
+        log.warning("metrics not served: cannot listen on %s (%s)", listen,
+                    exc.strerror or exc)
+        await runner.cleanup()
+        return None
+    log.info("metrics on http://%s/metrics", listen)
+    return runner
 
 
 def print_summary(result: AnalyzeResult, *, to_stderr: bool) -> None:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from analyzers.loading import ModelUnavailable
 from analyzers.plugins import Analyzer, load_analyzers
@@ -30,6 +30,9 @@ from analyzers.types import (
 from analyzers.windowing import SpeechWindower
 from bridge import events as ev
 from bridge.config import Settings
+
+if TYPE_CHECKING:
+    from bridge.metrics import Metrics
 
 __all__ = ["AnalysisEngine", "Emit", "SpeakerAnalysis"]
 
@@ -47,6 +50,7 @@ class AnalysisEngine:
         self.analyzers: list[Analyzer] = []
         self.degraded: dict[str, str] = {}
         self.started = False
+        self.metrics: Metrics | None = None  # set by the service to observe latency and drops
 
     async def start(self) -> None:
         """Build and load the analyzers (blocking loads run in an executor).
@@ -113,13 +117,19 @@ class SpeakerAnalysis:
         self.offline = offline
         self.windower = SpeechWindower(s.windowing.build(), s.vad.build())
         self.stress = StressEngine(s.stress.build())
-        self._queue: asyncio.Queue[SpeechWindow | None] = asyncio.Queue(maxsize=queue_size)
+        # Each window waits with the loop time it was cut at (pipeline latency).
+        self._queue: asyncio.Queue[tuple[SpeechWindow, float] | None] = asyncio.Queue(
+            maxsize=queue_size)
         self._worker: asyncio.Task[None] | None = None
         self._last_emotion: EmotionScores | None = None
         self._last_semantic: SemanticResult | None = None
         self._failures: dict[str, int] = {}
         self.dropped = 0
         self.latest_index: float | None = None
+
+    @property
+    def last_emotion(self) -> EmotionScores | None:
+        return self._last_emotion
 
     async def start(self, offset_s: float = 0.0) -> None:
         self._worker = asyncio.create_task(self._run(), name=f"speaker:{self.speaker.id}")
@@ -156,21 +166,28 @@ class SpeakerAnalysis:
         ))
 
     async def _enqueue(self, window: SpeechWindow) -> None:
+        item = (window, asyncio.get_running_loop().time())
         if self.offline:
-            await self._queue.put(window)
+            await self._queue.put(item)
             return
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
-        self._queue.put_nowait(window)
+            if self.engine.metrics is not None:
+                self.engine.metrics.dropped.labels("window_queue").inc()
+        self._queue.put_nowait(item)
 
     async def _run(self) -> None:
         while True:
-            window = await self._queue.get()
-            if window is None:
+            item = await self._queue.get()
+            if item is None:
                 return
+            window, cut_at = item
             try:
                 await self._analyze(window)
+                if self.engine.metrics is not None:
+                    self.engine.metrics.pipeline_latency.observe(
+                        asyncio.get_running_loop().time() - cut_at)
             except asyncio.CancelledError:
                 raise
             except Exception:
