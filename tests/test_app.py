@@ -67,7 +67,9 @@ async def test_health_and_readiness_detail(client: TestClient) -> None:
                                      {"Authorization": TOKEN}])
 async def test_v1_needs_the_bearer_token(client: TestClient, headers: dict[str, str]) -> None:
     for method, path in [("GET", "/v1/calls"), ("POST", "/v1/calls"),
-                         ("DELETE", "/v1/calls/x"), ("GET", "/v1/calls/x/speakers")]:
+                         ("DELETE", "/v1/calls/x"), ("GET", "/v1/calls/x/speakers"),
+                         ("GET", "/v1/webhooks/failed"),
+                         ("POST", "/v1/webhooks/failed/1/replay")]:
         resp = await client.request(method, path, headers=headers)
         assert resp.status == 401
         assert (await resp.json())["error"] == "unauthorized"
@@ -192,3 +194,31 @@ async def test_run_joins_on_request_and_leaves_every_call_on_sigterm(tmp_path: P
     assert types[0] == "call.joined" and types[-1] == "call.left"
     assert types.count("speaker.joined") == 2 and types.count("speaker.left") == 2
     assert source.sessions == 0
+
+
+async def test_webhook_failed_list_and_replay_without_webhooks(client: TestClient) -> None:
+    resp = await client.get("/v1/webhooks/failed", headers=AUTH)
+    assert resp.status == 200 and (await resp.json()) == {"failed": []}
+    resp = await client.post("/v1/webhooks/failed/7/replay", headers=AUTH)
+    assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+    resp = await client.post("/v1/webhooks/failed/x1/replay", headers=AUTH)
+    assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
+
+
+async def test_built_service_serves_metrics_and_webhook_readiness(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.app import build_app
+
+    monkeypatch.setenv("AFFECT_BRIDGE_WEBHOOK_SECRET", "whsec_" + "QUJD" * 8)
+    settings = load_settings(None, analyzers=["prosody"],
+                             webhooks=[{"url": "http://127.0.0.1:9/hook"}],
+                             outbox={"path": str(tmp_path / "outbox.sqlite3")})
+    app = build_app(settings, token=TOKEN, emit=_discard)
+    async with TestClient(TestServer(app)) as c:
+        resp = await c.get("/metrics")
+        text = await resp.text()
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        assert 'affect_build_info{' in text and "affect_calls_active 0.0" in text
+        assert "affect_webhook_outbox_pending 0.0" in text
+        body = await (await c.get("/readyz")).json()
+        assert body["sinks"] == {"console": "started", "webhooks": "started"}

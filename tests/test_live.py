@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from bridge.connectors.base import ConnectorError
 from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
 from bridge.pipeline import AnalysisEngine
-from tests.conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -98,13 +98,46 @@ async def test_source_rejects_bad_offers_and_changes_nothing(source: DemoSource)
     assert source.sessions == 1
 
 
-def test_demo_over_webrtc_spike_only_for_the_stressed_speaker(tmp_path: Path) -> None:
-    """The README's main job: `affect-bridge demo --json`."""
+async def test_demo_over_webrtc_spike_only_for_the_stressed_speaker(tmp_path: Path) -> None:
+    """The README's main job, `affect-bridge demo --json`, here with `--webhook` to a real
+    receiver and its metrics endpoint scraped while it runs."""
     import json
+    import os
+    import socket
+    import sys
 
-    proc = run_cli("demo", "--json", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    evs = [json.loads(line) for line in proc.stdout.splitlines()]
+    import aiohttp
+    from standardwebhooks.webhooks import Webhook
+
+    from tests.conftest import ROOT
+    from tests.webhook_helpers import SECRET_A, Receiver
+
+    receiver = await Receiver().start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AFFECT_BRIDGE_WEBHOOK_SECRET": SECRET_A,
+           "AFFECT_BRIDGE_OUTBOX__PATH": str(tmp_path / "outbox.sqlite3")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "demo", "--json", "--webhook", receiver.url,
+        "--listen", f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT)
+    scraped = ""
+    try:
+        async with aiohttp.ClientSession() as http:
+            while proc.returncode is None and "affect_stress_index{" not in scraped:
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        scraped = await resp.text()
+        out, err = await asyncio.wait_for(proc.communicate(), 300)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await receiver.stop()
+    assert proc.returncode == 0, err.decode()
+    assert "affect_stress_index{" in scraped and "affect_speakers_active" in scraped
+    evs = [json.loads(line) for line in out.decode().splitlines()]
     joined = {e["speaker"]["display"] for e in evs if e["type"] == "speaker.joined"}
     assert joined == {"Alice", "Bob", "Carol"}
     spiking = {e["speaker"]["display"] for e in evs if e["type"] == "stress.spike.started"}
@@ -114,6 +147,12 @@ def test_demo_over_webrtc_spike_only_for_the_stressed_speaker(tmp_path: Path) ->
             assert e["data"]["started_s"] > 46.0  # in the stressed part of Alice's clip
     left = [e for e in evs if e["type"] == "speaker.left"]
     assert len(left) == 3 and evs[-1]["type"] == "call.left"
+    # The webhook got the default event types (no affect.sample), each signed, all of them.
+    hooks = [Webhook(SECRET_A).verify(r.body, r.headers) for r in receiver.delivered]
+    wanted = {e["id"] for e in evs if e["type"] != "affect.sample"}
+    assert {h["id"] for h in hooks} == wanted
+    assert {h["speaker"]["display"] for h in hooks if h["type"] == "stress.spike.started"} == {
+        "Alice"}
 
 
 async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> None:

@@ -116,6 +116,7 @@ class WebhookSink:
         self._tasks = TaskSet("webhooks")
         self._http: dict[str, aiohttp.ClientSession] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()  # set whenever the pending count changes
         self.started = False
         self.pending = 0
 
@@ -137,13 +138,18 @@ class WebhookSink:
                      self.pending)
 
     async def aclose(self, flush_s: float = 5.0) -> None:
-        """Commit what is queued (so nothing accepted is lost), give in-flight deliveries up to
+        """Commit what is queued (so nothing accepted is lost), give pending deliveries up to
         ``flush_s``, then stop; undelivered rows stay in the outbox for the next start."""
         if not self.started:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(flush_s):
                 await self._queue.join()
+                while self.pending > 0 and any(not ep.disabled for ep in self.endpoints):
+                    self._changed.clear()
+                    await self._changed.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
                 if self._deliveries:
                     await asyncio.wait(set(self._deliveries))
         await self._tasks.aclose()
@@ -305,6 +311,7 @@ class WebhookSink:
             self.metrics.dropped.labels("webhook_outbox").inc(n)
 
     def _gauge(self) -> None:
+        self._changed.set()
         if self.metrics is not None:
             self.metrics.outbox_pending.set(max(0, self.pending))
 
