@@ -4,9 +4,7 @@ checks the exposition and unit-tests the alert rules."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -21,21 +19,12 @@ from bridge.app import MANAGER, build_app
 from bridge.config import load_settings
 from bridge.connectors.demo import DemoSource
 from bridge.demo import DEMO_SPEAKERS
-from tests.conftest import ROOT, SOURCE_TOKEN
+from tests.conftest import ROOT, SOURCE_TOKEN, require_tool
 
 RULES = ROOT / "helm" / "affect-bridge" / "files" / "alerts.rules.yml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yml"
 TOKEN = "prom-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: .ci/setup installs Debian's prometheus")
-        pytest.skip(f"{name} is not installed (.ci/setup installs Debian's prometheus)")
-    return path
 
 
 def _free_port() -> int:
@@ -45,7 +34,7 @@ def _free_port() -> int:
 
 
 def test_alert_rules_pass_promtool() -> None:
-    promtool = _tool("promtool")
+    promtool = require_tool("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
                            text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -73,7 +62,7 @@ async def bridge(source: DemoSource) -> AsyncIterator[tuple[web.Application, str
 
 
 async def _prometheus(tmp_path: Path, target: str) -> tuple[asyncio.subprocess.Process, str]:
-    binary = _tool("prometheus")
+    binary = require_tool("prometheus")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -102,7 +91,7 @@ async def _until(check: Any, what: str, limit_s: float = 60.0) -> Any:
 
 async def _promtool_query(url: str, query: str) -> str:
     proc = await asyncio.create_subprocess_exec(
-        _tool("promtool"), "query", "instant", url, query,
+        require_tool("promtool"), "query", "instant", url, query,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     return out.decode() if proc.returncode == 0 else ""
@@ -111,7 +100,7 @@ async def _promtool_query(url: str, query: str) -> str:
 async def test_prometheus_scrapes_per_speaker_series_of_a_live_call(
         tmp_path: Path, source: DemoSource, bridge: tuple[web.Application, str]) -> None:
     app, target = bridge
-    promtool = _tool("promtool")
+    promtool = require_tool("promtool")
     async with aiohttp.ClientSession() as http:
         async with http.post(f"http://{target}/v1/calls", headers=AUTH, json={
                 "connector": "whep", "url": source.url, "token": SOURCE_TOKEN, "tracks": 3,
