@@ -222,3 +222,36 @@ async def test_built_service_serves_metrics_and_webhook_readiness(
         assert "affect_webhook_outbox_pending 0.0" in text
         body = await (await c.get("/readyz")).json()
         assert body["sinks"] == {"console": "started", "webhooks": "started"}
+
+
+async def test_failed_webhook_listed_and_replayed_over_the_api(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.app import WEBHOOKS, build_app
+    from tests.webhook_helpers import SECRET_A, Receiver, spike
+
+    monkeypatch.setenv("AFFECT_BRIDGE_WEBHOOK_SECRET", SECRET_A)
+    down = await Receiver().start()
+    port = down.port
+    await down.stop()
+    settings = load_settings(None, analyzers=[], webhooks=[
+        {"url": f"http://127.0.0.1:{port}/hook", "retry_schedule_s": [], "name": "hook"}],
+        outbox={"path": str(tmp_path / "outbox.sqlite3")})
+    app = build_app(settings, token=TOKEN, emit=_discard)
+    async with TestClient(TestServer(app)) as c:
+        event = spike(3)
+        await app[WEBHOOKS].emit(event)
+        for _ in range(100):  # no retries configured: the first failure is final
+            failed = (await (await c.get("/v1/webhooks/failed", headers=AUTH)).json())["failed"]
+            if failed:
+                break
+            await asyncio.sleep(0.05)
+        assert [(f["event_id"], f["endpoint"], f["attempts"]) for f in failed] == [
+            (event.id, "hook", 1)]
+        up = await Receiver(port=port).start()
+        try:
+            resp = await c.post(f"/v1/webhooks/failed/{failed[0]['id']}/replay", headers=AUTH)
+            assert resp.status == 202
+            await up.wait_for(lambda r: event.id in r.delivered_ids())
+        finally:
+            await up.stop()
+        assert (await (await c.get("/v1/webhooks/failed", headers=AUTH)).json())["failed"] == []
