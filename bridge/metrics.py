@@ -13,7 +13,7 @@ import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from bridge.calls import CallManager
 
 __all__ = ["Metrics"]
+
+# Known stages are exported at 0 from the start, so rates and dashboards have series to show.
+DROP_STAGES = ("window_queue", "webhook_outbox", "metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -66,8 +69,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.outbox_pending = Gauge("affect_webhook_outbox_pending",
                                     "Rows waiting in the webhook outbox.", registry=r)
+        for stage in DROP_STAGES:
+            self.dropped.labels(stage)
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux)
+        ProcessCollector(registry=r)
         self._live: _LiveCollector | None = None
         batching.add_batch_observer(self._on_batch)
+
+    def webhook_endpoint(self, endpoint: str) -> None:
+        """Export an endpoint's delivery counters at 0 from the start."""
+        for outcome in ("delivered", "retry", "failed", "disabled"):
+            self.webhook_deliveries.labels(endpoint, outcome)
 
     def _on_batch(self, scheduler: str, size: int, seconds: float) -> None:
         analyzer = scheduler.removesuffix("-inference")

@@ -126,6 +126,9 @@ class WebhookSink:
         await self.outbox.open()
         self.pending = (await self.outbox.counts())["pending"]
         self._gauge()
+        if self.metrics is not None:
+            for ep in self.endpoints:
+                self.metrics.webhook_endpoint(ep.label)
         for ep in self.endpoints:
             self._http[ep.label] = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=ep.cfg.timeout_s),
