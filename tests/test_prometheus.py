@@ -4,6 +4,7 @@ checks the exposition and unit-tests the alert rules."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from bridge.config import load_settings
 from bridge.connectors.demo import DemoSource
 from bridge.demo import DEMO_SPEAKERS
 from tests.conftest import ROOT, SOURCE_TOKEN, require_tool
+from tests.test_dashboards import _panels, substitute
+from tests.webhook_helpers import SECRET_A, Receiver
 
 RULES = ROOT / "helm" / "affect-bridge" / "files" / "alerts.rules.yml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yml"
@@ -45,8 +48,16 @@ def test_alert_rules_pass_promtool() -> None:
 
 
 @pytest.fixture
-async def bridge(source: DemoSource) -> AsyncIterator[tuple[web.Application, str]]:
-    settings = load_settings(analyzers=["prosody"], live={"silence_timeout_s": 30.0})
+async def bridge(source: DemoSource, tiny_emotion_model: Path, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[web.Application, str]]:
+    """The service with prosody, a (tiny) emotion model and a webhook to a live receiver, so
+    every metric the dashboards show has series."""
+    monkeypatch.setenv("AFFECT_BRIDGE_WEBHOOK_SECRET", SECRET_A)
+    receiver = await Receiver().start()
+    settings = load_settings(
+        analyzers=["prosody", "emotion"], emotion={"model": str(tiny_emotion_model)},
+        live={"silence_timeout_s": 30.0}, webhooks=[{"url": receiver.url, "name": "hooks"}],
+        outbox={"path": str(tmp_path / "outbox.sqlite3")})
 
     async def discard(event: Any) -> None:
         return None
@@ -59,6 +70,7 @@ async def bridge(source: DemoSource) -> AsyncIterator[tuple[web.Application, str
         yield app, f"127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+        await receiver.stop()
 
 
 async def _prometheus(tmp_path: Path, target: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -95,6 +107,37 @@ async def _promtool_query(url: str, query: str) -> str:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     return out.decode() if proc.returncode == 0 else ""
+
+
+async def _every_panel_has_data(prom: str, http: aiohttp.ClientSession, call_id: str) -> None:
+    """Every panel's PromQL, variables substituted, returns data from this Prometheus."""
+    subst = {"datasource": "prometheus", "call": call_id, "speaker": ".*", "__range": "5m",
+             "__rate_interval": "1m", "__interval": "1m"}
+    queries: dict[str, str] = {}
+    for path in sorted((ROOT / "dashboards").glob("*.json")):
+        dash = json.loads(path.read_text())
+        for panel in _panels(dash["panels"]):
+            for target in panel.get("targets", []):
+                queries[f"{dash['uid']} / {panel['title']}"] = substitute(target["expr"], subst)
+    assert len(queries) > 15
+
+    async def empty() -> list[str]:
+        missing = []
+        for title, query in queries.items():
+            async with http.get(f"{prom}/api/v1/query", params={"query": query}) as resp:
+                body = await resp.json()
+            assert body["status"] == "success", (title, query, body)
+            if not body["data"]["result"]:
+                missing.append(f"{title}: {query}")
+        return missing
+
+    async def all_have_data() -> bool:
+        return not await empty()
+
+    try:
+        await _until(all_have_data, "data for every dashboard panel", limit_s=90)
+    except AssertionError:
+        raise AssertionError(f"panels without data: {await empty()}") from None
 
 
 async def test_prometheus_scrapes_per_speaker_series_of_a_live_call(
@@ -141,6 +184,7 @@ async def test_prometheus_scrapes_per_speaker_series_of_a_live_call(
                 assert f'speaker="{speaker}"' in out and f'call="{call_id}"' in out
             up = await _promtool_query(prom, 'up{job="affect-bridge"}')
             assert "=> 1 @" in up
+            await _every_panel_has_data(prom, http, call_id)
         finally:
             proc.terminate()
             await proc.wait()
