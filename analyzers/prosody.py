@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,7 @@ from scipy.signal import find_peaks
 
 from analyzers.types import SAMPLE_RATE, ProsodyFeatures, SpeechWindow
 
-__all__ = ["ProsodyAnalyzer", "ProsodyConfig", "analyze_prosody"]
+__all__ = ["FrameCache", "ProsodyAnalyzer", "ProsodyConfig", "analyze_prosody"]
 
 HOP = 160  # 10 ms pitch frames
 NAN = float("nan")
@@ -43,7 +45,84 @@ class ProsodyConfig:
     silence_db: float = -50.0  # frames quieter than this are never voiced
 
 
-def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None) -> ProsodyFeatures:
+class FrameCache:
+    """Per-stream pitch-frame results of the last window, reused on the next window's overlap.
+
+    Windows overlap (4 s every 2 s by default), so without it every pitch frame is computed
+    twice. Only frames that lie wholly inside a window (no edge padding) are kept and reused, and
+    a frame is found by its stream and absolute sample position, so the results are the same
+    frame for frame as computing everything afresh. At most ``max_streams`` streams are kept
+    (least recently used dropped first).
+    """
+
+    def __init__(self, max_streams: int = 4096) -> None:
+        self.max_streams = max_streams
+        self._streams: OrderedDict[int, dict[int, tuple[float, float | None]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, stream: int) -> dict[int, tuple[float, float | None]]:
+        with self._lock:
+            frames = self._streams.get(stream, {})
+            if stream in self._streams:
+                self._streams.move_to_end(stream)
+            return frames
+
+    def put(self, stream: int, frames: dict[int, tuple[float, float | None]]) -> None:
+        with self._lock:
+            self._streams[stream] = frames
+            self._streams.move_to_end(stream)
+            while len(self._streams) > self.max_streams:
+                self._streams.popitem(last=False)
+
+
+def _pitch_frames(y: npt.NDArray[np.float32], frame_length: int, cfg: ProsodyConfig,
+                  window: SpeechWindow, cache: FrameCache | None,
+                  ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32], dict[int, float]]:
+    """yin F0 per 10 ms frame (as ``librosa.yin(center=True)`` on the window), the frames, and
+    the periodicity already known for some of them (from the cache)."""
+    half = frame_length // 2
+    ypad = np.pad(y, half)
+    frames = librosa.util.frame(ypad, frame_length=frame_length, hop_length=HOP).T
+    n = len(frames)
+    f0 = np.full(n, np.nan)
+    known_r: dict[int, float] = {}
+    cached = cache.get(window.stream) if cache is not None and window.first_sample >= 0 else {}
+    for k, key in enumerate(window.first_sample + np.arange(n) * HOP if cached else ()):
+        hit = cached.get(int(key))
+        if hit is not None and _interior(k, half, len(y)):
+            f0[k] = hit[0]
+            if hit[1] is not None:
+                known_r[k] = hit[1]
+    missing = np.flatnonzero(np.isnan(f0))
+    for a, b in _spans(missing):
+        f0[a:b] = librosa.yin(ypad[a * HOP:(b - 1) * HOP + frame_length], fmin=cfg.fmin_hz,
+                              fmax=cfg.fmax_hz, sr=SAMPLE_RATE, frame_length=frame_length,
+                              hop_length=HOP, center=False)
+    if cache is not None:
+        cache.hits += n - len(missing)
+        cache.misses += len(missing)
+    return f0, frames, known_r
+
+
+def _interior(k: int, half: int, length: int) -> bool:
+    """Frame ``k`` lies wholly inside the window's samples (no padding)."""
+    return k * HOP - half >= 0 and k * HOP + half <= length
+
+
+def _spans(indices: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
+    """Sorted indices as half-open runs of consecutive values."""
+    if len(indices) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(indices) > 1)
+    starts = np.concatenate([[indices[0]], indices[breaks + 1]])
+    ends = np.concatenate([indices[breaks] + 1, [indices[-1] + 1]])
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
+                    cache: FrameCache | None = None) -> ProsodyFeatures:
     cfg = config or ProsodyConfig()
     y = window.samples.astype(np.float32, copy=False)
     mask = window.speech_mask
@@ -55,22 +134,26 @@ def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None) -
     frame_length = _frame_length(cfg.fmin_hz)
     if len(y) < frame_length:
         return ProsodyFeatures(NAN, NAN, NAN, NAN, NAN, energy_db, NAN, pause_ratio)
-    f0 = librosa.yin(
-        y, fmin=cfg.fmin_hz, fmax=cfg.fmax_hz, sr=SAMPLE_RATE,
-        frame_length=frame_length, hop_length=HOP, center=True,
-    )
-    frames = librosa.util.frame(
-        np.pad(y, frame_length // 2), frame_length=frame_length, hop_length=HOP
-    ).T[: len(f0)]
+    f0, frames, known_r = _pitch_frames(y, frame_length, cfg, window, cache)
     rms = np.sqrt(np.mean(frames**2, axis=1))
     # The VAD mask (its own frame grid) resampled onto the pitch frames.
     vad = mask[np.minimum((np.arange(len(f0)) * HOP / SAMPLE_RATE / window.frame_s).astype(int),
                           len(mask) - 1)]
     candidate = vad & (_db_array(rms) > cfg.silence_db)
     r = np.zeros(len(f0), dtype=np.float64)
-    if candidate.any():
-        r[candidate] = _periodicity(frames[candidate], SAMPLE_RATE / f0[candidate])
+    todo = candidate.copy()
+    for k, value in known_r.items():
+        if todo[k]:
+            r[k] = value
+            todo[k] = False
+    if todo.any():
+        r[todo] = _periodicity(frames[todo], SAMPLE_RATE / f0[todo])
     voiced = candidate & (r >= cfg.voicing_threshold)
+    if cache is not None and window.first_sample >= 0:
+        half = frame_length // 2
+        cache.put(window.stream, {
+            window.first_sample + k * HOP: (float(f0[k]), float(r[k]) if candidate[k] else None)
+            for k in range(len(f0)) if _interior(k, half, len(y))})
 
     if voiced.sum() < 3:
         return ProsodyFeatures(NAN, NAN, NAN, NAN, NAN, energy_db, 0.0, pause_ratio)
@@ -100,6 +183,7 @@ class ProsodyAnalyzer:
 
     def __init__(self, config: ProsodyConfig | None = None) -> None:
         self.config = config or ProsodyConfig()
+        self.cache = FrameCache()
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> ProsodyAnalyzer:
@@ -111,7 +195,7 @@ class ProsodyAnalyzer:
     async def analyze(self, window: SpeechWindow, *, wait: bool = False) -> ProsodyFeatures:
         """numpy work runs in the default executor: the event loop never blocks on it."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, analyze_prosody, window, self.config)
+        return await loop.run_in_executor(None, analyze_prosody, window, self.config, self.cache)
 
     def close(self) -> None:
         """Nothing to release."""

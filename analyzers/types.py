@@ -43,7 +43,9 @@ class SpeechWindow:
     ``samples`` covers the whole span (pauses included, so pause ratio can be measured);
     ``speech_mask`` has one bool per VAD frame (``frame_s`` seconds); ``new_speech`` is voiced
     audio not yet seen by the emotion model, handed over in chunks (empty in between), so every
-    voiced second goes through the model once.
+    voiced second goes through the model once. ``stream`` identifies the speaker's stream
+    (unique in the process) and ``first_sample`` where ``samples`` start in it (-1: unknown), so
+    an analyzer may reuse its work on the overlap of consecutive windows.
     """
 
     samples: Float32Array
@@ -52,6 +54,8 @@ class SpeechWindow:
     speech_mask: npt.NDArray[np.bool_]
     frame_s: float
     new_speech: Float32Array
+    stream: int = 0
+    first_sample: int = -1
 
     @property
     def voiced_s(self) -> float:

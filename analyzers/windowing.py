@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from analyzers.types import SAMPLE_RATE, AudioChunk, SpeechWindow
 from analyzers.vad import VadConfig, VoiceActivityDetector, sanitize
 
 __all__ = ["SpeechWindower", "WindowConfig"]
+
+_STREAMS = itertools.count(1)  # stream ids, unique in the process
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class SpeechWindower:
             maxlen=max(1, math.ceil(self.config.emotion_max_s / self.vad.frame_s))
         )
         self._origin_s: float | None = None
+        self.stream = next(_STREAMS)
         self._frames_seen = 0
         self._next_due_s = 0.0
         self.speech_s = 0.0  # total voiced seconds so far
@@ -120,4 +124,6 @@ class SpeechWindower:
             speech_mask=mask,
             frame_s=self.vad.frame_s,
             new_speech=new_speech,
+            stream=self.stream,
+            first_sample=(self._frames_seen - len(self._frames)) * self._frame,
         )

@@ -97,3 +97,26 @@ def test_pitch_limits_are_respected() -> None:
     cfg = ProsodyConfig(fmin_hz=100, fmax_hz=250)
     p = analyze_prosody(window(harmonic(200, 2.0)), cfg)
     assert p.f0_hz == pytest.approx(200, rel=0.05)
+
+
+def test_frame_cache_reuses_the_overlap_and_changes_nothing() -> None:
+    """Consecutive overlapping windows of one stream: with the cache about half the pitch frames
+    are reused, and every feature is what a fresh computation gives."""
+    from analyzers.prosody import FrameCache, analyze_prosody
+    from analyzers.windowing import SpeechWindower
+    from bridge.audio import read_file
+    from tests.conftest import CALM
+
+    windower = SpeechWindower()
+    windows = []
+    for [chunk] in read_file(CALM):
+        windows.extend(windower.push(chunk))
+    assert len(windows) > 10
+    cache = FrameCache()
+    for window in windows:
+        fresh = analyze_prosody(window)
+        cached = analyze_prosody(window, cache=cache)
+        for name in fresh.__dataclass_fields__:
+            a, b = getattr(fresh, name), getattr(cached, name)
+            assert (np.isnan(a) and np.isnan(b)) or a == b, (name, a, b)
+    assert cache.hits > 0.4 * (cache.hits + cache.misses)
