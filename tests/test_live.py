@@ -163,10 +163,20 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
 
     from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
+    from bridge.metrics import Metrics
+
+    metrics = Metrics()
+
+    def series() -> int:
+        """Per-speaker metric series exported now."""
+        return sum(1 for family in metrics.registry.collect() for sample in family.samples
+                   if "speaker" in sample.labels)
+
     def census() -> dict[str, int]:
         gc.collect()
         objects = gc.get_objects()
         return {
+            "metric_series": series(),
             "tasks": len(asyncio.all_tasks()),
             # The default executor's workers come and go as needed; media players must not stay.
             "threads": sum(not t.name.startswith(("ThreadPoolExecutor", "asyncio_"))
@@ -176,15 +186,19 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
         }
 
     manager, got = await _manager()
+    metrics.watch(manager)
     info = ev.CallInfo(id="whep:cycle", connector="whep")
+    peak_series = 0
 
     async def cycle() -> None:
+        nonlocal peak_series
         call = await manager.join(info, _whep(source.url, token="s3cret", tracks=2))
         for _ in range(250):  # until audio flows on both tracks (bounded: 5 s)
             if len(call.speakers) == 2 and all(p.frames for p in call.speakers.values()):
                 break
             await asyncio.sleep(0.02)
         assert len(call.speakers) == 2 and all(p.frames for p in call.speakers.values())
+        peak_series = max(peak_series, series())
         await manager.leave(info.id, "cycle")
 
     await cycle()  # warm-up: first-use allocations are not growth
@@ -196,7 +210,9 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
     after = census()
     assert manager.calls == {} and source.sessions == 0
     assert after == before, (before, after)
+    assert before["metric_series"] == 0 and peak_series > 0  # series came and went each cycle
     assert [e.type for e in got].count("speaker.left") == 2 * 101
+    metrics.close()
     await manager.aclose()
     await manager.engine.aclose()
 
