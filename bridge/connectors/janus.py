@@ -19,7 +19,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -230,7 +230,6 @@ class _Feed:
     handle: int | None = None
     pc: RTCPeerConnection | None = None
     speaker_id: str = ""
-    backoff: Backoff = field(default_factory=Backoff)
 
 
 def janus_call_info(room: int | str, name: str | None = None) -> ev.CallInfo:
@@ -302,7 +301,9 @@ class JanusConnector(Connector):
         self._handle: int | None = None
         self._own_id: str | None = None
         self._feeds: dict[str, _Feed] = {}
-        self._publishers: dict[str, str] = {}  # feed id -> display, as the room announced
+        self._publishers: dict[str, dict[str, Any]] = {}  # feed id -> as the room announced it
+        # Resubscription backoff per publisher: outlives the failed attempts' feed state.
+        self._feed_backoff: dict[str, Backoff] = {}
         self._tasks = TaskSet(f"janus:{call.id}")
         self._backoff = Backoff()
         self.rejoins = 0
@@ -341,6 +342,7 @@ class JanusConnector(Connector):
         for feed in list(self._feeds):
             await self._drop_feed(feed, reason, announce=announce)
         self._publishers.clear()
+        self._feed_backoff.clear()
         session, self._session = self._session, None
         if session is None:
             return
@@ -421,6 +423,7 @@ class JanusConnector(Connector):
             feed = data.get(key)
             if feed is not None and feed != "ok" and str(feed) != self._own_id:
                 self._publishers.pop(str(feed), None)
+                self._feed_backoff.pop(str(feed), None)
                 await self._drop_feed(str(feed), reason)
 
     async def _on_publishers(self, publishers: list[dict[str, Any]]) -> None:
@@ -432,17 +435,19 @@ class JanusConnector(Connector):
             if streams is not None and not any(s.get("type") == "audio" and not s.get("disabled")
                                                for s in streams):
                 continue  # video only: nothing to hear
-            self._publishers[feed] = str(pub.get("display") or f"feed {feed}")
+            self._publishers[feed] = pub
             if feed not in self._feeds:
-                self._tasks.spawn(self._subscribe(feed, pub), name=f"subscribe:{feed}")
+                self._tasks.spawn(self._subscribe(feed), name=f"subscribe:{feed}")
 
     # --- feeds -----------------------------------------------------------------------------
 
-    async def _subscribe(self, feed: str, pub: dict[str, Any]) -> None:
+    async def _subscribe(self, feed: str) -> None:
         session = self._session
-        if session is None or feed in self._feeds or feed not in self._publishers:
+        pub = self._publishers.get(feed)
+        if session is None or feed in self._feeds or pub is None:
             return
-        state = _Feed(feed, self._publishers[feed], speaker_id=f"{self.call.id}:{feed}")
+        state = _Feed(feed, str(pub.get("display") or f"feed {feed}"),
+                      speaker_id=f"{self.call.id}:{feed}")
         self._feeds[feed] = state
         audio_mids = [s["mid"] for s in pub.get("streams") or []
                       if s.get("type") == "audio" and "mid" in s]
@@ -475,15 +480,18 @@ class JanusConnector(Connector):
         except (ConnectorError, ValueError) as exc:
             log.warning("Janus room %s: subscribing to feed %s failed: %s", self.room, feed, exc)
             await self._drop_feed(feed, "subscription failed", announce=False)
-            self._retry(feed, pub, state.backoff)
+            self._retry(feed)
             return
-        state.backoff.reset()
+        self._feed_backoff.pop(feed, None)
 
-    def _retry(self, feed: str, pub: dict[str, Any], backoff: Backoff) -> None:
+    def _retry(self, feed: str) -> None:
+        """Subscribe to ``feed`` again after its backoff delay, if it is still published."""
+        backoff = self._feed_backoff.setdefault(feed, Backoff())
+
         async def later() -> None:
             await backoff.sleep()
             if feed in self._publishers and feed not in self._feeds:
-                await self._subscribe(feed, pub)
+                await self._subscribe(feed)
         self._tasks.spawn(later(), name=f"resubscribe:{feed}")
 
     def _on_feed_event(self, feed: str) -> EventHandler:
@@ -503,10 +511,9 @@ class JanusConnector(Connector):
                 return
             log.warning("Janus room %s: connection to feed %s failed; resubscribing",
                         self.room, feed)
-            backoff = state.backoff
             await self._drop_feed(feed, "connection failed")
             if feed in self._publishers:
-                self._retry(feed, {"id": _feed_id(feed)}, backoff)
+                self._retry(feed)
 
     async def _drop_feed(self, feed: str, reason: str, *, announce: bool = True) -> None:
         state = self._feeds.pop(feed, None)
@@ -518,8 +525,3 @@ class JanusConnector(Connector):
             await close_peer_connection(state.pc, settle_s=1.0)
         if state.handle is not None and self._session is not None:
             await self._session.detach(state.handle)
-
-
-def _feed_id(feed: str) -> int | str:
-    """Janus feed ids are numbers unless the room uses ``string_ids``."""
-    return int(feed) if feed.isdigit() else feed
