@@ -16,13 +16,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import ValidationError
 
 from bridge.autojoin import JanusAutoJoin
-from bridge.bus import EventBus
 from bridge.calls import Call, CallManager
 from bridge.config import Settings
 from bridge.connectors import load_connectors
 from bridge.connectors.base import Connector, ConnectorError
-from bridge.metrics import Metrics
 from bridge.pipeline import AnalysisEngine, Emit
+from bridge.runtime import Runtime
 from bridge.sinks.webhook import WebhookSink
 
 __all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "openapi"]
@@ -144,9 +143,14 @@ async def leave_call(request: web.Request) -> web.Response:
     return web.json_response({"id": call_id, "left": True})
 
 
+def metrics_response(registry: CollectorRegistry) -> web.Response:
+    """The registry in Prometheus text format (the control API's and the demo's /metrics)."""
+    return web.Response(body=generate_latest(registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(request.app[REGISTRY])
 
 
 async def failed_webhooks(request: web.Request) -> web.Response:
@@ -165,10 +169,14 @@ async def replay_webhook(request: web.Request) -> web.Response:
 
 
 async def openapi_doc(request: web.Request) -> web.Response:
-    return web.json_response(openapi())
+    return web.json_response(openapi(request.app[CONNECTORS]))
 
 
-def openapi() -> dict[str, Any]:
+def openapi(connectors: dict[str, type[Connector]] | None = None) -> dict[str, Any]:
+    """The OpenAPI document; ``POST /v1/calls`` takes any of ``connectors``' request bodies
+    (default: the installed connectors)."""
+    requests = [cls.Request for cls in
+                (load_connectors() if connectors is None else connectors).values()]
     error = {"type": "object", "properties": {"error": {"type": "string"},
                                               "reason": {"type": "string"}}}
     err = {"description": "error", "content": {"application/json": {"schema": error}}}
@@ -180,8 +188,7 @@ def openapi() -> dict[str, Any]:
         "info": {"title": "affect-bridge control API", "version": "1"},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {cls.Request.__name__: cls.Request.model_json_schema()
-                        for cls in load_connectors().values()},
+            "schemas": {cls.__name__: cls.model_json_schema() for cls in requests},
         },
         "paths": {
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok}}},
@@ -193,8 +200,8 @@ def openapi() -> dict[str, Any]:
                 "post": {"summary": "join a call", "security": secured,
                          "requestBody": {"required": True, "content": {"application/json": {
                              "schema": {"oneOf": [
-                                 {"$ref": f"#/components/schemas/{cls.Request.__name__}"}
-                                 for cls in load_connectors().values()]}}}},
+                                 {"$ref": f"#/components/schemas/{cls.__name__}"}
+                                 for cls in requests]}}}},
                          "responses": {"201": ok, "400": err, "401": err, "409": err,
                                        "422": err}},
             },
@@ -253,42 +260,26 @@ def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | Non
 
 def build_app(settings: Settings, *, token: str | None, emit: Emit,
               registry: CollectorRegistry | None = None) -> web.Application:
-    """The service: sinks, engine and call manager started and stopped with the app
-    (cleanup_ctx); stopping leaves every call (``call.left``) before the analyzers close, and
-    the sinks close last, so ``call.left`` reaches them."""
-    metrics = Metrics(registry, max_speakers=settings.metrics.max_speakers)
-    webhooks = (WebhookSink(settings.webhooks, settings.outbox, metrics=metrics)
-                if settings.webhooks else None)
-    bus = EventBus(emit, *([webhooks.emit] if webhooks is not None else []))
-    engine = AnalysisEngine(settings)
-    engine.metrics = metrics
-    manager = CallManager(engine, bus.emit, silence_timeout_s=settings.live.silence_timeout_s)
-    metrics.watch(manager)
-    app = create_app(engine, manager, token=token, ice_servers=settings.live.ice_servers,
-                     registry=metrics.registry)
-    if webhooks is not None:
-        app[WEBHOOKS] = webhooks
-
-    autojoins = [JanusAutoJoin(manager, cfg, settings.shard, ice_servers=settings.live.ice_servers)
-                 for cfg in settings.janus]
+    """The service: sinks, engine and call manager (a :class:`Runtime`) started and stopped with
+    the app (cleanup_ctx); auto-join stops first, so stopping leaves every call (``call.left``)
+    before the analyzers and then the sinks close."""
+    runtime = Runtime.build(settings, emit, registry=registry)
+    app = create_app(runtime.engine, runtime.manager, token=token,
+                     ice_servers=settings.live.ice_servers, registry=runtime.metrics.registry)
+    if runtime.webhooks is not None:
+        app[WEBHOOKS] = runtime.webhooks
+    autojoins = [JanusAutoJoin(runtime.manager, cfg, settings.shard,
+                               ice_servers=settings.live.ice_servers) for cfg in settings.janus]
     app[AUTOJOIN] = autojoins
 
     async def lifecycle(app: web.Application) -> Any:
-        if webhooks is not None:
-            await webhooks.start()
-        await engine.start()
-        for event in engine.degraded_events():
-            await bus.emit(event)
+        await runtime.start()
         for autojoin in autojoins:
             autojoin.start()
         yield
         for autojoin in autojoins:
             await autojoin.aclose()
-        await manager.aclose("shutting down")
-        await engine.aclose()
-        if webhooks is not None:
-            await webhooks.aclose()
-        metrics.close()
+        await runtime.aclose("shutting down")
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -15,8 +15,8 @@ from typing import Any
 from bridge import events as ev
 from bridge.calls import CallManager
 from bridge.config import JanusSettings, ShardSettings
-from bridge.connectors.base import Backoff, ConnectorError, OnSpeaker, OnSpeakerLeft
-from bridge.connectors.janus import JanusConnector, JanusSession, janus_call_info
+from bridge.connectors.base import Backoff, ConnectorError
+from bridge.connectors.janus import JanusConnector, JanusJoin, JanusSession, janus_call_info
 from bridge.shard import owns
 from bridge.tasks import TaskSet
 
@@ -78,16 +78,13 @@ class JanusAutoJoin:
 
     async def _join(self, room: int | str, info: ev.CallInfo) -> None:
         cfg = self.cfg
-
-        def factory(i: ev.CallInfo, on_sp: OnSpeaker, on_left: OnSpeakerLeft) -> JanusConnector:
-            return JanusConnector(i, on_sp, on_left, url=cfg.url, room=room,
-                                  display_name=cfg.display_name,
-                                  leave_when_empty=cfg.leave_when_empty,
-                                  ice_servers=self._ice_servers)
-
         if info.id in self.manager.calls:
             return
         try:
+            _, factory = JanusConnector.from_request(
+                JanusJoin(connector="janus", url=cfg.url, room=room,
+                          display_name=cfg.display_name, leave_when_empty=cfg.leave_when_empty),
+                ice_servers=self._ice_servers)
             await self.manager.join(info, factory)
         except (ConnectorError, ValueError) as exc:
             if self._failed.get(info.id) != str(exc):

@@ -266,6 +266,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
+    def listen_address(self) -> tuple[str, int]:
+        """``listen`` as (host, port); an IPv6 host loses its brackets."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
     def analyzer_options(self) -> dict[str, dict[str, Any]]:
         """Options for each analyzer plugin, by name (built-ins from their sections)."""
         options = {k: dict(v) for k, v in self.plugin_options.items()}

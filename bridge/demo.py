@@ -15,20 +15,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import events as ev
 from bridge.analyze import AnalyzeResult, SpeakerSummary, format_table, record_event
-from bridge.bus import EventBus
-from bridge.calls import CallManager
+from bridge.app import metrics_response
 from bridge.config import Settings
 from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
 from bridge.ice import restrict_host_addresses
 from bridge.metrics import Metrics
-from bridge.pipeline import AnalysisEngine
+from bridge.runtime import Runtime
 from bridge.sinks.console import ConsoleSink
-from bridge.sinks.webhook import WebhookSink
 
 __all__ = ["DEMO_SPEAKERS", "demo_clips", "run_demo"]
 
@@ -52,30 +49,20 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
     restrict_host_addresses(["127.0.0.1"])  # test traffic stays on loopback
     summaries: dict[str, SpeakerSummary] = {}
     console = ConsoleSink("jsonl" if json_out else "table", stream)
-    metrics = Metrics(max_speakers=settings.metrics.max_speakers)
-    webhooks = (WebhookSink(settings.webhooks, settings.outbox, metrics=metrics)
-                if settings.webhooks else None)
-    await console.start()
 
     async def record(event: Any) -> None:
         record_event(summaries, event)
 
-    bus = EventBus(record, console.emit, *([webhooks.emit] if webhooks is not None else []))
-    if webhooks is not None:
-        await webhooks.start()
+    runtime = Runtime.build(settings, record, console.emit, silence_timeout_s=SILENCE_TIMEOUT_S)
+    manager = runtime.manager
     source = DemoSource(demo_clips(), loop=loop)
-    engine = AnalysisEngine(settings)
-    engine.metrics = metrics
-    await engine.start()
-    manager = CallManager(engine, bus.emit, silence_timeout_s=SILENCE_TIMEOUT_S)
-    metrics.watch(manager)
-    emit = bus.emit
-    metrics_site = await _serve_metrics(metrics, settings.listen)
+    info = ev.CallInfo(id="demo:local", connector="whep", room="demo")
+    await console.start()
+    metrics_site: web.AppRunner | None = None
     try:
+        await runtime.start(info)
+        metrics_site = await _serve_metrics(runtime.metrics, settings)
         url = await source.start()
-        info = ev.CallInfo(id="demo:local", connector="whep", room="demo")
-        for event in engine.degraded_events(info):
-            await emit(event)
         call = await manager.join(info, lambda i, on_sp, on_left: WhepConnector(
             i, on_sp, on_left, url=url, tracks=len(DEMO_SPEAKERS), displays=list(DEMO_SPEAKERS)))
         while True:  # until every speaker that came has gone again
@@ -85,34 +72,29 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
             call.empty.clear()
         await manager.leave(info.id, "demo finished")
     finally:
-        await manager.aclose()
+        await runtime.aclose()
         await source.aclose()
-        await engine.aclose()
-        if webhooks is not None:
-            await webhooks.aclose()
         if metrics_site is not None:
             await metrics_site.cleanup()
-        metrics.close()
         await console.aclose()
         restrict_host_addresses(None)
-    return AnalyzeResult(list(summaries.values()), dict(engine.degraded))
+    return AnalyzeResult(list(summaries.values()), dict(runtime.engine.degraded))
 
 
-async def _serve_metrics(metrics: Metrics, listen: str) -> web.AppRunner | None:
+async def _serve_metrics(metrics: Metrics, settings: Settings) -> web.AppRunner | None:
     """``/metrics`` on ``listen`` (127.0.0.1:9464 by default); the demo goes on without it when
     the address is taken."""
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(metrics.registry)
 
     app = web.Application()
     app.router.add_get("/metrics", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, _, port = listen.rpartition(":")
+    listen = settings.listen
     try:
-        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        await web.TCPSite(runner, *settings.listen_address()).start()
     except OSError as exc:
         log.warning("metrics not served: cannot listen on %s (%s)", listen,
                     exc.strerror or exc)

@@ -40,8 +40,7 @@ def api_token() -> str | None:
 
 
 async def serve(settings: Settings) -> None:
-    host, _, port = settings.listen.rpartition(":")
-    host = host.strip("[]")
+    host, port = settings.listen_address()
     token = api_token()
     restrict_host_addresses(settings.live.ice_host_addresses)
 
@@ -50,7 +49,7 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, int(port))
+        site = web.TCPSite(runner, host, port)
         await site.start()
     except OSError as exc:
         await runner.cleanup()
