@@ -97,8 +97,13 @@ class CallManager:
 
     async def _remove_speaker(self, call_id: str, speaker_id: str, reason: str | None) -> None:
         call = self.calls.get(call_id)
-        pipeline = call.speakers.pop(speaker_id, None) if call else None
-        if call is None or pipeline is None:
+        if call is not None:
+            await self._retire(call, speaker_id, reason)
+
+    async def _retire(self, call: Call, speaker_id: str, reason: str | None) -> None:
+        """Stop one speaker's pipeline (``speaker.left``); idempotent."""
+        pipeline = call.speakers.pop(speaker_id, None)
+        if pipeline is None:
             return
         self._frames_retired += pipeline.frames
         await pipeline.aclose(reason)
@@ -109,10 +114,8 @@ class CallManager:
         call = self.calls.pop(call_id, None)
         if call is None:
             return
-        for speaker_id, pipeline in list(call.speakers.items()):
-            call.speakers.pop(speaker_id, None)
-            self._frames_retired += pipeline.frames
-            await pipeline.aclose("call left")
+        for speaker_id in list(call.speakers):
+            await self._retire(call, speaker_id, "call left")
         await call.connector.leave()
         watcher = call.watcher
         if watcher is not None and watcher is not asyncio.current_task():
