@@ -169,6 +169,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 SOURCE_TOKEN = "s3cret"
 
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.demo import DemoSource
 from bridge.pipeline import AnalysisEngine
-from tests.conftest import ROOT, SOURCE_TOKEN
+from tests.conftest import ROOT, SOURCE_TOKEN, free_port
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -150,15 +149,9 @@ async def test_openapi_document(client: TestClient) -> None:
             "/v1/calls/{call_id}/speakers"} <= set(doc["paths"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_run_joins_on_request_and_leaves_every_call_on_sigterm(tmp_path: Path,
                                                                      source: DemoSource) -> None:
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "run.toml"
     cfg.write_text('analyzers = ["prosody"]\n[live]\nice_host_addresses = ["127.0.0.1"]\n')
     env = {**os.environ, "AFFECT_BRIDGE_API_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +18,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from bridge.metrics import Metrics
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, require_tool
 
 
 def _import_generator() -> ModuleType:
@@ -99,21 +96,11 @@ def panel_queries(dashboard_json: dict[str, Any], substitutions: dict[str, str])
     return [substitute(expr, substitutions) for expr in exprs]
 
 
-def _promtool() -> str:
-    """promtool (Debian ``prometheus``); missing in CI is a failure, not a skip."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed; .ci/setup should have installed it")
-        pytest.skip("promtool not installed (run bash .ci/setup)")
-    return path
-
-
 def _promtool_check(exprs: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     rules = [{"record": f"dashboard_query_{n}", "expr": expr} for n, expr in enumerate(exprs)]
     path = tmp_path / "dashboard.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    return subprocess.run([_promtool(), "check", "rules", str(path)],
+    return subprocess.run([require_tool("promtool"), "check", "rules", str(path)],
                           capture_output=True, text=True, timeout=30, check=False)
 
 

@@ -103,19 +103,16 @@ async def test_demo_over_webrtc_spike_only_for_the_stressed_speaker(tmp_path: Pa
     receiver and its metrics endpoint scraped while it runs."""
     import json
     import os
-    import socket
     import sys
 
     import aiohttp
     from standardwebhooks.webhooks import Webhook
 
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, free_port
     from tests.webhook_helpers import SECRET_A, Receiver
 
     receiver = await Receiver().start()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AFFECT_BRIDGE_WEBHOOK_SECRET": SECRET_A,
            "AFFECT_BRIDGE_OUTBOX__PATH": str(tmp_path / "outbox.sqlite3")}
     proc = await asyncio.create_subprocess_exec(

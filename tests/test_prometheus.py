@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from bridge.app import MANAGER, build_app
 from bridge.config import load_settings
 from bridge.connectors.demo import DemoSource
 from bridge.demo import DEMO_SPEAKERS
-from tests.conftest import ROOT, SOURCE_TOKEN, require_tool
+from tests.conftest import ROOT, SOURCE_TOKEN, free_port, require_tool
 from tests.test_dashboards import _panels, substitute
 from tests.webhook_helpers import SECRET_A, Receiver
 
@@ -28,12 +27,6 @@ RULES = ROOT / "helm" / "affect-bridge" / "files" / "alerts.rules.yml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yml"
 TOKEN = "prom-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_alert_rules_pass_promtool() -> None:
@@ -81,7 +74,7 @@ async def _prometheus(tmp_path: Path, target: str) -> tuple[asyncio.subprocess.P
         f"rule_files: ['{RULES}']\n"
         "scrape_configs:\n  - job_name: affect-bridge\n"
         f"    static_configs: [{{targets: ['{target}']}}]\n")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     proc = await asyncio.create_subprocess_exec(
         binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address={address}", "--log.level=warn",
