@@ -56,26 +56,28 @@ MAX_RETRY_AFTER_S = 3600.0
 
 def load_secrets(cfg: WebhookSettings) -> list[Webhook]:
     """The endpoint's signing secrets (``whsec_<base64>``, space-separated) from its file or
-    environment variable. Errors name where the secret was looked for, never its value."""
+    environment variable. Errors name where the secret was looked for, never its value, and the
+    endpoint by its label (no query string or user info)."""
+    endpoint = endpoint_label(cfg)
     if cfg.secret_file is not None:
         where = f"secret_file {str(cfg.secret_file)!r}"
         try:
             raw = Path(cfg.secret_file).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"webhook {cfg.url}: {where} is unreadable: {exc.strerror}"
+            raise ConfigError(f"webhook {endpoint}: {where} is unreadable: {exc.strerror}"
                               ) from None
     else:
         where = f"environment variable {cfg.secret_env}"
         raw = os.environ.get(cfg.secret_env or "", "")
     secrets = raw.split()
     if not secrets:
-        raise ConfigError(f"webhook {cfg.url}: no signing secret in {where}")
+        raise ConfigError(f"webhook {endpoint}: no signing secret in {where}")
     out = []
     for n, secret in enumerate(secrets, 1):
         try:
             out.append(Webhook(secret))
         except Exception:
-            raise ConfigError(f"webhook {cfg.url}: secret #{n} in {where} is not whsec_<base64>"
+            raise ConfigError(f"webhook {endpoint}: secret #{n} in {where} is not whsec_<base64>"
                               ) from None
     return out
 
