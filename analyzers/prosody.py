@@ -156,7 +156,9 @@ def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
             for k in range(len(f0)) if _interior(k, half, len(y))})
 
     if voiced.sum() < 3:
-        return ProsodyFeatures(NAN, NAN, NAN, NAN, NAN, energy_db, 0.0, pause_ratio)
+        # Too few voiced frames to count syllables: the rate is missing, not zero (a zero would
+        # drag the speaker's baseline down).
+        return ProsodyFeatures(NAN, NAN, NAN, NAN, NAN, energy_db, NAN, pause_ratio)
     f0v = f0[voiced]
     p10, p50, p90 = np.percentile(f0v, [10, 50, 90])
     rv = np.clip(r[voiced], 1e-4, 1 - 1e-4)

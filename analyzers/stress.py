@@ -1,21 +1,38 @@
-"""Stress index relative to each speaker's own baseline, with spike detection.
+"""Stress index relative to each speaker's own baseline, with spike detection by accumulated evidence.
 
-What this is: a 0..1 indicator of how far a speaker's voice has moved, in one window, from that
-same speaker's calm baseline in the directions linked to acute stress (F0 up, wider F0 range,
-louder, faster, more jitter/shimmer, lower HNR, more high-arousal negative emotion, and, with
-the semantic stream on, more negative words than usual). What it is
-not: a clinical measure or a cortisol estimate. See the README.
+What this is: a 0..1 indicator of how much evidence has built up, over the speaker's recent
+windows, that the voice has moved away from that same speaker's calm baseline in the directions
+linked to acute stress (F0 up, wider F0 range, faster, more jitter/shimmer, lower HNR, more
+high-arousal negative emotion, and, with the semantic stream on, more negative words than usual;
+louder only together with those). What it is not: a clinical measure or a cortisol estimate. See
+the README.
 
-1. Calibration: the first ``calibration_s`` voiced seconds (and at least
-   ``calibration_windows`` windows) build the baseline: per-feature median and scale
-   (1.4826 x MAD, never below the feature's ``floors`` entry). Events say ``calibrating``.
-2. Each window: robust z-score per feature, signed so that "more stressed" is positive, clipped to
-   0..``z_max``; the fused score ``s`` is their weighted mean over the features present; the index
-   is ``1 - exp(-s / scale)`` (s = 1 -> 0.39, 2 -> 0.63, 3 -> 0.78 with the default scale 2).
-3. Spikes: start when the index stays >= ``on`` for ``min_duration_s``, end when it falls below
-   ``off`` (hysteresis). No spike can start while calibrating.
-4. After calibration the baseline follows slowly (rate ``adapt_rate`` per window, steps clipped
-   to 2 scales), and not at all during a spike or while the index is above ``off``.
+1. Calibration: the speaker's first ``calibration_s`` voiced seconds (each voiced second counted
+   once, although windows overlap) and at least ``calibration_windows`` windows build the
+   baseline: per-feature median and scale (1.4826 x MAD, never below the feature's ``floors``
+   entry). Events say ``calibrating``. A feature first measured after calibration (F0 in a noisy
+   start, say) collects ``late_calibration_windows`` values of its own before it is scored.
+2. Each window gets a **score**: per-feature robust z-scores, signed so that "more stressed" is
+   positive (and negative when calmer than usual), clipped to +-``z_max``, averaged with
+   ``weights`` over the features present. Loudness only corroborates: energy adds at most
+   ``weights["energy"]`` times the other cues' score, in their direction, and nothing on its own
+   (a microphone moved closer must not look like stress). The score is clipped to
+   +-``step_max``.
+3. Evidence accumulates as a one-sided CUSUM (Page 1954) on the score:
+   ``S = clip(S + score - reference, 0, saturation)``. ``reference`` is the drift allowance (half
+   the smallest shift worth detecting, in baseline z units): calm windows, whose scores centre on
+   0, drain evidence; a sustained shift of score ``d > reference`` adds ``d - reference`` per
+   window. The published **index is S / saturation**. CUSUM is the standard quickest detector of
+   a sustained mean shift (Lorden 1971 / Moustakides 1986: optimal for a shift of the designed
+   size); unlike a per-window threshold it sums small consistent deviations and, with
+   ``step_max``, one extreme window alone cannot reach the threshold.
+4. Spikes: start when the index reaches ``on``; ``started_s`` is where the evidence last rose from
+   zero (the CUSUM change-point estimate), the event's offset is when it was decided. A spike ends
+   when the index falls below ``off`` ("recovered"), after ``end_silence_s`` without analysable
+   speech ("silence"), or when the stream ends. Evidence that is not a spike yet is dropped after
+   ``onset_gap_s`` without speech, so two high windows a minute apart are not "sustained".
+5. After calibration the baseline follows slowly (rate ``adapt_rate`` per window, steps clipped to
+   2 scales), only while there is no evidence of a shift (S = 0) and never during a spike.
 """
 
 from __future__ import annotations
@@ -33,9 +50,10 @@ from analyzers.types import (
     StressSpike,
 )
 
-__all__ = ["DEFAULT_WEIGHTS", "StressConfig", "StressEngine", "stress_features"]
+__all__ = ["DEFAULT_FLOORS", "DEFAULT_WEIGHTS", "StressConfig", "StressEngine", "stress_features"]
 
-# Feature -> (direction, weight). Direction +1: higher is more stressed.
+# Feature weights in the window score. "energy" is not averaged in: it is the corroboration
+# factor (see the module docstring).
 DEFAULT_WEIGHTS: dict[str, float] = {
     "f0": 0.25,
     "f0_range": 0.15,
@@ -47,6 +65,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "emotion": 0.10,
     "sentiment": 0.10,  # only with the semantic stream on
 }
+# Direction +1: higher is more stressed.
 DIRECTIONS: dict[str, float] = {
     "f0": 1.0, "f0_range": 1.0, "energy": 1.0, "speech_rate": 1.0,
     "jitter": 1.0, "shimmer": 1.0, "hnr": -1.0, "emotion": 1.0, "sentiment": 1.0,
@@ -62,6 +81,7 @@ DEFAULT_FLOORS: dict[str, float] = {
     "emotion": 0.1,  # probability
     "sentiment": 0.2,  # negativity, -1..1
 }
+CORROBORATING = "energy"
 HIGH_AROUSAL_NEGATIVE = ("angry", "fearful", "disgusted")
 
 
@@ -69,26 +89,44 @@ HIGH_AROUSAL_NEGATIVE = ("angry", "fearful", "disgusted")
 class StressConfig:
     calibration_s: float = 20.0
     calibration_windows: int = 5
-    scale: float = 2.0
-    z_max: float = 6.0
+    late_calibration_windows: int = 5
+    # Detector defaults chosen by tests/bench/bench_detection.py --sweep (README "Detection
+    # performance"): reference 0.7, decision threshold on x saturation = 6, step_max 3, z_max 4.
+    z_max: float = 4.0
+    step_max: float = 3.0
+    reference: float = 0.7
+    saturation: float = 10.0
     on: float = 0.6
-    off: float = 0.4
-    min_duration_s: float = 2.0
+    off: float = 0.3
+    onset_gap_s: float = 10.0
+    end_silence_s: float = 20.0
     adapt_rate: float = 0.02
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     floors: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FLOORS))
 
     def __post_init__(self) -> None:
-        if not 0 < self.off <= self.on < 1:
-            raise ValueError("stress needs 0 < off <= on < 1")
-        if self.calibration_s < 0 or self.calibration_windows < 1 or self.scale <= 0:
-            raise ValueError("stress needs calibration_s >= 0, calibration_windows >= 1, scale > 0")
+        if not 0 < self.off < self.on <= 1:
+            raise ValueError("stress needs 0 < off < on <= 1")
+        if self.calibration_s < 0 or self.calibration_windows < 1 or self.late_calibration_windows < 1:
+            raise ValueError("stress needs calibration_s >= 0 and calibration windows >= 1")
+        if self.z_max <= 0 or self.step_max <= 0 or self.saturation <= 0 or self.reference < 0:
+            raise ValueError("stress needs z_max, step_max, saturation > 0 and reference >= 0")
+        if self.step_max - self.reference >= self.on * self.saturation:
+            raise ValueError("stress needs step_max - reference < on x saturation: one window "
+                             "alone must not start a spike")
+        if self.onset_gap_s <= 0 or self.end_silence_s <= 0:
+            raise ValueError("stress needs onset_gap_s > 0 and end_silence_s > 0")
         unknown = (set(self.weights) | set(self.floors)) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown stress features {sorted(unknown)}; "
                              f"known: {sorted(DEFAULT_WEIGHTS)}")
         if any(w < 0 for w in self.weights.values()) or any(f <= 0 for f in self.floors.values()):
             raise ValueError("stress weights must be >= 0 and floors > 0")
+
+    @property
+    def threshold(self) -> float:
+        """Evidence (CUSUM units) at which a spike starts."""
+        return self.on * self.saturation
 
 
 def stress_features(
@@ -121,53 +159,115 @@ def stress_features(
     return out
 
 
+@dataclass(slots=True)
+class _Spike:
+    started_s: float
+    peak: float
+    main: tuple[str, ...]
+
+
 class StressEngine:
-    """Per-speaker state: baseline, spike state. Feed windows in time order."""
+    """Per-speaker state: baseline, evidence, spike. Feed windows in time order.
+
+    ``update`` for each analysed window (with the voiced seconds no earlier window held),
+    ``quiet`` for each window that came due with too little speech, ``close`` at the end.
+    """
 
     def __init__(self, config: StressConfig | None = None) -> None:
         self.config = config or StressConfig()
-        self._calibration: dict[str, list[float]] = {}
+        self._pending: dict[str, list[float]] = {}  # values of features not yet calibrated
         self._voiced_s = 0.0
         self._windows = 0
         self.center: dict[str, float] = {}
         self.spread: dict[str, float] = {}
         self.calibrating = True
-        self._above_since: float | None = None
-        self._spike: tuple[float, float, tuple[str, ...]] | None = None  # start, peak, components
+        self.evidence = 0.0
+        self._rise_from: float | None = None  # where the current evidence began to build
+        self._last_speech_s: float | None = None
+        self._spike: _Spike | None = None
         self.spikes = 0
 
     @property
     def in_spike(self) -> bool:
         return self._spike is not None
 
+    @property
+    def index(self) -> float:
+        return min(self.evidence / self.config.saturation, 1.0)
+
     def update(self, features: dict[str, float], voiced_s: float, at_s: float) -> StressEstimate:
+        """One analysed window ending at ``at_s``; ``voiced_s``: its speech no earlier window held."""
         cfg = self.config
+        transitions = self._gap(at_s)
+        self._last_speech_s = at_s
         self._windows += 1
         self._voiced_s += voiced_s
         if self.calibrating:
             for k, v in features.items():
-                self._calibration.setdefault(k, []).append(v)
-            self._fit(self._calibration)
+                self._pending.setdefault(k, []).append(v)
             done = self._voiced_s >= cfg.calibration_s and self._windows >= cfg.calibration_windows
-            index, components = self._score(features) if self._windows >= 3 else (0.0, {})
+            provisional = self._windows >= 3
+            if provisional or done:
+                self._fit(self._pending)  # provisional: components shown while calibrating
+            score, components = self._score(features) if provisional else (0.0, {})
             if done:
                 self.calibrating = False
-                self._calibration = {}
-            return StressEstimate(index, components, calibrating=True)
+                # Features measured too rarely so far keep collecting values of their own.
+                rare = {k for k, v in self._pending.items() if len(v) < cfg.late_calibration_windows}
+                for k in rare:
+                    del self.center[k], self.spread[k]
+                self._pending = {k: v for k, v in self._pending.items() if k in rare}
+            return StressEstimate(0.0, components, calibrating=True, score=score,
+                                  spikes=tuple(transitions))
+        for k, v in features.items():
+            if k not in self.center:
+                self._pending.setdefault(k, []).append(v)
+        ready = {k: v for k, v in self._pending.items() if len(v) >= cfg.late_calibration_windows}
+        if ready:  # a late feature's own short calibration is over: it is scored from now on
+            self._fit(ready)
+            self._pending = {k: v for k, v in self._pending.items() if k not in ready}
 
-        index, components = self._score(features)
+        score, components = self._score(features)
+        if self.evidence == 0.0:
+            self._rise_from = at_s
+        self.evidence = min(max(self.evidence + score - cfg.reference, 0.0), cfg.saturation)
+        index = self.index
         spike = self._spike_step(index, components, at_s)
-        if not self.in_spike and index < cfg.off:
+        if spike is not None:
+            transitions.append(spike)
+        if self._spike is None and self.evidence == 0.0:
             self._adapt(features)
-        return StressEstimate(index, components, calibrating=False, spike=spike)
+        return StressEstimate(index, components, calibrating=False, score=score,
+                              spikes=tuple(transitions))
 
-    def close(self, at_s: float) -> StressSpike | None:
+    def quiet(self, at_s: float) -> list[StressSpike]:
+        """A window ending at ``at_s`` came due with too little speech to analyse."""
+        return self._gap(at_s)
+
+    def close(self, at_s: float, reason: str = "stream ended") -> StressSpike | None:
         """End an open spike at the end of the stream."""
-        if self._spike is None:
-            return None
-        start, peak, main = self._spike
+        return self._end(at_s, reason) if self._spike is not None else None
+
+    def _gap(self, at_s: float) -> list[StressSpike]:
+        """Time without speech since the last analysed window: end a spike, drop evidence."""
+        cfg = self.config
+        if self._last_speech_s is None:
+            return []
+        silent = at_s - self._last_speech_s
+        if self._spike is not None:
+            if silent + 1e-9 >= cfg.end_silence_s:
+                return [self._end(at_s, "silence")]
+        elif silent > cfg.onset_gap_s + 1e-9:
+            self.evidence = 0.0
+        return []
+
+    def _end(self, at_s: float, reason: str) -> StressSpike:
+        assert self._spike is not None
+        s = self._spike
+        index = self.index
         self._spike = None
-        return StressSpike(True, start, at_s, peak, peak, main)
+        self.evidence = 0.0  # a new spike needs new evidence
+        return StressSpike(True, s.started_s, at_s, index, s.peak, s.main, reason)
 
     def _fit(self, samples: dict[str, list[float]]) -> None:
         for k, values in samples.items():
@@ -188,39 +288,36 @@ class StressEngine:
             if k not in self.center or w <= 0:
                 continue
             z = DIRECTIONS[k] * (v - self.center[k]) / self._scale(k)
-            z = min(max(z, 0.0), cfg.z_max)
+            z = min(max(z, -cfg.z_max), cfg.z_max)
             components[k] = round(z, 4)
-            total += w * z
-            weight += w
+            if k != CORROBORATING:
+                total += w * z
+                weight += w
         if weight == 0:
             return 0.0, components
-        fused = total / weight
-        return 1.0 - math.exp(-fused / cfg.scale), components
+        score = total / weight
+        loud = components.get(CORROBORATING)
+        if loud is not None and loud * score > 0:
+            score += cfg.weights.get(CORROBORATING, 0.0) * math.copysign(
+                min(abs(loud), abs(score)), score)
+        return min(max(score, -cfg.step_max), cfg.step_max), components
 
-    def _spike_step(
-        self, index: float, components: dict[str, float], at_s: float
-    ) -> StressSpike | None:
+    def _spike_step(self, index: float, components: dict[str, float], at_s: float
+                    ) -> StressSpike | None:
         cfg = self.config
         if self._spike is not None:
-            start, peak, main = self._spike
             if index < cfg.off:
-                self._spike = None
-                self._above_since = None
-                return StressSpike(True, start, at_s, index, peak, main)
-            if index > peak:
-                self._spike = (start, index, _main(components, cfg.weights))
+                return self._end(at_s, "recovered")
+            if index > self._spike.peak:
+                self._spike.peak = index
+                self._spike.main = _main(components, cfg.weights)
             return None
-        if index < cfg.on:
-            self._above_since = None
+        if index + 1e-12 < cfg.on:
             return None
-        if self._above_since is None:
-            self._above_since = at_s
-        if at_s - self._above_since + 1e-9 >= cfg.min_duration_s:
-            main = _main(components, cfg.weights)
-            self._spike = (self._above_since, index, main)
-            self.spikes += 1
-            return StressSpike(False, self._above_since, at_s, index, index, main)
-        return None
+        start = self._rise_from if self._rise_from is not None else at_s
+        self._spike = _Spike(start, index, _main(components, cfg.weights))
+        self.spikes += 1
+        return StressSpike(False, start, at_s, index, index, self._spike.main)
 
     def _adapt(self, features: dict[str, float]) -> None:
         rate = self.config.adapt_rate

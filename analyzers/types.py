@@ -12,6 +12,7 @@ __all__ = [
     "AudioChunk",
     "EmotionScores",
     "ProsodyFeatures",
+    "QuietWindow",
     "SemanticResult",
     "SpeechWindow",
     "StressEstimate",
@@ -45,7 +46,9 @@ class SpeechWindow:
     audio not yet seen by the emotion model, handed over in chunks (empty in between), so every
     voiced second goes through the model once. ``stream`` identifies the speaker's stream
     (unique in the process) and ``first_sample`` where ``samples`` start in it (-1: unknown), so
-    an analyzer may reuse its work on the overlap of consecutive windows.
+    an analyzer may reuse its work on the overlap of consecutive windows. ``fresh_voiced_s`` is
+    the voiced time no earlier window held (windows overlap: summing ``voiced_s`` counts speech
+    twice); None when the window was not cut by a windower (then all of it is fresh).
     """
 
     samples: Float32Array
@@ -56,10 +59,16 @@ class SpeechWindow:
     new_speech: Float32Array
     stream: int = 0
     first_sample: int = -1
+    fresh_voiced_s: float | None = None
 
     @property
     def voiced_s(self) -> float:
         return float(self.speech_mask.sum()) * self.frame_s
+
+    @property
+    def new_voiced_s(self) -> float:
+        """Voiced seconds of this window that no earlier window held."""
+        return self.voiced_s if self.fresh_voiced_s is None else self.fresh_voiced_s
 
     def voiced_samples(self) -> Float32Array:
         """Samples of the frames the VAD marked as speech, concatenated."""
@@ -67,6 +76,15 @@ class SpeechWindow:
         usable = min(len(self.speech_mask), len(self.samples) // frame)
         frames = self.samples[: usable * frame].reshape(usable, frame)
         return frames[self.speech_mask[:usable]].reshape(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class QuietWindow:
+    """A window came due with too little speech to analyse: time passes without speech."""
+
+    start_s: float
+    end_s: float
+    voiced_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +128,13 @@ class SemanticResult:
 
 @dataclass(frozen=True, slots=True)
 class StressEstimate:
-    """The stress index of one window and the spike transition it caused, if any."""
+    """The stress index after one window and the spike transitions it caused (oldest first)."""
 
-    index: float  # 0..1; how far the voice has moved from the speaker's baseline
-    components: dict[str, float] = field(default_factory=dict)  # per-feature z-scores (>= 0)
+    index: float  # 0..1: evidence accumulated over recent windows that the voice has shifted
+    components: dict[str, float] = field(default_factory=dict)  # per-feature signed z-scores
     calibrating: bool = False
-    spike: StressSpike | None = None
+    score: float = 0.0  # this window's own fused, signed score (baseline z units)
+    spikes: tuple[StressSpike, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +147,7 @@ class StressSpike:
     index: float
     peak: float
     main_components: tuple[str, ...]
+    reason: str = ""  # why it ended: "recovered", "silence", "stream ended"
 
     @property
     def duration_s(self) -> float:

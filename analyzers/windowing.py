@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.types import SAMPLE_RATE, AudioChunk, SpeechWindow
+from analyzers.types import SAMPLE_RATE, AudioChunk, QuietWindow, SpeechWindow
 from analyzers.vad import VadConfig, VoiceActivityDetector, sanitize
 
 __all__ = ["SpeechWindower", "WindowConfig"]
@@ -36,7 +36,8 @@ class WindowConfig:
 
 
 class SpeechWindower:
-    """Streaming: ``push`` chunks as they arrive, get back the windows that became due.
+    """Streaming: ``push`` chunks as they arrive, get back the windows that became due
+    (``push_due`` also returns the due windows that had too little speech, as ``QuietWindow``).
 
     Memory is bounded by ``window_s`` of audio plus ``emotion_max_s`` of new speech, however
     long the stream runs.
@@ -57,6 +58,7 @@ class SpeechWindower:
         self.stream = next(_STREAMS)
         self._frames_seen = 0
         self._next_due_s = 0.0
+        self._cut_frames = 0  # frames seen when the last SpeechWindow was cut
         self.speech_s = 0.0  # total voiced seconds so far
         self.audio_s = 0.0  # total seconds so far
 
@@ -66,6 +68,11 @@ class SpeechWindower:
         return (self._origin_s or 0.0) + self._frames_seen * self.vad.frame_s
 
     def push(self, chunk: AudioChunk) -> list[SpeechWindow]:
+        """The windows with enough speech that became due."""
+        return [w for w in self.push_due(chunk) if isinstance(w, SpeechWindow)]
+
+    def push_due(self, chunk: AudioChunk) -> list[SpeechWindow | QuietWindow]:
+        """Every window that became due: analysable ones, and quiet ones (too little speech)."""
         if self._origin_s is None:
             self._origin_s = chunk.start_s
             self._next_due_s = chunk.start_s + self.config.hop_s
@@ -79,7 +86,7 @@ class SpeechWindower:
         whole = samples[: n * self._frame]
         decisions = self.vad.process(whole)
         frames = whole.reshape(n, self._frame)
-        due: list[SpeechWindow] = []
+        due: list[SpeechWindow | QuietWindow] = []
         for i in range(n):
             self._frames.append(frames[i])
             self._mask.append(bool(decisions[i]))
@@ -88,9 +95,7 @@ class SpeechWindower:
             self._frames_seen += 1
             if self.now_s + 1e-9 >= self._next_due_s:
                 self._next_due_s += self.config.hop_s
-                window = self._make_window()
-                if window is not None:
-                    due.append(window)
+                due.append(self._make_window() or self._quiet())
         voiced = int(decisions.sum())
         self.speech_s += voiced * self.vad.frame_s
         self.audio_s += n * self.vad.frame_s
@@ -102,6 +107,11 @@ class SpeechWindower:
             return []
         window = self._make_window(final=True)
         return [window] if window is not None else []
+
+    def _quiet(self) -> QuietWindow:
+        end = self.now_s
+        return QuietWindow(start_s=end - len(self._frames) * self.vad.frame_s, end_s=end,
+                           voiced_s=sum(self._mask) * self.vad.frame_s)
 
     def _make_window(self, final: bool = False) -> SpeechWindow | None:
         mask = np.fromiter(self._mask, dtype=bool, count=len(self._mask))
@@ -117,6 +127,9 @@ class SpeechWindower:
         else:
             new_speech = np.zeros(0, np.float32)
         end = self.now_s
+        # Voiced time in the frames no earlier window held (overlapping windows share frames).
+        fresh = min(len(mask), self._frames_seen - self._cut_frames)
+        self._cut_frames = self._frames_seen
         return SpeechWindow(
             samples=samples,
             start_s=end - len(samples) / SAMPLE_RATE,
@@ -126,4 +139,5 @@ class SpeechWindower:
             new_speech=new_speech,
             stream=self.stream,
             first_sample=(self._frames_seen - len(self._frames)) * self._frame,
+            fresh_voiced_s=float(mask[len(mask) - fresh:].sum()) * self.vad.frame_s,
         )

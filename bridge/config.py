@@ -215,13 +215,24 @@ class MetricsSettings(_Section):
 
 
 class StressSettings(_Section):
-    calibration_s: float = Field(20.0, ge=0)
+    """The stress detector (analyzers/stress.py; README "Stress index"). Defaults were chosen on
+    the detection benchmark (tests/bench/bench_detection.py)."""
+
+    calibration_s: float = Field(20.0, ge=0, description="voiced seconds of baseline, each once")
     calibration_windows: int = Field(5, ge=1)
-    scale: float = Field(2.0, gt=0)
-    z_max: float = Field(6.0, gt=0)
-    on: float = Field(0.6, gt=0, lt=1)
-    off: float = Field(0.4, gt=0, lt=1)
-    min_duration_s: float = Field(2.0, ge=0)
+    late_calibration_windows: int = Field(
+        5, ge=1, description="values a feature first seen after calibration collects first")
+    z_max: float = Field(4.0, gt=0, description="per-feature z-scores are clipped to +-z_max")
+    step_max: float = Field(3.0, gt=0, description="a window's score is clipped to +-step_max")
+    reference: float = Field(0.7, ge=0, description="CUSUM drift allowance, baseline z units")
+    saturation: float = Field(10.0, gt=0, description="evidence at which the index is 1")
+    on: float = Field(0.6, gt=0, le=1, description="index at which a spike starts")
+    off: float = Field(0.3, gt=0, lt=1, description="index below which a spike ends")
+    onset_gap_s: float = Field(10.0, gt=0,
+                               description="evidence short of a spike is dropped after this "
+                                           "long without speech")
+    end_silence_s: float = Field(20.0, gt=0, description="a spike ends after this long without "
+                                                         "speech (reason: silence)")
     adapt_rate: float = Field(0.02, ge=0, le=1)
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     floors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FLOORS))

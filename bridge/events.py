@@ -75,9 +75,14 @@ class ProsodyData(_Model):
 
 
 class StressData(_Model):
-    index: float = Field(ge=0, le=1, description="Relative vocal-stress indicator, 0..1. "
-                         "Not a clinical or cortisol measure.")
-    components: dict[str, float] = Field(description="Per-feature robust z-scores (>= 0).")
+    index: float = Field(ge=0, le=1, description="Relative vocal-stress indicator, 0..1: the "
+                         "evidence accumulated over recent windows that this speaker's voice has "
+                         "moved from their own baseline in stress-linked directions (a spike "
+                         "starts at stress.on). Not a clinical or cortisol measure.")
+    score: float | None = Field(None, description="This window's own fused score in baseline "
+                                "z units (signed: negative is calmer than usual).")
+    components: dict[str, float] = Field(description="Per-feature signed robust z-scores "
+                                         "(positive: in the stressed direction).")
     calibrating: bool = Field(description="True while the speaker's baseline is being learned.")
 
 
@@ -129,6 +134,9 @@ class SpikeStartedData(_SpeakerData):
 
 class SpikeEndedData(SpikeStartedData):
     duration_s: float
+    reason: str = Field("recovered", description="recovered (the evidence fell below "
+                        "stress.off), silence (no speech for stress.end_silence_s), or stream "
+                        "ended (the speaker left or the recording ended).")
 
 
 class AnalyzerDegradedData(_Model):

@@ -23,6 +23,7 @@ from analyzers.types import (
     AudioChunk,
     EmotionScores,
     ProsodyFeatures,
+    QuietWindow,
     SemanticResult,
     SpeechWindow,
     StressSpike,
@@ -118,7 +119,7 @@ class SpeakerAnalysis:
         self.windower = SpeechWindower(s.windowing.build(), s.vad.build())
         self.stress = StressEngine(s.stress.build())
         # Each window waits with the loop time it was cut at (pipeline latency).
-        self._queue: asyncio.Queue[tuple[SpeechWindow, float] | None] = asyncio.Queue(
+        self._queue: asyncio.Queue[tuple[SpeechWindow | QuietWindow, float] | None] = asyncio.Queue(
             maxsize=queue_size)
         self._worker: asyncio.Task[None] | None = None
         self._last_emotion: EmotionScores | None = None
@@ -137,7 +138,7 @@ class SpeakerAnalysis:
                                           data=ev.SpeakerJoinedData(offset_s=offset_s)))
 
     async def feed(self, chunk: AudioChunk) -> None:
-        for window in self.windower.push(chunk):
+        for window in self.windower.push_due(chunk):
             await self._enqueue(window)
 
     async def finish(self, reason: str) -> None:
@@ -155,7 +156,7 @@ class SpeakerAnalysis:
                 await self._worker
         self._worker = None
         end = self.windower.now_s
-        spike = self.stress.close(end)
+        spike = self.stress.close(end, "stream ended")
         if spike is not None:
             await self._emit(self._spike_event(spike))
         await self._emit(ev.SpeakerLeft(
@@ -165,7 +166,7 @@ class SpeakerAnalysis:
                                     spikes=self.stress.spikes),
         ))
 
-    async def _enqueue(self, window: SpeechWindow) -> None:
+    async def _enqueue(self, window: SpeechWindow | QuietWindow) -> None:
         item = (window, asyncio.get_running_loop().time())
         if self.offline:
             await self._queue.put(item)
@@ -184,6 +185,10 @@ class SpeakerAnalysis:
                 return
             window, cut_at = item
             try:
+                if isinstance(window, QuietWindow):
+                    for spike in self.stress.quiet(window.end_s):
+                        await self._emit(self._spike_event(spike))
+                    continue
                 await self._analyze(window)
                 if self.engine.metrics is not None:
                     self.engine.metrics.pipeline_latency.observe(
@@ -228,7 +233,7 @@ class SpeakerAnalysis:
             extra["semantic"] = _semantic_data(semantic, fresh=fresh_semantic is not None)
 
         estimate = self.stress.update(stress_features(prosody, emotion, semantic),
-                                      window.voiced_s, window.end_s)
+                                      window.new_voiced_s, window.end_s)
         self.latest_index = estimate.index
         await self._emit(ev.AffectSample(
             call=self.call, speaker=self.speaker,
@@ -243,13 +248,14 @@ class SpeakerAnalysis:
                 valence=round(emotion.valence, 4) if emotion else None,
                 prosody=_prosody_data(prosody, window),
                 stress=ev.StressData(index=round(estimate.index, 4),
+                                     score=round(estimate.score, 4),
                                      components=estimate.components,
                                      calibrating=estimate.calibrating),
                 extra=extra,
             ),
         ))
-        if estimate.spike is not None:
-            await self._emit(self._spike_event(estimate.spike))
+        for spike in estimate.spikes:
+            await self._emit(self._spike_event(spike))
 
     def _spike_event(self, spike: StressSpike) -> ev.SpikeStarted | ev.SpikeEnded:
         started = ev.SpikeStartedData(
@@ -258,7 +264,8 @@ class SpeakerAnalysis:
             components=list(spike.main_components),
         )
         if spike.ended:
-            ended = ev.SpikeEndedData(**started.model_dump(), duration_s=round(spike.duration_s, 3))
+            ended = ev.SpikeEndedData(**started.model_dump(), duration_s=round(spike.duration_s, 3),
+                                      reason=spike.reason)
             return ev.SpikeEnded(call=self.call, speaker=self.speaker, data=ended)
         return ev.SpikeStarted(call=self.call, speaker=self.speaker, data=started)
 

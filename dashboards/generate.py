@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from analyzers.stress import StressConfig
+
 # The SDK warns at import that it prefers the v2 schema; file provisioning and Grafana's
 # dashboard sidecar load the v1 JSON model built here.
 with warnings.catch_warnings():
@@ -46,7 +48,7 @@ OPERATIONS_UID = "affect-bridge-operations"
 TAGS = ["affect-bridge"]
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SPEAKERS = 'call=~"$call",speaker=~"$speaker"'
-STRESS_SPIKE_ON = 0.6  # the default [stress] on threshold of the bridge's spike detector
+STRESS_SPIKE_ON = StressConfig().on  # the default [stress] on threshold of the spike detector
 RATE = "5m"  # window for rates of process-wide counters and histograms
 FAST_RATE = "1m"  # frames and CPU: cheap, frequent series
 
@@ -124,10 +126,11 @@ def call_monitor() -> dashboard.Dashboard:
               .icon_color("red").expr(f"changes(affect_stress_spikes_total{{{SPEAKERS}}}[1m]) > 0")
               .step("1m").title_format("Stress spike").text_format("{{speaker}} in call {{call}}")
               .tag_keys("call,speaker"))
-    relative = ("A relative vocal-stress indicator: how far the speaker's voice has moved from "
-                "their own calm baseline (0 = baseline, 1 = far away). It is not a clinical or "
-                "cortisol measure. The line marks the default spike threshold "
-                f"({STRESS_SPIKE_ON}).")
+    relative = ("A relative vocal-stress indicator: the evidence built up over the speaker's "
+                "recent speech that their voice has moved from their own calm baseline in "
+                "stress-linked directions (0 = none; it rises while the shift lasts and drains "
+                "when it ends). It is not a clinical or cortisol measure. The line marks the "
+                f"default spike threshold ({STRESS_SPIKE_ON}).")
     return (
         _base(CALL_MONITOR_UID, "affect-bridge / Call monitor",
               "Live voice affect of the speakers in the selected calls.")

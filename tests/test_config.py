@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from analyzers.stress import StressConfig
 from bridge.config import ConfigError, load_settings
 from tests.conftest import CALM, run_cli
 
@@ -11,7 +12,9 @@ def test_defaults() -> None:
     assert s.listen == "127.0.0.1:9464"
     assert s.analyzers == ["prosody", "emotion"]
     assert s.emotion.model == "superb/wav2vec2-base-superb-er"
-    assert s.stress.on == 0.6 and s.stress.off == 0.4
+    assert s.stress.on == 0.6 and s.stress.off == 0.3
+    # The config section and the detector agree on every default (one source of truth).
+    assert s.stress.build() == StressConfig()
 
 
 def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,7 +32,7 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ("text", "needle"),
     [
         ("[vad]\naggressiveness = 7\n", "vad.aggressiveness"),
-        ("[stress]\non = 0.3\noff = 0.5\n", "off <= on"),
+        ("[stress]\non = 0.3\noff = 0.5\n", "off < on"),
         ("[windowing]\nhop_s = 5\nwindow_s = 4\n", "hop_s"),
         ("unknown_key = 1\n", "unknown_key"),
         ("[emotion]\nmodle = 'x'\n", "emotion.modle"),

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from analyzers.stress import StressConfig
 from bridge.metrics import Metrics
 from tests.conftest import ROOT, require_tool
 
@@ -188,7 +189,7 @@ def test_call_monitor_variables_annotation_and_stress_panel() -> None:
     assert stress["targets"][0]["expr"] == 'affect_stress_index{call=~"$call",speaker=~"$speaker"}'
     defaults = stress["fieldConfig"]["defaults"]
     assert (defaults["min"], defaults["max"]) == (0, 1)
-    assert 0.6 in [step["value"] for step in defaults["thresholds"]["steps"]]
+    assert StressConfig().on in [step["value"] for step in defaults["thresholds"]["steps"]]
     assert defaults["custom"]["thresholdsStyle"]["mode"] != "off"
     assert "relative" in stress["description"] and "not a clinical" in stress["description"]
     assert "cortisol" in stress["description"]
