@@ -1,4 +1,4 @@
-"""``affect-bridge`` command line: analyze, demo, schema, download-models."""
+"""``affect-bridge`` command line: analyze, evaluate, demo, run, schema, download-models."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--report", type=Path, metavar="PATH.html", help="write an HTML report")
     a.add_argument("--config", type=Path, help="TOML configuration file")
 
+    e = sub.add_parser("evaluate", help="measure detection on your own labelled recordings")
+    e.add_argument("labels", type=Path, metavar="LABELS",
+                   help="CSV or TSV: file, start_s, end_s, label (calm/stressed, or emotions)")
+    e.add_argument("--format", choices=["table", "json"], default="table")
+    e.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    e.add_argument("--config", type=Path, help="TOML configuration file")
+
     d = sub.add_parser("demo", help="the embedded demo: a local WebRTC call of three bundled "
                                     "speakers, one of whom gets stressed")
     d.add_argument("--json", action="store_true", help="events as JSON lines")
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return _schema(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "run":
@@ -162,6 +171,23 @@ def _analyze(args: argparse.Namespace) -> int:
         write_report(result, args.report)
     print_errors(result)
     return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from bridge.evaluate import LabelError, evaluate, format_report, read_labels
+
+    try:
+        read_labels(args.labels)  # bad labels fail before any model is loaded
+        settings = _settings(args)
+        report = asyncio.run(evaluate(args.labels, settings))
+    except LabelError as exc:
+        print(f"affect-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text if args.format == "json" else format_report(report))
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:
