@@ -10,7 +10,8 @@ the README.
 1. Calibration: the speaker's first ``calibration_s`` voiced seconds (each voiced second counted
    once, although windows overlap) and at least ``calibration_windows`` windows build the
    baseline: per-feature median and scale (1.4826 x MAD, never below the feature's ``floors``
-   entry). Events say ``calibrating``. A feature first measured after calibration (F0 in a noisy
+   entry). Events say ``calibrating``. A feature measured in fewer than
+   ``min(late_calibration_windows, calibration_windows)`` calibration windows (F0 in a noisy
    start, say) collects ``late_calibration_windows`` values of its own before it is scored.
 2. Each window gets a **score**: per-feature robust z-scores, signed so that "more stressed" is
    positive (and negative when calmer than usual), clipped to +-``z_max``, averaged with
@@ -213,7 +214,8 @@ class StressEngine:
             if done:
                 self.calibrating = False
                 # Features measured too rarely so far keep collecting values of their own.
-                rare = {k for k, v in self._pending.items() if len(v) < cfg.late_calibration_windows}
+                enough = min(cfg.late_calibration_windows, cfg.calibration_windows)
+                rare = {k for k, v in self._pending.items() if len(v) < enough}
                 for k in rare:
                     del self.center[k], self.spread[k]
                 self._pending = {k: v for k, v in self._pending.items() if k in rare}

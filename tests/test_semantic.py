@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +128,20 @@ def test_fusion_arithmetic() -> None:
     for i in range(2):  # a neutral baseline
         engine.update({"sentiment": 0.0}, 2.0, 2.0 * (i + 1))
     est = engine.update({"sentiment": 0.8}, 2.0, 6.0)
-    # z = (0.8 - 0) / floor 0.2 = 4; alone it is the fused score; index = 1 - exp(-4 / 2).
+    # z = (0.8 - 0) / floor 0.2 = 4 (= z_max); alone it is the window's score, clipped to
+    # step_max; the evidence is score - reference.
+    cfg = engine.config
     assert est.components == {"sentiment": 4.0}
-    assert est.index == pytest.approx(1 - math.exp(-2))
+    assert est.score == pytest.approx(min(4.0, cfg.step_max))
+    assert est.index == pytest.approx((min(4.0, cfg.step_max) - cfg.reference) / cfg.saturation)
     # Beside prosody it counts with its weight (0.10 of the total).
     engine2 = StressEngine(StressConfig(calibration_s=4, calibration_windows=2))
     for i in range(2):
         engine2.update({"sentiment": 0.0, "f0": 30.0}, 2.0, 2.0 * (i + 1))
     est2 = engine2.update({"sentiment": 0.8, "f0": 30.0}, 2.0, 6.0)
     fused = (0.10 * 4.0 + 0.25 * 0.0) / (0.10 + 0.25)
-    assert est2.index == pytest.approx(1 - math.exp(-fused / 2))
+    assert est2.score == pytest.approx(fused)
+    assert est2.index == pytest.approx((fused - cfg.reference) / cfg.saturation)
 
 
 def test_semantic_is_off_by_default() -> None:
