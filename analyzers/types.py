@@ -82,9 +82,7 @@ class SpeechWindow:
 class QuietWindow:
     """A window came due with too little speech to analyse: time passes without speech."""
 
-    start_s: float
     end_s: float
-    voiced_s: float
 
 
 @dataclass(frozen=True, slots=True)

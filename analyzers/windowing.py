@@ -95,7 +95,7 @@ class SpeechWindower:
             self._frames_seen += 1
             if self.now_s + 1e-9 >= self._next_due_s:
                 self._next_due_s += self.config.hop_s
-                due.append(self._make_window() or self._quiet())
+                due.append(self._make_window() or QuietWindow(self.now_s))
         voiced = int(decisions.sum())
         self.speech_s += voiced * self.vad.frame_s
         self.audio_s += n * self.vad.frame_s
@@ -107,11 +107,6 @@ class SpeechWindower:
             return []
         window = self._make_window(final=True)
         return [window] if window is not None else []
-
-    def _quiet(self) -> QuietWindow:
-        end = self.now_s
-        return QuietWindow(start_s=end - len(self._frames) * self.vad.frame_s, end_s=end,
-                           voiced_s=sum(self._mask) * self.vad.frame_s)
 
     def _make_window(self, final: bool = False) -> SpeechWindow | None:
         mask = np.fromiter(self._mask, dtype=bool, count=len(self._mask))

@@ -177,9 +177,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from bridge.evaluate import LabelError, evaluate, format_report, read_labels
 
     try:
-        read_labels(args.labels)  # bad labels fail before any model is loaded
+        labels = read_labels(args.labels)  # bad labels fail before any model is loaded
         settings = _settings(args)
-        report = asyncio.run(evaluate(args.labels, settings))
+        report = asyncio.run(evaluate(labels, settings))
     except LabelError as exc:
         print(f"affect-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,7 +26,7 @@ from bridge.analyze import analyze_files, plan_sources
 from bridge.config import Settings
 from bridge.detection import Segment, auc, percentile, score_stress
 
-__all__ = ["LabelError", "Labelled", "evaluate", "format_report", "read_labels"]
+__all__ = ["LabelError", "Labelled", "Labels", "evaluate", "format_report", "read_labels"]
 
 COLUMNS = ("file", "start_s", "end_s", "label")
 STRESS_LABELS = {"calm", "stressed"}
@@ -45,8 +45,17 @@ class Labelled:
     row: int
 
 
-def read_labels(path: Path) -> tuple[str, list[Labelled]]:
-    """Parse and check the labels file; returns the mode ("stress" or "emotion") and the rows."""
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """A checked labels file: its mode ("stress" or "emotion") and rows."""
+
+    path: Path
+    mode: str
+    rows: list[Labelled]
+
+
+def read_labels(path: Path) -> Labels:
+    """Parse and check the labels file (raises :class:`LabelError` naming the bad row)."""
     if not path.is_file():
         raise LabelError(f"labels file {str(path)!r} does not exist")
     try:
@@ -101,7 +110,7 @@ def read_labels(path: Path) -> tuple[str, list[Labelled]]:
         for a, b in itertools.pairwise(segs):
             if b.start_s < a.end_s:
                 raise LabelError(f"{path.name} row {b.row}: overlaps row {a.row} of the same file")
-    return mode, rows
+    return Labels(path, mode, rows)
 
 
 @dataclass
@@ -111,10 +120,10 @@ class _Collected:
     spike_starts: list[float] = field(default_factory=list)
 
 
-async def evaluate(labels_path: Path, settings: Settings,
+async def evaluate(labels: Labels, settings: Settings,
                    registry: dict[str, type] | None = None) -> dict[str, Any]:
     """Analyse every labelled file and measure; the result is JSON-ready."""
-    mode, rows = read_labels(labels_path)
+    mode, rows = labels.mode, labels.rows
     files = list(dict.fromkeys(r.path for r in rows))
     sources = {s.speaker_id: s.path for s in plan_sources(files, "file")}
     got: dict[Path, _Collected] = {f: _Collected() for f in files}
@@ -135,7 +144,7 @@ async def evaluate(labels_path: Path, settings: Settings,
     errors = [s.error for s in result.speakers if s.error]
     if errors:
         raise LabelError("; ".join(errors))
-    out: dict[str, Any] = {"mode": mode, "labels": str(labels_path), "files": len(files),
+    out: dict[str, Any] = {"mode": mode, "labels": str(labels.path), "files": len(files),
                            "segments": len(rows)}
     if mode == "stress":
         out.update(_stress(rows, got))
