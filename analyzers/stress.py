@@ -242,15 +242,17 @@ class StressEngine:
         return StressEstimate(index, components, calibrating=False, score=score,
                               spikes=tuple(transitions))
 
-    def quiet(self, at_s: float) -> list[StressSpike]:
-        """A window ending at ``at_s`` came due with too little speech to analyse."""
-        return self._gap(at_s)
+    def quiet(self, at_s: float, since_s: float | None = None) -> list[StressSpike]:
+        """Windows came due with too little speech to analyse, the last at ``at_s`` (the first
+        at ``since_s`` for a run of them: a spike then ends when its silence reached
+        ``end_silence_s``, not at the end of the run)."""
+        return self._gap(at_s, since_s)
 
     def close(self, at_s: float, reason: str = "stream ended") -> StressSpike | None:
         """End an open spike at the end of the stream."""
         return self._end(at_s, reason) if self._spike is not None else None
 
-    def _gap(self, at_s: float) -> list[StressSpike]:
+    def _gap(self, at_s: float, since_s: float | None = None) -> list[StressSpike]:
         """Time without speech since the last analysed window: end a spike, drop evidence."""
         cfg = self.config
         if self._last_speech_s is None:
@@ -258,7 +260,9 @@ class StressEngine:
         silent = at_s - self._last_speech_s
         if self._spike is not None:
             if silent + 1e-9 >= cfg.end_silence_s:
-                return [self._end(at_s, "silence")]
+                end = at_s if since_s is None else max(
+                    since_s, self._last_speech_s + cfg.end_silence_s)
+                return [self._end(min(end, at_s), "silence")]
         elif silent > cfg.onset_gap_s + 1e-9:
             self.evidence = 0.0
         return []

@@ -80,9 +80,19 @@ class SpeechWindow:
 
 @dataclass(frozen=True, slots=True)
 class QuietWindow:
-    """A window came due with too little speech to analyse: time passes without speech."""
+    """Windows came due with too little speech to analyse: time passes without speech.
+
+    One due window ends at ``end_s``; a run of them (a long gap in the media) ends at ``end_s``
+    with the first at ``first_end_s``.
+    """
 
     end_s: float
+    first_end_s: float | None = None
+
+    @property
+    def since_s(self) -> float:
+        """When the first of these quiet windows came due."""
+        return self.end_s if self.first_end_s is None else self.first_end_s
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,36 @@ class SpeechWindower:
         self.audio_s += n * self.vad.frame_s
         return due
 
+    def push_silence(self, n_samples: int) -> list[SpeechWindow | QuietWindow]:
+        """``n_samples`` of silence: a gap in the media (DTX, packet loss, a sender that stopped)
+        enters the timeline at its true length. Costs O(window) however long the gap: once the
+        window holds nothing but silence, the rest is skipped and its due windows come back as
+        one ``QuietWindow`` run."""
+        if n_samples <= 0:
+            return []
+        if self._origin_s is None:
+            raise ValueError("silence before the first audio has no place on the timeline")
+        # Through the VAD until the window holds only silence (the hangover runs out there too).
+        lead = (self._frame - len(self._pending)) % self._frame + self._window_frames * self._frame
+        head = min(n_samples, lead)
+        due = self.push_due(AudioChunk(np.zeros(head, np.float32), self.now_s))
+        rest = n_samples - head
+        if rest == 0:
+            return due
+        skipped, tail = divmod(rest, self._frame)
+        self._frames_seen += skipped
+        self.audio_s += skipped * self.vad.frame_s
+        hop = self.config.hop_s
+        now = self.now_s
+        if now + 1e-9 >= self._next_due_s:
+            hops = math.floor((now + 1e-9 - self._next_due_s) / hop) + 1
+            first = self._next_due_s
+            self._next_due_s += hops * hop
+            due.append(QuietWindow(first + (hops - 1) * hop, first if hops > 1 else None))
+        if tail:
+            due.extend(self.push_due(AudioChunk(np.zeros(tail, np.float32), self.now_s)))
+        return due
+
     def flush(self) -> list[SpeechWindow]:
         """At the end of the stream: a last window carrying whatever new speech is waiting."""
         if self._frames_seen == 0 or not self._new_speech:

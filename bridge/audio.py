@@ -6,6 +6,7 @@ Resampling is PyAV's (libswresample); nothing here writes audio anywhere.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -13,7 +14,7 @@ import numpy as np
 
 from analyzers.types import SAMPLE_RATE, AudioChunk
 
-__all__ = ["AudioDecodeError", "FrameConverter", "channel_count", "read_file"]
+__all__ = ["AudioDecodeError", "FrameConverter", "MediaClock", "channel_count", "read_file"]
 
 
 class AudioDecodeError(ValueError):
@@ -34,6 +35,10 @@ class FrameConverter:
         self._samples = 0
         self._start_s = start_s
 
+    def advance(self, n_samples: int) -> None:
+        """Move the output clock on by ``n_samples`` (a gap filled with silence elsewhere)."""
+        self._samples += n_samples
+
     def convert(self, frame: av.AudioFrame | None) -> list[AudioChunk]:
         """Chunks for one frame (``None`` flushes the resampler at the end of the stream)."""
         if self._resampler is None:
@@ -49,6 +54,78 @@ class FrameConverter:
             out.extend(AudioChunk(np.ascontiguousarray(p, dtype=np.float32), start)
                        for p in planes)
         return out
+
+
+class MediaClock:
+    """Where each received frame belongs on a live speaker's timeline (call-clock seconds).
+
+    The timeline starts where the first frame arrived and then follows the media clock: the RTP
+    timestamps aiortc puts in ``frame.pts`` (unwrapped, ``time_base`` 1/48000). A jump in them
+    is a gap in the media (DTX sends ~5 packets/s in silence instead of 50; lost packets; a
+    sender that stopped), and ``place`` returns how many samples of silence fill it. Arrival
+    time overrules RTP only where RTP is implausible:
+
+    - the media would run ahead of the wall clock by more than ``ahead_s``: the timestamps
+      jumped (a sender or SFU reset them), so the gap is only what arrival time allows;
+    - a frame that arrived live (the reader was waiting for it: ``fresh``) sits more than
+      ``behind_s`` behind the wall clock: the sender paused without its timestamps saying so,
+      and the timeline catches up. A frame that waited in the queue (the reader fell behind)
+      says nothing about when it arrived and never moves the timeline.
+
+    aiortc's jitter buffer holds the last packets before a pause until new ones come, so the
+    wall-clock gap shows a few frames before the RTP jump; with the rules above that only moves
+    the silence by those frames (~0.1 s), never adds it twice.
+    """
+
+    def __init__(self, start_s: float, *, rate: int = SAMPLE_RATE, ahead_s: float = 0.25,
+                 behind_s: float = 1.0) -> None:
+        self.end_s = start_s  # timeline position after the last frame placed
+        self._rate = rate
+        self._ahead_s = ahead_s
+        self._behind_s = behind_s
+        self._expected: int | None = None  # pts the next frame has if nothing is missing
+        self._time_base: Fraction | None = None
+        self._placed = 0
+        self.gaps = 0
+        self.gap_s = 0.0  # silence inserted so far
+
+    def fill(self, upto_s: float) -> int:
+        """No frame has come for a while (a sender that stopped sends nothing, not even DTX):
+        the timeline moves on to ``upto_s`` as silence, so windows come due in real time.
+        Returns the samples of silence. Frames that come later are placed after it (the
+        ahead-of-wall rule keeps their RTP jump from adding it twice)."""
+        n = max(0, round((upto_s - self.end_s) * self._rate))
+        if n:
+            self.gaps += 1
+            self.gap_s += n / self._rate
+            self.end_s += n / self._rate
+        return n
+
+    def place(self, pts: int | None, time_base: Fraction | None, duration_s: float, *,
+              wall_s: float, fresh: bool) -> int:
+        """Samples (at ``rate``) of silence to insert before a frame of ``duration_s`` that
+        the reader got at ``wall_s``; advances the timeline past the frame."""
+        gap_s = 0.0
+        if (pts is not None and time_base and self._expected is not None
+                and time_base == self._time_base):
+            gap_s = max(0.0, float((pts - self._expected) * time_base))
+        if self._placed:
+            if self.end_s + gap_s + duration_s > wall_s + self._ahead_s:
+                gap_s = max(0.0, wall_s - self.end_s - duration_s)
+            if fresh and wall_s - (self.end_s + gap_s + duration_s) > self._behind_s:
+                gap_s = wall_s - self.end_s - duration_s
+        n = round(gap_s * self._rate)
+        if n:
+            self.gaps += 1
+            self.gap_s += n / self._rate
+        self.end_s += n / self._rate + duration_s
+        self._placed += 1
+        if pts is not None and time_base:
+            self._expected = pts + round(duration_s / time_base)
+            self._time_base = time_base
+        else:
+            self._expected = None
+        return n
 
 
 def _open(path: Path | str) -> av.container.InputContainer:

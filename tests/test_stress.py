@@ -177,6 +177,18 @@ def test_silence_ends_an_open_spike_with_a_reason() -> None:
     assert not e.in_spike and e.close(t + 40) is None
 
 
+def test_a_run_of_quiet_windows_ends_the_spike_when_its_silence_reached_the_limit() -> None:
+    """A long media gap comes as one quiet run (first and last due window): the spike ends
+    end_silence_s after the last speech, as per-window quiet windows would end it."""
+    e = engine(end_silence_s=20.0)
+    t = feed_calm(e, 10)
+    t, _ = feed(e, [stressed(3)] * 8, t)
+    assert e.in_spike
+    ended = e.quiet(t + 600, t + 2)
+    assert [s.reason for s in ended] == ["silence"]
+    assert ended[0].at_s == pytest.approx(t + 20)
+
+
 def test_a_long_gap_ends_the_spike_at_the_next_window_if_no_quiet_window_came() -> None:
     e = engine(end_silence_s=20.0)
     t = feed_calm(e, 10)

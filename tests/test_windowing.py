@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from analyzers.types import AudioChunk
+from analyzers.types import AudioChunk, QuietWindow
 from analyzers.windowing import SpeechWindower, WindowConfig
 from tests.conftest import SR, harmonic
 
@@ -79,3 +79,63 @@ def test_time_starts_at_the_first_chunk() -> None:
 def test_bad_config(kw: dict) -> None:
     with pytest.raises(ValueError):
         WindowConfig(**kw)
+
+
+def _due(windows: list) -> list[tuple]:
+    out = []
+    for x in windows:
+        if isinstance(x, QuietWindow):
+            out.append(("quiet", round(x.since_s, 2), round(x.end_s, 2)))
+        else:
+            out.append(("speech", round(x.end_s, 2), round(x.voiced_s, 2)))
+    return out
+
+
+def test_a_gap_as_silence_lands_windows_where_zeros_would() -> None:
+    """push_silence(n) places speech after a gap exactly where n zero samples would, reports the
+    windows inside the gap (the ones still holding speech, then one quiet run), and costs
+    O(window), not O(gap)."""
+    speech = talk(6.0)
+    gap = 37 * SR + 123  # 37 s and a bit: not on the frame grid
+
+    def with_zeros() -> list:
+        w = SpeechWindower()
+        out = [*w.push_due(AudioChunk(speech, 0.0))]
+        for i in range(0, gap, SR):
+            out += w.push_due(AudioChunk(np.zeros(min(SR, gap - i), np.float32), 0.0))
+        out += w.push_due(AudioChunk(speech, 0.0))
+        return out
+
+    def with_gap() -> tuple[list, SpeechWindower]:
+        w = SpeechWindower()
+        out = [*w.push_due(AudioChunk(speech, 0.0))]
+        out += w.push_silence(gap)
+        out += w.push_due(AudioChunk(speech, 0.0))
+        return out, w
+
+    zeros = with_zeros()
+    gapped, w = with_gap()
+    speech_z = [d for d in _due(zeros) if d[0] == "speech"]
+    speech_g = [d for d in _due(gapped) if d[0] == "speech"]
+    assert speech_g == speech_z  # same times, same voiced seconds
+    total_s = (2 * len(speech) + gap) / SR
+    assert total_s - 2.0 < speech_g[-1][1] <= total_s  # the last hop before the end
+    quiet_z = [d for d in _due(zeros) if d[0] == "quiet"]
+    quiet_g = [x for x in gapped if isinstance(x, QuietWindow)]
+    # every quiet window of the zeros run is covered by the reported quiet runs
+    assert quiet_g and quiet_g[0].since_s == pytest.approx(quiet_z[0][1], abs=0.05)
+    assert max(x.end_s for x in quiet_g) == pytest.approx(quiet_z[-1][2], abs=0.05)
+    assert len(quiet_g) < len(quiet_z) / 4  # the long middle came back as one run
+    assert w.audio_s == pytest.approx((2 * len(speech) + gap) / SR, abs=0.03)
+    assert w.speech_s == pytest.approx(with_zeros_speech(speech), abs=0.1)
+
+
+def with_zeros_speech(speech: np.ndarray) -> float:
+    w = SpeechWindower()
+    w.push_due(AudioChunk(speech, 0.0))
+    return 2 * w.speech_s
+
+
+def test_silence_before_any_audio_is_refused() -> None:
+    with pytest.raises(ValueError, match="first audio"):
+        SpeechWindower().push_silence(SR)
