@@ -246,6 +246,10 @@ def describe(event: Any) -> str | None:
                 f"(index {d.index:.2f}; {', '.join(d.components)})")
     if isinstance(event, ev.SpikeEnded):
         return f"{d.offset_s:7.1f}s  {who}: spike ended after {d.duration_s:.1f}s (peak {d.peak:.2f})"
+    if isinstance(event, ev.SpeakerIdle):
+        return f"{d.offset_s:7.1f}s  {who} idle (no audio for {d.silent_s:.0f}s)"
+    if isinstance(event, ev.SpeakerResumed):
+        return f"{d.offset_s:7.1f}s  {who} back after {d.idle_s:.0f}s"
     if isinstance(event, ev.SpeakerLeft):
         return f"{d.offset_s:7.1f}s  {who} left ({d.speech_s:.1f}s of speech, {d.spikes} spikes)"
     if isinstance(event, ev.AnalyzerDegraded):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +25,7 @@ from bridge.connectors.base import Connector, ConnectorError
 from bridge.pipeline import AnalysisEngine, Emit
 from bridge.runtime import Runtime
 from bridge.sinks.webhook import WebhookSink
+from bridge.tasks import failures, recent_failures
 
 __all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "openapi"]
 
@@ -33,6 +36,8 @@ ICE = web.AppKey("ice_servers", list)
 CONNECTORS = web.AppKey("connectors", dict)
 AUTOJOIN = web.AppKey("autojoin", list)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+CREATED_AT = web.AppKey("created_at", float)
+FAILED_TASKS_WINDOW_S = 300.0  # /readyz is "degraded" (503) this long after a task died
 WEBHOOKS = web.AppKey("webhooks", WebhookSink)
 
 
@@ -58,8 +63,10 @@ def _call_json(call: Call) -> dict[str, Any]:
         "id": call.info.id,
         "connector": call.info.connector,
         "room": call.info.room,
+        "state": call.state,
         "speakers": [
             {"id": p.speaker.id, "display": p.speaker.display,
+             "state": "idle" if p.idle else "active",
              "stress_index": p.analysis.latest_index,
              "speech_s": round(p.analysis.windower.speech_s, 3)}
             for p in call.speakers.values()
@@ -79,10 +86,19 @@ async def readyz(request: web.Request) -> web.Response:
     webhooks = request.app.get(WEBHOOKS)
     if webhooks is not None:
         sinks["webhooks"] = "started" if webhooks.started else "starting"
+    since = time.time() - request.app[CREATED_AT]
+    recent = recent_failures(min(FAILED_TASKS_WINDOW_S, since))
     ready = engine.started and all(v == "started" for v in sinks.values())
-    body = {"status": "ready" if ready else "starting", "analyzers": analyzers, "sinks": sinks,
-            "calls": len(request.app[MANAGER].calls)}
-    return web.json_response(body, status=200 if ready else 503)
+    status = "starting" if not ready else "degraded" if recent else "ready"
+    manager = request.app[MANAGER]
+    body = {"status": status, "analyzers": analyzers, "sinks": sinks,
+            "calls": len(manager.joined()),
+            "joining": len(manager.calls) - len(manager.joined()),
+            "failed_tasks": {"total": failures(),
+                             "recent": [{"task": f.task, "error": f.error,
+                                         "at": datetime.fromtimestamp(f.at, UTC).isoformat()}
+                                        for f in recent]}}
+    return web.json_response(body, status=200 if status == "ready" else 503)
 
 
 async def list_calls(request: web.Request) -> web.Response:
@@ -128,7 +144,7 @@ async def join_call(request: web.Request) -> web.Response:
     try:
         await manager.join(info, factory)
     except ConnectorError as exc:
-        return _error(422, exc.error, str(exc))
+        return _error(exc.status, exc.error, str(exc))
     except ValueError as exc:  # joined concurrently by another request or by auto-join
         return _error(409, "already_joined", str(exc))
     return web.json_response({"id": info.id}, status=201)
@@ -139,8 +155,9 @@ async def leave_call(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     if call_id not in manager.calls:
         return _error(404, "not_found", f"no call {call_id!r}")
+    joined = manager.calls[call_id].state == "joined"
     await manager.leave(call_id, "left on request")
-    return web.json_response({"id": call_id, "left": True})
+    return web.json_response({"id": call_id, "left": True, "was_joined": joined})
 
 
 def metrics_response(registry: CollectorRegistry) -> web.Response:
@@ -238,6 +255,7 @@ def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | Non
                registry: CollectorRegistry | None = None) -> web.Application:
     app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
     app[REGISTRY] = registry if registry is not None else CollectorRegistry()
+    app[CREATED_AT] = time.time()
     app[ENGINE] = engine
     app[MANAGER] = manager
     app[TOKEN] = token or ""

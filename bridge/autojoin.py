@@ -18,7 +18,7 @@ from bridge.config import JanusSettings, ShardSettings
 from bridge.connectors.base import Backoff, ConnectorError
 from bridge.connectors.janus import JanusConnector, JanusJoin, JanusSession, janus_call_info
 from bridge.shard import owns
-from bridge.tasks import TaskSet
+from bridge.tasks import TaskSet, report_failure
 
 __all__ = ["JanusAutoJoin"]
 
@@ -37,7 +37,10 @@ class JanusAutoJoin:
         self._ice_servers = ice_servers
         self._tasks = TaskSet(f"autojoin:{cfg.url}")
         self._failed: dict[str, str] = {}  # call id -> last join error (logged once)
+        self._backoff: dict[str, Backoff] = {}  # call id -> retry backoff after failures
+        self._not_before: dict[str, float] = {}  # call id -> loop time of the next attempt
         self.polls = 0
+        self.ended_in_error = 0
 
     def start(self) -> None:
         self._tasks.spawn(self._run(), name="poll")
@@ -60,11 +63,15 @@ class JanusAutoJoin:
                     await asyncio.sleep(self.cfg.poll_s)
             except ConnectorError as exc:
                 log.warning("auto-join on %s: %s", self.cfg.url, exc)
+            except Exception as exc:  # an unexpected reply must not end auto-join for good
+                log.exception("auto-join on %s failed; starting again", self.cfg.url)
+                report_failure("autojoin/poll", exc)
             finally:
                 await session.close()
             await backoff.sleep()
 
     async def _reconcile(self, rooms: list[dict[str, Any]]) -> None:
+        now = asyncio.get_running_loop().time()
         for room in rooms:
             room_id = room.get("room")
             if room_id is None or not self.cfg.wants(room_id, str(room.get("description", ""))):
@@ -74,7 +81,16 @@ class JanusAutoJoin:
             info = janus_call_info(room_id, self.cfg.name)
             if info.id in self.manager.calls or int(room.get("num_participants", 0)) < 1:
                 continue
+            if now < self._not_before.get(info.id, 0.0):
+                continue  # it failed lately: wait for its backoff
+            self._not_before[info.id] = float("inf")  # one attempt at a time
             self._tasks.spawn(self._join(room_id, info), name=f"join:{info.id}")
+
+    def _failed_once(self, call_id: str) -> None:
+        """Retry ``call_id`` no sooner than its backoff says (1 s, 2 s, 4 s ... jittered)."""
+        delay = self._backoff.setdefault(call_id, Backoff(cap_s=max(30.0, self.cfg.poll_s))
+                                         ).next_delay()
+        self._not_before[call_id] = asyncio.get_running_loop().time() + delay
 
     async def _join(self, room: int | str, info: ev.CallInfo) -> None:
         cfg = self.cfg
@@ -85,14 +101,28 @@ class JanusAutoJoin:
                 JanusJoin(connector="janus", url=cfg.url, room=room,
                           display_name=cfg.display_name, leave_when_empty=cfg.leave_when_empty),
                 ice_servers=self._ice_servers)
-            await self.manager.join(info, factory)
+            call = await self.manager.join(info, factory)
         except (ConnectorError, ValueError) as exc:
             if self._failed.get(info.id) != str(exc):
                 log.warning("auto-join of room %s on %s failed: %s", room, cfg.url, exc)
             self._failed[info.id] = str(exc)
+            self._failed_once(info.id)
             return
+        except BaseException:
+            self._not_before.pop(info.id, None)
+            raise
         self._failed.pop(info.id, None)
+        self._not_before.pop(info.id, None)
         log.info("auto-joined room %s on %s as %s", room, cfg.url, info.id)
+        # Watch the call: one that ended in an error is joined again after a backoff.
+        await call.connector.ended.wait()
+        if call.connector.end_reason == "error":
+            self.ended_in_error += 1
+            self._failed_once(info.id)
+            log.warning("room %s on %s: the call ended in an error; joining it again",
+                        room, cfg.url)
+        else:
+            self._backoff.pop(info.id, None)
 
 
 async def _ignore(event: dict[str, Any]) -> None:

@@ -1,4 +1,15 @@
-"""Calls and their speakers: the registry, and who owns which task."""
+"""Calls and their speakers: the registry, and who owns which task.
+
+A call is registered as ``joining`` while its connector joins, and becomes ``joined`` (with
+``call.joined``) once that succeeded. Leaving a call that is still joining cancels the join: the
+connector finishes the request it has in flight and tears down whatever it made remotely, the
+join request gets :class:`JoinCancelled`, and no ``call.left`` is emitted (there was no
+``call.joined``). Speakers found while joining wait for ``call.joined``.
+
+A track the bridge stops analysing (the speaker left, a duplicate) is drained and discarded for
+as long as it lives (:func:`~bridge.connectors.base.discard_track`), so aiortc's decode queue
+never grows. On shutdown every call is left at once (concurrently).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +19,28 @@ import logging
 from dataclasses import dataclass, field
 
 from bridge import events as ev
-from bridge.connectors.base import Connector, ConnectorFactory, SpeakerTrack
+from bridge.connectors.base import (
+    Connector,
+    ConnectorError,
+    ConnectorFactory,
+    SpeakerTrack,
+    discard_track,
+)
 from bridge.pipeline import AnalysisEngine, Emit
 from bridge.speaker import SpeakerPipeline
 from bridge.tasks import TaskSet
 
-__all__ = ["Call", "CallManager"]
+__all__ = ["Call", "CallManager", "JoinCancelled"]
 
 log = logging.getLogger(__name__)
+
+
+class JoinCancelled(ConnectorError):
+    """The call was left while it was still joining."""
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"call {call_id} was left while it was joining; nothing of the join "
+                         "was kept", error="join_cancelled", status=409)
 
 
 @dataclass
@@ -23,23 +48,33 @@ class Call:
     info: ev.CallInfo
     connector: Connector
     started: float
+    state: str = "joining"  # joining -> joined
     speakers: dict[str, SpeakerPipeline] = field(default_factory=dict)
     seen_speakers: int = 0
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: asyncio.Task[None] | None = None
+    waiting: list[SpeakerTrack] = field(default_factory=list)  # found while joining
+    join_task: asyncio.Task[None] | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # the join ended either way
+    leaving: bool = False
+    tasks: TaskSet = field(default_factory=lambda: TaskSet("call"))  # discarded tracks
 
 
 class CallManager:
     """Joins calls through connectors and runs one pipeline per speaker; ``aclose`` leaves all."""
 
     def __init__(self, engine: AnalysisEngine, emit: Emit, *, silence_timeout_s: float = 10.0,
-                 ) -> None:
+                 gone_timeout_s: float | None = None) -> None:
         self.engine = engine
         self._emit = emit
         self._silence_timeout = silence_timeout_s
-        self.calls: dict[str, Call] = {}
+        self._gone_timeout = gone_timeout_s
+        self.calls: dict[str, Call] = {}  # joining and joined
         self._tasks = TaskSet("calls")
         self._frames_retired = 0  # frames of speakers that have left (metrics)
+
+    def joined(self) -> list[Call]:
+        return [c for c in list(self.calls.values()) if c.state == "joined"]
 
     def frames_total(self) -> int:
         """Audio frames received from every speaker so far, gone ones included."""
@@ -47,7 +82,8 @@ class CallManager:
         return self._frames_retired + live
 
     async def join(self, info: ev.CallInfo, factory: ConnectorFactory) -> Call:
-        """Join a call; raises ConnectorError (and registers nothing) when that fails."""
+        """Join a call; raises ConnectorError (and registers nothing) when that fails, and
+        :class:`JoinCancelled` when the call was left while joining."""
         if info.id in self.calls:
             raise ValueError(f"already in call {info.id}")
         loop = asyncio.get_running_loop()
@@ -60,30 +96,76 @@ class CallManager:
 
         connector = factory(info, on_speaker, on_left)
         call = Call(info, connector, loop.time())
+        call.tasks = TaskSet(f"call:{info.id}")
         self.calls[info.id] = call
+        task = call.join_task = asyncio.create_task(connector.join(), name=f"join:{info.id}")
         try:
-            await connector.join()
-        except BaseException:
-            self.calls.pop(info.id, None)
-            raise
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:  # whoever asked for the join went away
+                task.cancel()
+                await self._abandon(call)
+                raise
+            if task.cancelled() or call.leaving:
+                await self._abandon(call)
+                raise JoinCancelled(info.id)
+            if task.exception() is not None:
+                self._unregister(call)
+                raise task.exception()  # type: ignore[misc]
+        finally:
+            call.settled.set()
+        call.state = "joined"
+        call.started = loop.time()  # call time 0: call.joined; speakers found so far come now
         await self._emit(ev.CallJoined(call=info, data=ev.CallJoinedData()))
+        waiting, call.waiting = call.waiting, []
+        for found in waiting:
+            await self._add_speaker(info.id, found)
         call.watcher = self._tasks.spawn(self._watch_call(call), name=f"call:{info.id}")
         return call
 
+    async def _abandon(self, call: Call) -> None:
+        """A join that was cancelled: tear down what it made (the connector finishes the request
+        in flight first), forget the call."""
+        if call.join_task is not None:
+            with contextlib.suppress(BaseException):
+                await call.join_task
+        try:
+            await call.connector.leave()
+        except Exception:
+            log.exception("call %s: tearing down a cancelled join failed", call.info.id)
+        for found in call.waiting:
+            found.track.stop()
+        call.waiting = []
+        await call.tasks.aclose()
+        self._unregister(call)
+
+    def _unregister(self, call: Call) -> None:
+        if self.calls.get(call.info.id) is call:
+            del self.calls[call.info.id]
+
     async def _watch_call(self, call: Call) -> None:
-        """A call that ends by itself (room destroyed, room empty) is left."""
+        """A call that ends by itself (room destroyed, room empty, its supervision died) is
+        left."""
         await call.connector.ended.wait()
         if self.calls.get(call.info.id) is call:
             await self.leave(call.info.id, call.connector.end_reason)
 
     async def _add_speaker(self, call_id: str, found: SpeakerTrack) -> None:
         call = self.calls.get(call_id)
-        if call is None or found.speaker.id in call.speakers:
-            found.track.stop()
+        if call is not None and call.state == "joining":
+            call.waiting.append(found)
+            return
+        if call is None or call.leaving or found.speaker.id in call.speakers:
+            if call is not None:
+                call.tasks.spawn(discard_track(found.track, found.receiver),
+                                 name=f"discard:{found.speaker.id}")
+            else:
+                found.track.stop()
             return
         pipeline = SpeakerPipeline(self.engine, call.info, found.speaker, found.track, self._emit,
                                    call_started=call.started,
-                                   silence_timeout_s=self._silence_timeout)
+                                   silence_timeout_s=self._silence_timeout,
+                                   gone_timeout_s=self._gone_timeout, receiver=found.receiver)
         call.speakers[found.speaker.id] = pipeline
         call.seen_speakers += 1
         call.empty.clear()
@@ -91,7 +173,7 @@ class CallManager:
         self._tasks.spawn(self._watch(call_id, pipeline), name=f"watch:{found.speaker.id}")
 
     async def _watch(self, call_id: str, pipeline: SpeakerPipeline) -> None:
-        """A speaker whose track ended or went silent leaves by itself."""
+        """A speaker whose track ended, went silent for good or failed leaves by itself."""
         await pipeline.ended.wait()
         await self._remove_speaker(call_id, pipeline.speaker.id, None)
 
@@ -101,22 +183,37 @@ class CallManager:
             await self._retire(call, speaker_id, reason)
 
     async def _retire(self, call: Call, speaker_id: str, reason: str | None) -> None:
-        """Stop one speaker's pipeline (``speaker.left``); idempotent."""
+        """Stop one speaker's pipeline (``speaker.left``); its track, if it still lives, is
+        discarded from then on. Idempotent."""
         pipeline = call.speakers.pop(speaker_id, None)
         if pipeline is None:
             return
         self._frames_retired += pipeline.frames
         await pipeline.aclose(reason)
+        if pipeline.track.readyState != "ended":
+            call.tasks.spawn(discard_track(pipeline.track, pipeline.receiver),
+                             name=f"discard:{speaker_id}")
         if not call.speakers:
             call.empty.set()
 
     async def leave(self, call_id: str, reason: str) -> None:
-        call = self.calls.pop(call_id, None)
-        if call is None:
+        """Leave a call (``call.left``), or cancel its join when it is still joining."""
+        call = self.calls.get(call_id)
+        if call is None or call.leaving:
             return
-        for speaker_id in list(call.speakers):
-            await self._retire(call, speaker_id, "call left")
-        await call.connector.leave()
+        call.leaving = True
+        if call.state == "joining":
+            if call.join_task is not None:
+                call.join_task.cancel()
+            await call.settled.wait()
+            return
+        self._unregister(call)
+        await asyncio.gather(*(self._retire(call, s, "call left") for s in list(call.speakers)))
+        try:
+            await call.connector.leave()
+        except Exception:
+            log.exception("call %s: the connector failed to leave cleanly", call_id)
+        await call.tasks.aclose()
         watcher = call.watcher
         if watcher is not None and watcher is not asyncio.current_task():
             watcher.cancel()
@@ -127,6 +224,6 @@ class CallManager:
             offset_s=round(loop.time() - call.started, 3), reason=reason)))
 
     async def aclose(self, reason: str = "shutting down") -> None:
-        for call_id in list(self.calls):
-            await self.leave(call_id, reason)
+        """Leave every call at once (a shutdown must fit in the termination grace period)."""
+        await asyncio.gather(*(self.leave(call_id, reason) for call_id in list(self.calls)))
         await self._tasks.aclose()

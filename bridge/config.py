@@ -115,8 +115,12 @@ class SemanticSettings(_Section):
 class LiveSettings(_Section):
     """Live calls."""
 
-    silence_timeout_s: float = Field(10.0, gt=0, le=3600,
-                                     description="a track silent this long counts as gone")
+    silence_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a speaker without audio frames this long is reported "
+        "idle (speaker.idle); analysed again, same id and baseline, when frames return")
+    gone_timeout_s: float | None = Field(
+        600.0, gt=0, le=86400, description="a speaker without audio frames this long has left "
+        "for good (speaker.left, reason silent); null: only the call's signalling ends a speaker")
     ice_servers: list[str] = Field(default_factory=list,
                                    description="STUN/TURN URLs; none by default")
     ice_host_addresses: list[str] | None = Field(

@@ -9,6 +9,7 @@ analyses each speaker live. It ends when every speaker has left (their clips end
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -27,12 +28,14 @@ from bridge.metrics import Metrics
 from bridge.runtime import Runtime
 from bridge.sinks.console import ConsoleSink
 
-__all__ = ["DEMO_SPEAKERS", "demo_clips", "run_demo"]
+__all__ = ["DEMO_SPEAKERS", "demo_clips", "demo_state_dir", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 DEMO_SPEAKERS = ("Alice", "Bob", "Carol")
-SILENCE_TIMEOUT_S = 3.0  # the demo's clips end cleanly: no need to wait long to call them gone
+# The demo's clips end cleanly (the source then sends nothing): a speaker without frames this
+# long has finished, so the demo can end. A live call waits far longer (live.gone_timeout_s).
+GONE_TIMEOUT_S = 3.0
 
 
 def demo_clips() -> list[Path]:
@@ -47,13 +50,15 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
     ``json_out``, else as a live speaker table (on a terminal) or readable event lines.
     Returns the per-speaker summary."""
     restrict_host_addresses(["127.0.0.1"])  # test traffic stays on loopback
+    settings = _demo_outbox(settings)
     summaries: dict[str, SpeakerSummary] = {}
     console = ConsoleSink("jsonl" if json_out else "table", stream)
 
     async def record(event: Any) -> None:
         record_event(summaries, event)
 
-    runtime = Runtime.build(settings, record, console.emit, silence_timeout_s=SILENCE_TIMEOUT_S)
+    runtime = Runtime.build(settings, record, console.emit, silence_timeout_s=GONE_TIMEOUT_S,
+                            gone_timeout_s=GONE_TIMEOUT_S)
     manager = runtime.manager
     source = DemoSource(demo_clips(), loop=loop)
     info = ev.CallInfo(id="demo:local", connector="whep", room="demo")
@@ -79,6 +84,24 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
         await console.aclose()
         restrict_host_addresses(None)
     return AnalyzeResult(list(summaries.values()), dict(runtime.engine.degraded))
+
+
+def demo_state_dir() -> Path:
+    """Where the demo keeps state: ``$XDG_STATE_HOME/affect-bridge`` (``~/.local/state/...``)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "affect-bridge"
+
+
+def _demo_outbox(settings: Settings) -> Settings:
+    """The demo writes nothing into the working directory: without a webhook there is no
+    outbox at all; with one, its outbox goes to the user's state directory unless
+    ``outbox.path`` is configured."""
+    if not settings.webhooks or "path" in settings.outbox.model_fields_set:
+        return settings
+    path = demo_state_dir() / "demo-outbox.sqlite3"
+    log.info("webhook outbox: %s", path)
+    return settings.model_copy(update={"outbox": settings.outbox.model_copy(
+        update={"path": path})})
 
 
 async def _serve_metrics(metrics: Metrics, settings: Settings) -> web.AppRunner | None:

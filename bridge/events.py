@@ -20,9 +20,11 @@ __all__ = [
     "CallLeft",
     "Event",
     "EventData",
+    "SpeakerIdle",
     "SpeakerInfo",
     "SpeakerJoined",
     "SpeakerLeft",
+    "SpeakerResumed",
     "SpikeEnded",
     "SpikeStarted",
     "envelope_schema",
@@ -109,6 +111,15 @@ class SpeakerLeftData(_SpeakerData):
     spikes: int
 
 
+class SpeakerIdleData(_SpeakerData):
+    silent_s: float = Field(description="Seconds since the speaker's last audio frame "
+                            "(live.silence_timeout_s or more).")
+
+
+class SpeakerResumedData(_SpeakerData):
+    idle_s: float = Field(description="Seconds without audio frames before this one.")
+
+
 class AffectSampleData(_SpeakerData):
     window_start_s: float
     window_end_s: float
@@ -173,6 +184,20 @@ class SpeakerLeft(_Envelope):
     data: SpeakerLeftData
 
 
+class SpeakerIdle(_Envelope):
+    """No audio frames for ``live.silence_timeout_s``: the speaker stays, baseline kept."""
+
+    type: Literal["speaker.idle"] = "speaker.idle"
+    data: SpeakerIdleData
+
+
+class SpeakerResumed(_Envelope):
+    """Audio frames came again from an idle speaker: analysed again on the same timeline."""
+
+    type: Literal["speaker.resumed"] = "speaker.resumed"
+    data: SpeakerResumedData
+
+
 class AffectSample(_Envelope):
     type: Literal["affect.sample"] = "affect.sample"
     data: AffectSampleData
@@ -194,13 +219,15 @@ class AnalyzerDegraded(_Envelope):
 
 
 Event = Annotated[
-    CallJoined | CallLeft | SpeakerJoined | SpeakerLeft | AffectSample | SpikeStarted
-    | SpikeEnded | AnalyzerDegraded,
+    CallJoined | CallLeft | SpeakerJoined | SpeakerLeft | SpeakerIdle | SpeakerResumed
+    | AffectSample | SpikeStarted | SpikeEnded | AnalyzerDegraded,
     Field(discriminator="type"),
 ]
 EventData = (CallJoinedData | CallLeftData | SpeakerJoinedData | SpeakerLeftData
-             | AffectSampleData | SpikeStartedData | SpikeEndedData | AnalyzerDegradedData)
-EVENT_TYPES = ("call.joined", "call.left", "speaker.joined", "speaker.left", "affect.sample",
+             | SpeakerIdleData | SpeakerResumedData | AffectSampleData | SpikeStartedData
+             | SpikeEndedData | AnalyzerDegradedData)
+EVENT_TYPES = ("call.joined", "call.left", "speaker.joined", "speaker.left", "speaker.idle",
+               "speaker.resumed", "affect.sample",
                "stress.spike.started", "stress.spike.ended", "analyzer.degraded")
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)

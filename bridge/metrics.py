@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from analyzers import batching
+from bridge.tasks import failures
 
 if TYPE_CHECKING:
     from bridge.calls import CallManager
@@ -124,9 +125,17 @@ class _LiveCollector(Collector):
                                      labels=labels)
         spikes = CounterMetricFamily("affect_stress_spikes", "Stress spikes started.",
                                      labels=labels)
-        live = [(call.info.id, p) for call in list(self.manager.calls.values())
-                for p in list(call.speakers.values())]
-        calls.add_metric([], len(self.manager.calls))
+        idle = GaugeMetricFamily("affect_speakers_idle",
+                                 "Speakers without audio frames for live.silence_timeout_s.")
+        failed = CounterMetricFamily("affect_task_failures",
+                                     "Tasks that died of an unexpected error, by kind.",
+                                     labels=["task"])
+        for kind, n in sorted(failures().items()):
+            failed.add_metric([kind], n)
+        joined = self.manager.joined()
+        live = [(call.info.id, p) for call in joined for p in list(call.speakers.values())]
+        idle.add_metric([], sum(p.idle for _, p in live))
+        calls.add_metric([], len(joined))
         speakers.add_metric([], len(live))
         frames.add_metric([], self.manager.frames_total())
         for call_id, pipeline in live[: self.metrics.max_speakers]:
@@ -145,4 +154,4 @@ class _LiveCollector(Collector):
         if over > self.capped:  # count each speaker left out once per scrape peak
             self.metrics.dropped.labels("metrics").inc(over - self.capped)
         self.capped = over
-        yield from (calls, speakers, frames, stress, arousal, valence, emotion, speech, spikes)
+        yield from (calls, speakers, idle, failed, frames, stress, arousal, valence, emotion, speech, spikes)

@@ -141,9 +141,15 @@ class SpeakerAnalysis:
         for window in self.windower.push_due(chunk):
             await self._enqueue(window)
 
-    async def finish(self, reason: str) -> None:
+    async def feed_silence(self, n_samples: int) -> None:
+        """A gap in the media (DTX, loss, a sender that stopped) as ``n_samples`` of silence."""
+        for window in _merge_quiet(self.windower.push_silence(n_samples)):
+            await self._enqueue(window)
+
+    async def finish(self, reason: str, at_s: float | None = None) -> None:
         """Analyse what is left (offline) or drop it (live), close an open spike, emit
-        ``speaker.left``. Safe to call once; the worker task is awaited before returning."""
+        ``speaker.left`` (at ``at_s`` in call time when given and later than the audio's end).
+        Safe to call once; the worker task is awaited before returning."""
         if self.offline:
             for window in self.windower.flush():
                 await self._enqueue(window)
@@ -161,7 +167,8 @@ class SpeakerAnalysis:
             await self._emit(self._spike_event(spike))
         await self._emit(ev.SpeakerLeft(
             call=self.call, speaker=self.speaker,
-            data=ev.SpeakerLeftData(offset_s=end, reason=reason,
+            data=ev.SpeakerLeftData(offset_s=round(end if at_s is None else max(at_s, end), 3),
+                                    reason=reason,
                                     speech_s=round(self.windower.speech_s, 3),
                                     spikes=self.stress.spikes),
         ))
@@ -186,7 +193,7 @@ class SpeakerAnalysis:
             window, cut_at = item
             try:
                 if isinstance(window, QuietWindow):
-                    for spike in self.stress.quiet(window.end_s):
+                    for spike in self.stress.quiet(window.end_s, window.first_end_s):
                         await self._emit(self._spike_event(spike))
                     continue
                 await self._analyze(window)
@@ -274,6 +281,19 @@ class SpeakerAnalysis:
         self._failures[name] = count
         if count == 1:  # one line per analyzer and speaker, not one per window
             log.error("speaker %s: analyzer %s failed: %s", self.speaker.id, name, exc)
+
+
+def _merge_quiet(windows: list[SpeechWindow | QuietWindow]) -> list[SpeechWindow | QuietWindow]:
+    """Consecutive quiet windows as one run: a long gap must not push speech windows out of the
+    bounded queue."""
+    out: list[SpeechWindow | QuietWindow] = []
+    for w in windows:
+        last = out[-1] if out else None
+        if isinstance(w, QuietWindow) and isinstance(last, QuietWindow):
+            out[-1] = QuietWindow(w.end_s, last.since_s)
+        else:
+            out.append(w)
+    return out
 
 
 def _semantic_data(s: SemanticResult, *, fresh: bool) -> dict[str, Any]:

@@ -32,16 +32,20 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, *sinks: Sink, registry: CollectorRegistry | None = None,
-              silence_timeout_s: float | None = None) -> Runtime:
+              silence_timeout_s: float | None = None,
+              gone_timeout_s: float | None = None) -> Runtime:
         """Raises ConfigError for an unusable webhook secret."""
         metrics = Metrics(registry, max_speakers=settings.metrics.max_speakers)
         webhooks = (WebhookSink(settings.webhooks, settings.outbox, metrics=metrics)
                     if settings.webhooks else None)
-        bus = EventBus(*sinks, *([webhooks.emit] if webhooks is not None else []))
+        # Webhooks first: their emit returns once the event is durable, so nothing is printed
+        # or exported that a crash right then could lose.
+        bus = EventBus(*([webhooks.emit] if webhooks is not None else []), *sinks)
         engine = AnalysisEngine(settings)
         engine.metrics = metrics
         timeout = settings.live.silence_timeout_s if silence_timeout_s is None else silence_timeout_s
-        manager = CallManager(engine, bus.emit, silence_timeout_s=timeout)
+        gone = settings.live.gone_timeout_s if gone_timeout_s is None else gone_timeout_s
+        manager = CallManager(engine, bus.emit, silence_timeout_s=timeout, gone_timeout_s=gone)
         metrics.watch(manager)
         return cls(metrics, webhooks, bus, engine, manager)
 

@@ -1,10 +1,21 @@
 """One live speaker: drain the track from its first frame into the shared analysis pipeline.
 
 aiortc decodes into an unbounded queue per track, so a track nobody reads grows without limit:
-the drain loop starts before anything else. A track that delivers nothing for
-``silence_timeout_s`` (its publisher was killed, or stopped sending) counts as gone: a watchdog
-checks the time of the last frame (no timer per frame). Resampled audio reaches the analysis in
-``FEED_S`` pieces rather than per 20 ms frame (the windows cut are the same either way).
+the drain loop starts before anything else and runs for as long as the track lives.
+
+Time comes from the media clock (:class:`~bridge.audio.MediaClock`): RTP timestamps, arrival
+time where they jump. Gaps (DTX, lost packets, a sender that stopped) enter the analysis as
+silence of their true length, so offsets, windows and pause ratios stay on the call's clock.
+
+Quiet is not gone: a track that delivers no frame for ``silence_timeout_s`` is reported idle
+(``speaker.idle``) and keeps being drained; when frames come again the same speaker, with its
+baseline, is analysed again at once (``speaker.resumed``). Only the connector (leave,
+unpublish, connection closed) or ``gone_timeout_s`` without frames (reason ``silent``) ends a
+speaker. A watchdog checks the time of the last frame (no timer per frame). An unexpected error
+in the drain ends this speaker alone, with reason ``error``.
+
+Resampled audio reaches the analysis in ``FEED_S`` pieces rather than per 20 ms frame (the
+windows cut are the same either way).
 """
 
 from __future__ import annotations
@@ -12,21 +23,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import cast
 
+import av
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 
 from analyzers.types import SAMPLE_RATE, AudioChunk
 from bridge import events as ev
-from bridge.audio import FrameConverter
+from bridge.audio import FrameConverter, MediaClock
 from bridge.pipeline import AnalysisEngine, Emit, SpeakerAnalysis
+from bridge.tasks import report_failure
 
 __all__ = ["FEED_S", "SpeakerPipeline"]
 
 log = logging.getLogger(__name__)
 
 FEED_S = 0.1  # audio handed to the analysis at a time
+FRESH_S = 0.001  # a read that waited at least this long got a frame that had just arrived
+# No frame for FILL_AFTER_S (20 ms is normal; DTX sends one per 400 ms): the timeline moves on
+# as silence up to FILL_LAG_S before now, so windows come due while a sender sends nothing.
+FILL_AFTER_S = 0.3
+FILL_LAG_S = 0.1
 
 
 class SpeakerPipeline:
@@ -40,66 +59,132 @@ class SpeakerPipeline:
         *,
         call_started: float,
         silence_timeout_s: float = 10.0,
+        gone_timeout_s: float | None = None,
+        receiver: RTCRtpReceiver | None = None,
     ) -> None:
         self.speaker = speaker
+        self.receiver = receiver
+        self.call = call
         self.track = track
         self.analysis = SpeakerAnalysis(engine, call, speaker, emit, offline=False)
+        self._emit = emit
         self._call_started = call_started
         self._silence_timeout = silence_timeout_s
+        self._gone_timeout = gone_timeout_s
         self._task: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._last_frame = 0.0
+        self.clock: MediaClock | None = None
         self.frames = 0
+        self.idle = False
         self.ended = asyncio.Event()
         self.reason = "left"
 
+    def _now(self) -> float:
+        """Call time: seconds since the call started, on the event loop's monotonic clock."""
+        return asyncio.get_running_loop().time() - self._call_started
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        offset = loop.time() - self._call_started
         self._last_frame = loop.time()
-        self._task = asyncio.create_task(self._drain(offset), name=f"drain:{self.speaker.id}")
+        self._task = asyncio.create_task(self._drain(), name=f"drain:{self.speaker.id}")
         self._watchdog = asyncio.create_task(self._watch(self._task),
                                              name=f"silence:{self.speaker.id}")
-        await self.analysis.start(round(offset, 3))
+        await self.analysis.start(round(self._now(), 3))
 
     async def _watch(self, drain: asyncio.Task[None]) -> None:
-        """End the drain when no frame came for ``silence_timeout_s``."""
+        """Report the speaker idle after ``silence_timeout_s`` without frames; end the drain
+        after ``gone_timeout_s``."""
         loop = asyncio.get_running_loop()
+        gone = self._gone_timeout
         while not drain.done():
-            idle = loop.time() - self._last_frame
-            if idle >= self._silence_timeout:
+            silent = loop.time() - self._last_frame
+            if gone is not None and silent >= gone:
                 self.reason = "silent"
                 drain.cancel()
                 return
-            await asyncio.sleep(min(1.0, self._silence_timeout - idle))
+            if not self.idle and silent >= self._silence_timeout:
+                self.idle = True
+                await self._emit(ev.SpeakerIdle(call=self.call, speaker=self.speaker, data=(
+                    ev.SpeakerIdleData(offset_s=round(self._now(), 3), silent_s=round(silent, 3)))))
+            due = [t - silent for t in (self._silence_timeout if not self.idle else None, gone)
+                   if t is not None and t > silent]
+            await asyncio.sleep(min([1.0, *due]))
 
-    async def _drain(self, offset: float) -> None:
+    async def _drain(self) -> None:
         converter: FrameConverter | None = None
+        clock: MediaClock | None = None
         loop = asyncio.get_running_loop()
         pending: list[AudioChunk] = []
         pending_n = 0
         feed_n = int(FEED_S * SAMPLE_RATE)
         try:
             while True:
+                asked = loop.time()
                 try:
-                    frame = await self.track.recv()
+                    async with asyncio.timeout(None if clock is None else FILL_AFTER_S):
+                        frame = await self.track.recv()
+                except TimeoutError:  # nothing comes: time passes as silence, in real time
+                    assert clock is not None and converter is not None
+                    if pending:
+                        await self.analysis.feed(_join(pending))
+                        pending, pending_n = [], 0
+                    gap = clock.fill(loop.time() - self._call_started - FILL_LAG_S)
+                    if gap:
+                        converter.advance(gap)
+                        await self.analysis.feed_silence(gap)
+                    continue
                 except MediaStreamError:
                     self.reason = "track ended"
                     return
-                self._last_frame = loop.time()
+                now = loop.time()
+                idle_s = now - self._last_frame
+                self._last_frame = now
                 self.frames += 1
-                if converter is None:  # time the speaker's audio from its first frame
-                    converter = FrameConverter(start_s=self._last_frame - self._call_started)
+                wall = now - self._call_started
                 try:
-                    chunks = converter.convert(frame)  # type: ignore[arg-type]
-                except Exception as exc:  # garbage frame: skip it, keep the speaker
-                    log.warning("speaker %s: unusable frame skipped: %s", self.speaker.id, exc)
+                    audio = cast(av.AudioFrame, frame)
+                    duration = audio.samples / audio.sample_rate
+                    pts, time_base = audio.pts, audio.time_base
+                except (AttributeError, TypeError, ZeroDivisionError):
+                    log.warning("speaker %s: a frame without audio timing skipped",
+                                self.speaker.id)
                     continue
+                if clock is None:  # the speaker's timeline starts where its first frame arrived
+                    clock = self.clock = MediaClock(wall - duration)
+                    converter = FrameConverter(start_s=clock.end_s)
+                assert converter is not None
+                gap = clock.place(pts, time_base, duration, wall_s=wall,
+                                  fresh=now - asked >= FRESH_S)
+                if gap:  # silence of the gap's length: flush what came before it first
+                    if pending:
+                        await self.analysis.feed(_join(pending))
+                        pending, pending_n = [], 0
+                    converter.advance(gap)
+                    await self.analysis.feed_silence(gap)
+                if self.idle:
+                    self.idle = False
+                    await self._emit(ev.SpeakerResumed(
+                        call=self.call, speaker=self.speaker, data=ev.SpeakerResumedData(
+                            offset_s=round(clock.end_s - duration, 3), idle_s=round(idle_s, 3))))
+                try:
+                    chunks = converter.convert(audio)
+                except Exception as exc:  # garbage frame: its time passes as silence
+                    log.warning("speaker %s: unusable frame skipped: %s", self.speaker.id, exc)
+                    chunks = [AudioChunk(np.zeros(round(duration * SAMPLE_RATE), np.float32),
+                                         clock.end_s - duration)]
+                    converter.advance(len(chunks[0].samples))
                 pending.extend(chunks)
                 pending_n += sum(len(c.samples) for c in chunks)
                 if pending_n >= feed_n:
                     await self.analysis.feed(_join(pending))
                     pending, pending_n = [], 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # this speaker ends; the call and its other speakers go on
+            self.reason = "error"
+            log.exception("speaker %s: draining its audio failed", self.speaker.id)
+            report_failure("speaker/drain", exc)
         finally:
             self.ended.set()
 
@@ -118,7 +203,7 @@ class SpeakerPipeline:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await self.analysis.finish(self.reason)
+        await self.analysis.finish(self.reason, at_s=round(self._now(), 3))
 
 
 def _join(chunks: list[AudioChunk]) -> AudioChunk:

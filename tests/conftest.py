@@ -201,3 +201,15 @@ async def source(loopback_ice: None) -> AsyncIterator[Any]:
     await src.start()
     yield src
     await src.aclose()
+
+
+async def until(pred: Any, what: str, *, limit_s: float = 60.0, step_s: float = 0.02) -> None:
+    """Poll ``pred()`` until it is true; ``limit_s`` only keeps a broken bridge from hanging the
+    suite (nothing asserts on how long it took)."""
+    import asyncio
+
+    for _ in range(max(1, int(limit_s / step_s))):
+        if pred():
+            return
+        await asyncio.sleep(step_s)
+    raise AssertionError(f"never saw {what}")

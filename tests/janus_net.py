@@ -9,6 +9,8 @@ the machine once the veth pair is gone.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -16,9 +18,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["JanusNetns", "janus_available"]
+import aiohttp
+from aiohttp import web
+
+__all__ = ["JanusNetns", "JanusProxy", "janus_available"]
+
+ADMIN_SECRET = "test-admin-secret"
 
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 
@@ -32,6 +41,7 @@ general: {{
     debug_level = 4
     server_name = "affect-bridge-test"
     session_timeout = {session_timeout}
+    admin_secret = "{admin_secret}"
 }}
 certificates: {{}}
 media: {{
@@ -57,7 +67,11 @@ general: {{
     https = false
 }}
 admin: {{
-    admin_http = false
+    admin_base_path = "/admin"
+    admin_http = true
+    admin_port = 7088
+    admin_ip = "{ip}"
+    admin_https = false
 }}
 cors: {{}}
 certificates: {{}}
@@ -160,7 +174,8 @@ class JanusNetns:
                 link.symlink_to(JANUS_LIB / lib)
         (cfg / "none").mkdir(exist_ok=True)
         (cfg / "janus.jcfg").write_text(JANUS_JCFG.format(
-            cfg=cfg, iface=self.ns_if, session_timeout=self.session_timeout))
+            cfg=cfg, iface=self.ns_if, session_timeout=self.session_timeout,
+            admin_secret=ADMIN_SECRET))
         (cfg / "janus.transport.http.jcfg").write_text(HTTP_JCFG.format(ip=self.janus_ip))
         rooms = "".join(ROOM.format(room=r, description=d) for r, d in self.rooms.items())
         (cfg / "janus.plugin.videoroom.jcfg").write_text(VIDEOROOM_JCFG.format(rooms=rooms))
@@ -187,6 +202,17 @@ class JanusNetns:
                 time.sleep(0.2)
         raise RuntimeError(f"janus did not answer in {timeout_s} s; see {self.log_path}")
 
+    def sessions(self) -> list[int]:
+        """The sessions Janus holds now (its admin API, on the namespace address only)."""
+        body = json.dumps({"janus": "list_sessions", "transaction": "t",
+                           "admin_secret": ADMIN_SECRET}).encode()
+        req = urllib.request.Request(f"http://{self.janus_ip}:7088/admin", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            reply = json.loads(resp.read())
+        assert reply.get("janus") == "success", reply
+        return [int(x) for x in reply.get("sessions", [])]
+
     def kill(self) -> None:
         """SIGKILL Janus (the restart test); no-op when it is not running."""
         proc, self.proc = self.proc, None
@@ -197,3 +223,61 @@ class JanusNetns:
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+class JanusProxy:
+    """An HTTP proxy on 127.0.0.1 in front of Janus's API that can hold requests back
+    (``delay(msg) -> seconds``) or replace replies (``rewrite(msg, reply) -> reply``): a slow
+    or misbehaving Janus, with the real one behind it. ``held`` counts requests being delayed
+    now, ``rewritten`` the replies replaced."""
+
+    def __init__(self, upstream: str, *, delay: Callable[[dict[str, Any]], float] | None = None,
+                 rewrite: Callable[[dict[str, Any], Any], Any] | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self._delay = delay
+        self._rewrite = rewrite
+        self.held = 0
+        self.rewritten = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> str:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90))
+        app = web.Application()
+        app.router.add_route("*", "/janus{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/janus"
+        return self.url
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._http is not None
+        raw = await request.read()
+        msg = json.loads(raw) if raw else {}
+        wait = self._delay(msg) if self._delay is not None and isinstance(msg, dict) else 0.0
+        if wait:
+            self.held += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self.held -= 1
+        target = self.upstream + request.match_info["tail"]
+        async with self._http.request(request.method, target, params=request.query,
+                                      data=raw or None) as resp:
+            body = await resp.read()
+            status = resp.status
+        if self._rewrite is not None and status == 200 and isinstance(msg, dict):
+            reply = json.loads(body)
+            new = self._rewrite(msg, reply)
+            if new is not reply:
+                self.rewritten += 1
+                body = json.dumps(new).encode()
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()

@@ -80,3 +80,32 @@ def test_log_level_from_config(tmp_path: Path) -> None:
     assert "WARNING" in loud.stderr and "WARNING" not in quiet.stderr
     cfg.write_text('log_level = "CHATTY"\n')
     assert run_cli("analyze", str(CALM), "--config", str(cfg)).returncode == 2
+
+
+async def test_the_demo_writes_nothing_into_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No webhook: no outbox at all. A webhook without a configured outbox path: the outbox
+    goes to the user's state directory, not the working directory."""
+    from bridge.demo import _demo_outbox
+    from bridge.runtime import Runtime
+
+    cwd, state = tmp_path / "cwd", tmp_path / "state"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.setenv("AFFECT_BRIDGE_WEBHOOK_SECRET", "whsec_" + "QUJD" * 8)
+    plain = _demo_outbox(load_settings(None, analyzers=["prosody"]))
+    runtime = Runtime.build(plain)
+    await runtime.start()
+    await runtime.aclose()
+    assert runtime.webhooks is None and list(cwd.iterdir()) == []
+    hooked = _demo_outbox(load_settings(None, analyzers=["prosody"],
+                                        webhooks=[{"url": "http://127.0.0.1:9/hook"}]))
+    assert hooked.outbox.path == state / "affect-bridge" / "demo-outbox.sqlite3"
+    runtime = Runtime.build(hooked)
+    await runtime.start()
+    await runtime.aclose()
+    assert list(cwd.iterdir()) == [] and hooked.outbox.path.exists()
+    chosen = tmp_path / "mine.sqlite3"
+    assert _demo_outbox(load_settings(None, webhooks=[{"url": "http://127.0.0.1:9/hook"}],
+                                      outbox={"path": str(chosen)})).outbox.path == chosen

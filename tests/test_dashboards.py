@@ -215,7 +215,7 @@ def test_panel_queries_substitutes_every_variable() -> None:
 def test_queries_use_metrics_the_bridge_exports() -> None:
     metrics = Metrics()
     try:
-        metrics.watch(cast(Any, SimpleNamespace(calls={}, frames_total=lambda: 0)))
+        metrics.watch(cast(Any, SimpleNamespace(calls={}, joined=list, frames_total=lambda: 0)))
         exposition = generate_latest(metrics.registry).decode()
     finally:
         metrics.close()

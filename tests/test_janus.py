@@ -29,6 +29,7 @@ from bridge.connectors.base import close_peer_connection, ice_configuration
 from bridge.connectors.janus import JanusSession
 from bridge.demo import demo_clips
 from bridge.ice import restrict_host_addresses
+from tests.conftest import until
 from tests.janus_net import JanusNetns, janus_available
 
 # Skipped only off CI (no root, no janus); in CI (.ci/setup installs janus) a missing part fails.
@@ -249,3 +250,114 @@ async def test_bridge_in_a_real_janus_room(janus: JanusNetns, bridge: Any) -> No
     finally:
         for pub in (alice, bob, carol):
             await pub.drop()
+
+
+def _participants(janus: JanusNetns) -> Callable[[], Any]:
+    async def names() -> list[str]:
+        session = JanusSession(janus.url)
+        await session.create()
+        try:
+            async def ignore(event: dict[str, Any]) -> None:
+                return None
+            handle = await session.attach(ignore)
+            data, _ = await session.message(handle, {"request": "listparticipants", "room": ROOM})
+            return [str(p.get("display")) for p in data.get("participants", [])]
+        finally:
+            await session.close()
+    return names
+
+
+async def test_delete_during_a_slow_janus_join_leaves_nothing_in_janus(janus: JanusNetns) -> None:
+    """The room join is held 2 s by a proxy in front of the real Janus; DELETE comes meanwhile.
+    The join request gets a JSON 409, no call event is emitted, and Janus holds no session of
+    the bridge and no bridge participant afterwards (counted on Janus's admin API)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bridge.app import create_app
+    from bridge.calls import CallManager
+    from bridge.pipeline import AnalysisEngine
+    from tests.janus_net import JanusProxy
+
+    proxy = JanusProxy(janus.url, delay=lambda msg: 2.0 if msg.get("body", {}).get(
+        "request") == "join" else 0.0)
+    await proxy.start()
+    engine = AnalysisEngine(load_settings(None, analyzers=["prosody"]))
+    await engine.start()
+    rec = Recorder()
+    manager = CallManager(engine, rec.emit)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with TestClient(TestServer(create_app(engine, manager, token=TOKEN))) as client:
+            assert janus.sessions() == []
+            join = asyncio.create_task(client.post("/v1/calls", headers=auth, json={
+                "connector": "janus", "url": proxy.url, "room": ROOM}))
+            await until(lambda: proxy.held, "the room join held")  # the session exists
+            assert len(janus.sessions()) == 1
+            resp = await client.delete(f"/v1/calls/janus:{ROOM}", headers=auth)
+            assert resp.status == 200 and (await resp.json())["was_joined"] is False
+            answer = await join
+            body = await answer.json()
+            assert answer.status == 409 and body["error"] == "join_cancelled", body
+            # the held join reaches Janus after all (and is refused)
+            await until(lambda: not proxy.held, "the held join sent on")
+            await asyncio.sleep(0.5)
+            assert janus.sessions() == []
+            assert await _participants(janus)() == []
+            assert rec.events == [] and manager.calls == {}
+    finally:
+        await manager.aclose()
+        await engine.aclose()
+        await proxy.aclose()
+
+
+async def test_a_supervision_task_that_dies_ends_the_call_and_the_room_is_rejoined(
+        janus: JanusNetns) -> None:
+    """Janus (through a proxy) answers one ``listparticipants`` with garbage: the call's
+    supervision task dies on it. The call is left with reason "error", /readyz and the
+    affect_task_failures_total metric show the dead task, and auto-join joins the room again,
+    so its speaker is heard again. (Before: a zombie call nobody supervised, /readyz green.)"""
+    from tests.janus_net import JanusProxy
+
+    def corrupt_once(msg: dict[str, Any], reply: Any) -> Any:
+        if msg.get("body", {}).get("request") == "listparticipants" and not proxy.rewritten:
+            data = reply.get("plugindata", {}).get("data", {})
+            return {**reply, "plugindata": {**reply.get("plugindata", {}),
+                                            "data": {**data, "participants": "garbage"}}}
+        return reply
+
+    proxy = JanusProxy(janus.url, rewrite=corrupt_once)
+    await proxy.start()
+    settings = load_settings(
+        analyzers=["prosody"], janus=[{"url": proxy.url, "rooms": [ROOM], "poll_s": 1.0}])
+    rec = Recorder()
+    app = build_app(settings, token=TOKEN, emit=rec.emit)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    api = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    alice = Publisher(janus.url, 101, "Alice", demo_clips()[0])
+    try:
+        await alice.publish()
+        await rec.wait_for("call.joined", _is("call.joined"), limit_s=30)
+        await rec.wait_for("Alice joined", _is("speaker.joined", "Alice"), limit_s=30)
+        left = await rec.wait_for("call.left", _is("call.left"), limit_s=60)
+        assert isinstance(left.data, ev.CallLeftData) and left.data.reason == "error"
+        assert proxy.rewritten == 1
+        mark = rec.events.index(left)
+        async with ClientSession() as http:
+            async with http.get(f"{api}/readyz") as resp:
+                ready = await resp.json()
+            async with http.get(f"{api}/metrics") as resp:
+                metrics = await resp.text()
+        assert resp.status == 200
+        assert ready["status"] == "degraded", ready
+        assert "janus/supervise" in [f["task"] for f in ready["failed_tasks"]["recent"]]
+        assert 'affect_task_failures_total{task="janus/supervise"}' in metrics
+        await rec.wait_for("call rejoined", _is("call.joined"), after=mark, limit_s=60)
+        await rec.wait_for("Alice heard again", _is("affect.sample", "Alice"), after=mark,
+                           limit_s=60)
+        assert len(janus.sessions()) >= 2  # Alice's, and the bridge's new one
+    finally:
+        await alice.drop()
+        await runner.cleanup()
+        await proxy.aclose()

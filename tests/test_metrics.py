@@ -15,13 +15,15 @@ def _speaker(sid: str, index: float | None, emotion: EmotionScores | None = None
     analysis = SimpleNamespace(latest_index=index, last_emotion=emotion,
                                windower=SimpleNamespace(speech_s=12.5),
                                stress=SimpleNamespace(spikes=2))
-    return SimpleNamespace(speaker=SimpleNamespace(id=sid), analysis=analysis, frames=100)
+    return SimpleNamespace(speaker=SimpleNamespace(id=sid), analysis=analysis, frames=100,
+                           idle=False)
 
 
 def _manager(*speakers: Any) -> Any:
     call = SimpleNamespace(info=SimpleNamespace(id="janus:1"),
                            speakers={s.speaker.id: s for s in speakers})
     manager = SimpleNamespace(calls={"janus:1": call})
+    manager.joined = lambda: list(manager.calls.values())
     manager.frames_total = lambda: 100 * len(call.speakers)
     return manager
 

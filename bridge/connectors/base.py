@@ -11,26 +11,37 @@ import abc
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+)
+from aiortc.mediastreams import MediaStreamError
 from pydantic import BaseModel
 
 from bridge import events as ev
 
+T = TypeVar("T")
+
 __all__ = ["Backoff", "Connector", "ConnectorError", "ConnectorFactory", "SpeakerTrack",
-           "close_peer_connection", "ice_configuration"]
+           "close_peer_connection", "discard_track", "finish_on_cancel", "ice_configuration",
+           "receiver_of"]
 
 
 class ConnectorError(RuntimeError):
     """Joining failed for a reason worth one line (unreachable, refused, bad answer).
-    ``error`` is the control API's error code for it."""
+    ``error`` is the control API's error code for it, ``status`` its HTTP status."""
 
-    def __init__(self, reason: str, *, error: str = "join_failed") -> None:
+    def __init__(self, reason: str, *, error: str = "join_failed", status: int = 422) -> None:
         super().__init__(reason)
         self.error = error
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +50,9 @@ class SpeakerTrack:
 
     speaker: ev.SpeakerInfo
     track: MediaStreamTrack
+    #: The track's receiver, when the connector knows it: a track nobody analyses any more is
+    #: switched off there (no decoding), see :func:`discard_track`.
+    receiver: RTCRtpReceiver | None = None
 
 
 OnSpeaker = Callable[[SpeakerTrack], Coroutine[Any, Any, None]]
@@ -108,6 +122,41 @@ class Backoff:
 
     async def sleep(self) -> None:
         await asyncio.sleep(self.next_delay())
+
+
+async def finish_on_cancel(request: Awaitable[T]) -> T:
+    """Await a signalling request that makes something remotely (a WHEP session, a Janus
+    session). When the caller is cancelled meanwhile (the call was left while joining), the
+    request still runs to its end, bounded by its own timeout, so its result (the session's
+    location or id) is known and whatever it made can be torn down; then the cancellation goes
+    on. Call the connector's ``leave`` in the cancellation path."""
+    task = asyncio.ensure_future(request)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+def receiver_of(pc: RTCPeerConnection, track: MediaStreamTrack) -> RTCRtpReceiver | None:
+    return next((r for r in pc.getReceivers() if r.track is track), None)
+
+
+async def discard_track(track: MediaStreamTrack, receiver: RTCRtpReceiver | None = None) -> None:
+    """Read ``track`` until it ends, throwing the frames away.
+
+    aiortc decodes every received track into an unbounded queue whether anyone reads it or not
+    (``track.stop()`` does not stop that; aiortc issue #554: ~190 KB/s of audio, far more for
+    video). A track the bridge does not analyse (video, a duplicate, a speaker gone for good)
+    is drained here for as long as its connection lives; its receiver is switched off first
+    where known, so its packets are dropped before decoding. Run it as an owned task.
+    """
+    if receiver is not None and hasattr(receiver, "_enabled"):
+        receiver._enabled = False  # aiortc drops packets of a disabled receiver on arrival
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
 
 
 async def close_peer_connection(pc: RTCPeerConnection, settle_s: float = 5.0) -> None:

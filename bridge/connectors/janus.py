@@ -36,7 +36,10 @@ from bridge.connectors.base import (
     OnSpeakerLeft,
     SpeakerTrack,
     close_peer_connection,
+    discard_track,
+    finish_on_cancel,
     ice_configuration,
+    receiver_of,
 )
 from bridge.tasks import TaskSet
 
@@ -83,18 +86,23 @@ class JanusSession:
 
     async def create(self) -> None:
         self._http = aiohttp.ClientSession(timeout=self._timeout)
+        request: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(
+            self._post(self.url, {"janus": "create"}))
         try:
-            reply = await self._post(self.url, {"janus": "create"})
+            reply = await finish_on_cancel(request)
+            self.id = _reply_id(reply, "create")
         except BaseException:
+            if request.done() and not request.cancelled() and request.exception() is None:
+                with contextlib.suppress(ConnectorError):  # made, then cancelled: destroy it
+                    self.id = _reply_id(request.result(), "create")
             await self.close()
             raise
-        self.id = int(reply["data"]["id"])
         self._tasks.spawn(self._poll(), name="poll")
         self._tasks.spawn(self._keepalive(), name="keepalive")
 
     async def attach(self, handler: EventHandler) -> int:
         reply = await self._post(f"{self.url}/{self.id}", {"janus": "attach", "plugin": VIDEOROOM})
-        handle = int(reply["data"]["id"])
+        handle = _reply_id(reply, "attach")
         self.handlers[handle] = handler
         return handle
 
@@ -223,6 +231,18 @@ class JanusSession:
                 await self._post(f"{self.url}/{self.id}", {"janus": "keepalive"})
 
 
+def _reply_id(reply: dict[str, Any], request: str) -> int:
+    """``data.id`` of a Janus ``success`` reply; a reply without one is a ConnectorError."""
+    data = reply.get("data") if isinstance(reply, dict) else None
+    value = data.get("id") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConnectorError(f"Janus answered {request!r} without a usable data.id")
+    try:
+        return int(value)
+    except ValueError:
+        raise ConnectorError(f"Janus answered {request!r} without a usable data.id") from None
+
+
 @dataclass
 class _Feed:
     feed: str
@@ -312,7 +332,14 @@ class JanusConnector(Connector):
 
     async def join(self) -> None:
         await self._connect()
-        self._tasks.spawn(self._supervise(), name="supervise")
+        self._tasks.spawn(self._supervise(), name="supervise", on_failure=self._supervision_died)
+
+    def _supervision_died(self, exc: BaseException) -> None:
+        """Nobody watches the session or the room any more: the call ends (the call manager
+        leaves it, ``call.left`` reason ``error``; auto-join joins the room again)."""
+        log.error("Janus room %s on %s: supervision failed (%s: %s); leaving the call",
+                  self.room, self.url, type(exc).__name__, exc)
+        self.end("error")
 
     async def leave(self) -> None:
         await self._tasks.aclose()
@@ -465,11 +492,13 @@ class JanusConnector(Connector):
 
             @pc.on("track")
             def _on_track(track: MediaStreamTrack) -> None:
-                if track.kind != "audio":
-                    track.stop()
+                receiver = receiver_of(pc, track)
+                if track.kind != "audio":  # the all-streams fallback brings video too
+                    self._tasks.spawn(discard_track(track, receiver),
+                                      name=f"discard:{feed}:{track.kind}")
                     return
                 found = SpeakerTrack(ev.SpeakerInfo(id=state.speaker_id, display=state.display),
-                                     track)
+                                     track, receiver)
                 self._tasks.spawn(self._on_speaker(found), name=f"speaker-found:{feed}")
 
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))

@@ -27,7 +27,9 @@ from bridge.connectors.base import (
     OnSpeakerLeft,
     SpeakerTrack,
     close_peer_connection,
+    finish_on_cancel,
     ice_configuration,
+    receiver_of,
 )
 from bridge.tasks import TaskSet
 
@@ -111,7 +113,8 @@ class WhepConnector(Connector):
             speaker_id = f"{self.call.id}:{index}"
             self._speakers.append(speaker_id)
             display = self._displays[index] if index < len(self._displays) else f"track {index}"
-            speaker = SpeakerTrack(ev.SpeakerInfo(id=speaker_id, display=display), track)
+            speaker = SpeakerTrack(ev.SpeakerInfo(id=speaker_id, display=display), track,
+                                   receiver_of(pc, track))
             self._tasks.spawn(self._on_speaker(speaker), name=f"speaker-found:{speaker_id}")
 
         @pc.on("connectionstatechange")
@@ -123,7 +126,7 @@ class WhepConnector(Connector):
 
         try:
             await pc.setLocalDescription(await pc.createOffer())
-            answer = await self._post(pc.localDescription.sdp)
+            answer = await finish_on_cancel(self._post(pc.localDescription.sdp))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         except ConnectorError:
             await self.leave()

@@ -30,6 +30,7 @@ class _Row:
     speech_s: float = 0.0
     emotion: str | None = None
     left: str | None = None
+    idle: bool = False
     emotion_totals: dict[str, float] = field(default_factory=dict)
 
 
@@ -84,6 +85,8 @@ class ConsoleSink:
             row.spikes += 1
         elif isinstance(event, ev.SpikeEnded):
             row.in_spike = False
+        elif isinstance(event, ev.SpeakerIdle | ev.SpeakerResumed):
+            row.idle = isinstance(event, ev.SpeakerIdle)
         elif isinstance(event, ev.SpeakerLeft):
             row.left = d.reason
             row.speech_s = d.speech_s
@@ -94,7 +97,7 @@ class ConsoleSink:
         for row in self._rows.values():
             index = "-" if row.index is None else f"{row.index:.2f}"
             bar = "" if row.index is None else "#" * round(row.index * 20)
-            state = ("left" if row.left else "SPIKE" if row.in_spike
+            state = ("left" if row.left else "idle" if row.idle else "SPIKE" if row.in_spike
                      else "calibrating" if row.calibrating else "listening")
             lines.append(f"{row.name[:16]:<16} {index:>6}  {bar:<20} {state:<12} "
                          f"{row.spikes:>6} {row.emotion or '-':<9}")

@@ -1,8 +1,10 @@
 """Signed, durable webhooks (Standard Webhooks v1) through a SQLite outbox.
 
-``emit`` only queues (bounded; when full, ``affect.sample`` events are dropped and counted, other
-events wait for room): analysis never waits on a receiver. A writer task commits queued events to
-the outbox in batches; only committed rows are delivered. Each endpoint has its own worker and
+``emit`` queues the event (bounded; when full, ``affect.sample`` events are dropped and counted,
+other events wait for room) and returns once a writer task has committed it to the outbox
+(events from every speaker are committed together in batches): the bus hands an event to the
+console and other sinks only after that, so nothing is shown that a crash could still lose.
+Analysis never waits on a receiver; only committed rows are delivered. Each endpoint has its own worker and
 HTTP connection pool, so a slow or dead endpoint never holds back another.
 
 Per request: ``webhook-id`` (the event id: the same on every retry), ``webhook-timestamp`` (the
@@ -50,6 +52,7 @@ __all__ = ["WebhookSink", "load_secrets"]
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
+COMMIT_WAIT_S = 20.0  # at shutdown, the longest wait for queued events to be committed
 WRITE_BATCH = 500
 MAX_RETRY_AFTER_S = 3600.0
 
@@ -114,7 +117,8 @@ class WebhookSink:
                           for cfg, label in zip(endpoints, labels, strict=True)]
         self.outbox = Outbox(outbox.path, max_rows=outbox.max_rows)
         self.metrics = metrics
-        self._queue: asyncio.Queue[ev.Event] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._queue: asyncio.Queue[tuple[ev.Event, asyncio.Future[None]]] = asyncio.Queue(
+            maxsize=QUEUE_SIZE)
         self._tasks = TaskSet("webhooks")
         self._http: dict[str, aiohttp.ClientSession] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -143,13 +147,19 @@ class WebhookSink:
                      self.pending)
 
     async def aclose(self, flush_s: float = 5.0) -> None:
-        """Commit what is queued (so nothing accepted is lost), give pending deliveries up to
-        ``flush_s``, then stop; undelivered rows stay in the outbox for the next start."""
+        """Commit everything queued (nothing accepted is lost; ``emit`` returns only once its
+        event is committed anyway), give pending deliveries up to ``flush_s``, then stop;
+        undelivered rows stay in the outbox for the next start."""
         if not self.started:
             return
+        try:
+            async with asyncio.timeout(COMMIT_WAIT_S):
+                await self._queue.join()
+        except TimeoutError:
+            log.error("webhook outbox %s: %d events still not committed after %.0f s at "
+                      "shutdown", self.outbox.path, self._queue.qsize(), COMMIT_WAIT_S)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(flush_s):
-                await self._queue.join()
                 while self.pending > 0 and any(not ep.disabled for ep in self.endpoints):
                     self._changed.clear()
                     await self._changed.wait()
@@ -167,12 +177,19 @@ class WebhookSink:
     # --- intake ----------------------------------------------------------------------------
 
     async def emit(self, event: ev.Event) -> None:
+        """Returns once ``event`` is committed to the outbox (the bus gives it to the other
+        sinks, the console among them, only then: what was shown is durable)."""
         if not any(ep.wants(event.type) and not ep.disabled for ep in self.endpoints):
+            return
+        if not self.started:
+            log.error("webhook sink is not running: a %s event was not kept", event.type)
             return
         if self._queue.full() and event.type == "affect.sample":
             self._count_dropped(event.type)
             return
-        await self._queue.put(event)
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((event, committed))
+        await asyncio.shield(committed)
 
     async def _writer(self) -> None:
         while True:
@@ -180,7 +197,7 @@ class WebhookSink:
             while len(batch) < WRITE_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             rows: list[tuple[str, str, str, bytes]] = []
-            for event in batch:
+            for event, _ in batch:
                 body = event.model_dump_json().encode()
                 rows.extend((ep.label, event.id, event.type, body) for ep in self.endpoints
                             if ep.wants(event.type) and not ep.disabled)
@@ -193,7 +210,9 @@ class WebhookSink:
             else:
                 self.pending += len(rows) - sum(dropped.values())
             finally:
-                for _ in batch:
+                for _, committed in batch:
+                    if not committed.done():
+                        committed.set_result(None)
                     self._queue.task_done()
             for typ, n in dropped.items():
                 self._count_dropped(typ, n)
