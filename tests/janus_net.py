@@ -246,7 +246,7 @@ class JanusProxy:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90))
         app = web.Application()
         app.router.add_route("*", "/janus{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/janus"
@@ -277,7 +277,7 @@ class JanusProxy:
         return web.Response(status=status, body=body, content_type="application/json")
 
     async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()  # ends the long polls still held upstream
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._http is not None:
-            await self._http.close()

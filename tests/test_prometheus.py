@@ -34,7 +34,7 @@ def test_alert_rules_pass_promtool() -> None:
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
                            text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "5 rules found" in check.stdout
+    assert "6 rules found" in check.stdout
     unit = subprocess.run([promtool, "test", "rules", str(RULE_TESTS)], capture_output=True,
                           text=True, check=False, cwd=RULE_TESTS.parent)
     assert unit.returncode == 0, unit.stdout + unit.stderr

@@ -366,8 +366,8 @@ class JanusConnector(Connector):
     async def _disconnect(self, reason: str, *, announce: bool = True) -> None:
         """Drop every feed (``speaker.left`` with ``reason`` when ``announce``), leave the room
         and destroy the session."""
-        for feed in list(self._feeds):
-            await self._drop_feed(feed, reason, announce=announce)
+        await asyncio.gather(*(self._drop_feed(feed, reason, announce=announce)
+                               for feed in list(self._feeds)))  # each closes a connection
         self._publishers.clear()
         self._feed_backoff.clear()
         session, self._session = self._session, None
