@@ -110,8 +110,12 @@ def browser(net: JanusNetns, page: Path, wav: Path, name: str, dtx: bool,
         ["ip", "netns", "exec", net.netns, exe, "--headless=new", "--no-sandbox",
          f"--user-data-dir={profile}", "--use-fake-ui-for-media-stream",
          "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
-         '--host-resolver-rules=MAP * ~NOTFOUND', "--disable-background-networking",
-         "--no-first-run", "--enable-logging=stderr", "--v=0", url],
+         f"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE {net.janus_ip}", "--disable-background-networking",
+         "--no-first-run", "--enable-logging=stderr", "--v=0",
+         # the page is a local file talking to Janus on a private address
+         "--allow-file-access-from-files",
+         "--disable-features=BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessChecks,"
+         "LocalNetworkAccessChecks", "--disable-web-security", url],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
