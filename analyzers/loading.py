@@ -12,12 +12,20 @@ class ModelUnavailable(RuntimeError):
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other names unchanged."""
-    if name != "auto":
-        return name
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other names unchanged.
+    A GPU that torch cannot see is :class:`ModelUnavailable` (the analyzer degrades; start-up
+    goes on)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise ModelUnavailable(f"device {name!r} was asked for, but torch sees "
+                                   f"{count or 'no'} GPU{'s' if count != 1 else ''}")
+    return name
 
 
 def set_cpu_threads(device: str, threads: int) -> None:

@@ -12,9 +12,10 @@ from typing import IO, Any
 
 from analyzers.types import AudioChunk
 from bridge import events as ev
-from bridge.audio import AudioDecodeError, channel_count, read_file
+from bridge.audio import AudioDecodeError, channel_count, read_file, require_audio
 from bridge.config import Settings
 from bridge.pipeline import AnalysisEngine, SpeakerAnalysis
+from bridge.safe_text import terminal_safe
 
 __all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files", "describe", "format_table",
            "record_event"]
@@ -64,6 +65,7 @@ def plan_sources(paths: list[Path], per: str) -> list[_Source]:
     sources: list[_Source] = []
     seen: set[str] = set()
     for path in paths:
+        require_audio(path)
         channels = channel_count(path)
         stem = path.stem or path.name
         base = stem
@@ -221,7 +223,7 @@ def format_table(result: AnalyzeResult) -> str:
     rows = [head]
     for s in result.speakers:
         rows.append((
-            s.speaker + (" (error)" if s.error else ""),
+            terminal_safe(s.speaker) + (" (error)" if s.error else ""),
             f"{s.speech_s:.1f}",
             "-" if s.mean_stress is None else f"{s.mean_stress:.2f}",
             "-" if s.peak_stress is None else f"{s.peak_stress:.2f}",
@@ -237,7 +239,7 @@ def format_table(result: AnalyzeResult) -> str:
 
 def describe(event: Any) -> str | None:
     """One human line for the events a person watching wants to see, else None."""
-    who = event.speaker.display or event.speaker.id if event.speaker else ""
+    who = terminal_safe(event.speaker.display or event.speaker.id) if event.speaker else ""
     d = event.data
     if isinstance(event, ev.SpeakerJoined):
         return f"{d.offset_s:7.1f}s  {who} joined"

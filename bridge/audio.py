@@ -14,7 +14,8 @@ import numpy as np
 
 from analyzers.types import SAMPLE_RATE, AudioChunk
 
-__all__ = ["AudioDecodeError", "FrameConverter", "MediaClock", "channel_count", "read_file"]
+__all__ = ["AudioDecodeError", "FrameConverter", "MediaClock", "channel_count", "read_file",
+           "require_audio"]
 
 
 class AudioDecodeError(ValueError):
@@ -144,6 +145,21 @@ def _open(path: Path | str) -> av.container.InputContainer:
         container.close()
         raise AudioDecodeError(f"{path}: has no audio stream")
     return container
+
+
+def require_audio(path: Path) -> None:
+    """Raise :class:`AudioDecodeError` unless ``path`` decodes to at least one audio sample
+    (FFmpeg probes some random bytes as audio, and a WAV may hold zero samples)."""
+    container = _open(path)
+    try:
+        for frame in container.decode(container.streams.audio[0]):
+            if frame.samples:
+                return
+    except av.error.FFmpegError as exc:
+        raise AudioDecodeError(f"{path}: decoding failed ({_reason(exc)})") from None
+    finally:
+        container.close()
+    raise AudioDecodeError(f"{path}: no audio in that file (nothing could be decoded)")
 
 
 def channel_count(path: Path) -> int:

@@ -7,6 +7,7 @@ Precedence: explicit arguments > environment > TOML file > defaults.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import tomllib
 from pathlib import Path
@@ -77,13 +78,21 @@ class ProsodySettings(_Section):
     voicing_threshold: float = Field(0.45, gt=0, lt=1)
     silence_db: float = Field(-50.0, le=0)
 
+    @model_validator(mode="after")
+    def _range(self) -> ProsodySettings:
+        if self.fmin_hz * 1.5 > self.fmax_hz:
+            raise ValueError(f"fmax_hz ({self.fmax_hz:g}) must be at least 1.5 x fmin_hz "
+                             f"({self.fmin_hz:g}): no pitch could be tracked in between")
+        return self
+
     def build(self) -> ProsodyConfig:
         return ProsodyConfig(**self.model_dump())
 
 
 class EmotionSettings(_Section):
     model: str = "superb/wav2vec2-base-superb-er"
-    device: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$",
+                        description="auto (a GPU when torch sees one), cpu, cuda or cuda:N")
     min_audio_s: float = Field(1.0, ge=0.1)
     max_batch: int = Field(0, ge=0, le=256)
     max_wait_ms: float = Field(20.0, ge=0, le=5000)
@@ -198,6 +207,18 @@ class WebhookSettings(_Section):
         default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S), max_length=50,
         description="delay before each retry; after the last the row is kept as failed")
     max_in_flight: int = Field(8, ge=1, le=256, description="concurrent requests")
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, patterns: list[str]) -> list[str]:
+        from bridge.events import EVENT_TYPES
+
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(t, pattern) for t in EVENT_TYPES):
+                raise ValueError(f"{pattern!r} matches no event type (types: "
+                                 f"{', '.join(EVENT_TYPES)}; patterns are fnmatch, e.g. "
+                                 "'stress.spike.*')")
+        return patterns
 
     @field_validator("retry_schedule_s")
     @classmethod

@@ -235,6 +235,22 @@ def test_video_without_audio_stream(tmp_path: Path) -> None:
     assert_clean_error(run_cli("analyze", str(path)))
 
 
+def test_files_without_any_audio_are_an_error_not_an_empty_result(tmp_path: Path) -> None:
+    """A valid WAV with zero samples, and bytes FFmpeg probes as AAC but cannot decode: one line
+    saying so, exit 2, before any analysis (they used to exit 0 with an empty result)."""
+    empty = tmp_path / "zero.wav"
+    sf.write(empty, np.zeros(0, np.float32), SR)
+    proc = run_cli("analyze", str(empty))
+    assert_clean_error(proc)
+    assert "no audio in that file" in proc.stderr
+    rng = np.random.default_rng(1)
+    garbage = tmp_path / "garbage.aac"
+    garbage.write_bytes(b"\xff\xf1\x50\x80\x02\x1f\xfc" + rng.bytes(20000))  # an ADTS header
+    proc = run_cli("analyze", str(garbage))
+    assert_clean_error(proc)
+    assert proc.stdout == ""  # nothing was analysed
+
+
 def test_short_file_gives_an_empty_result(tmp_path: Path) -> None:
     path = tmp_path / "short.wav"
     sf.write(path, _decode(CALM)[int(2 * SR) : int(2.2 * SR)], SR)

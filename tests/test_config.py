@@ -38,6 +38,12 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ("[emotion]\nmodle = 'x'\n", "emotion.modle"),
         ("[stress.weights]\npitch = 1.0\n", "pitch"),
         ("this is = not toml [", "not valid TOML"),
+        # every window's prosody would fail: no pitch range left
+        ("[prosody]\nfmin_hz = 300\nfmax_hz = 200\n", "fmax_hz (200) must be at least"),
+        # a typo in a webhook's event filter would mean silence
+        ("[[webhooks]]\nurl = 'http://127.0.0.1:9/h'\nevents = ['stress.spikes.*']\n",
+         "'stress.spikes.*' matches no event type"),
+        ("[emotion]\ndevice = 'gpu'\n", "emotion.device"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
@@ -109,3 +115,18 @@ async def test_the_demo_writes_nothing_into_the_working_directory(
     chosen = tmp_path / "mine.sqlite3"
     assert _demo_outbox(load_settings(None, webhooks=[{"url": "http://127.0.0.1:9/hook"}],
                                       outbox={"path": str(chosen)})).outbox.path == chosen
+
+
+async def test_a_gpu_that_torch_cannot_see_degrades_emotion_only(tiny_emotion_model: Path) -> None:
+    """emotion.device = "cuda:N" for a GPU torch does not have (any CPU-only machine): start-up
+    goes on, emotion reports itself unavailable saying why, prosody runs."""
+    from bridge.pipeline import AnalysisEngine
+
+    engine = AnalysisEngine(load_settings(None, analyzers=["prosody", "emotion"], emotion={
+        "model": str(tiny_emotion_model), "device": "cuda:99"}))
+    await engine.start()
+    try:
+        assert engine.has("prosody") and not engine.has("emotion")
+        assert "cuda:99" in engine.degraded["emotion"] and "GPU" in engine.degraded["emotion"]
+    finally:
+        await engine.aclose()

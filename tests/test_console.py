@@ -47,3 +47,24 @@ async def test_table_tracks_each_speaker_state() -> None:
 def test_bad_mode() -> None:
     with pytest.raises(ValueError):
         ConsoleSink("csv")
+
+
+async def test_hostile_display_names_cannot_drive_the_terminal() -> None:
+    """A publisher named with terminal escapes (clear screen, cursor moves, a bidi override, a
+    newline) is shown escaped in the table and the event lines; the JSON event keeps the exact
+    name."""
+    hostile = ev.SpeakerInfo(id="c:9", display="\x1b[2J\x1b[HMallory\u202e\nroot# " + "x" * 100)
+    joined = ev.SpeakerJoined(call=CALL, speaker=hostile, data=ev.SpeakerJoinedData(offset_s=1))
+    lines = io.StringIO()
+    sink = ConsoleSink("table", lines)  # not a terminal: one readable line per event
+    await sink.emit(joined)
+    table = sink.render()
+    for shown in (lines.getvalue(), table):
+        assert "\x1b" not in shown and "\u202e" not in shown
+        assert "\\x1b[2J\\x1b[HMal" in shown  # the table shows 16 characters of a name
+    assert "\\x1b[2J\\x1b[HMallory\\u202e\\x0aroot#" in lines.getvalue()
+    assert lines.getvalue().count("\n") == 1
+    assert max(len(line) for line in table.splitlines()) < 120  # capped, not 100+ characters
+    raw = io.StringIO()
+    await ConsoleSink("jsonl", raw).emit(joined)
+    assert ev.parse_event(raw.getvalue()).speaker.display == hostile.display

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from bridge import events as ev
 from bridge.analyze import describe
+from bridge.safe_text import terminal_safe
 
 __all__ = ["ConsoleSink"]
 
@@ -71,7 +72,7 @@ class ConsoleSink:
         if event.speaker is None:
             return
         row = self._rows.setdefault(event.speaker.id,
-                                    _Row(event.speaker.display or event.speaker.id))
+                                    _Row(terminal_safe(event.speaker.display or event.speaker.id)))
         d = event.data
         if isinstance(event, ev.AffectSample):
             row.index = d.stress.index
