@@ -7,8 +7,11 @@ without one configured, ``/v1/*`` refuses every request). Every bad request gets
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,12 +25,16 @@ from bridge.calls import Call, CallManager
 from bridge.config import Settings
 from bridge.connectors import load_connectors
 from bridge.connectors.base import Connector, ConnectorError
+from bridge.logsafe import client_error
+from bridge.logsafe import install as install_log_hygiene
 from bridge.pipeline import AnalysisEngine, Emit
 from bridge.runtime import Runtime
 from bridge.sinks.webhook import WebhookSink
 from bridge.tasks import failures, recent_failures
 
 __all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "openapi"]
+
+log = logging.getLogger(__name__)
 
 ENGINE = web.AppKey("engine", AnalysisEngine)
 MANAGER = web.AppKey("manager", CallManager)
@@ -45,6 +52,33 @@ def _error(status: int, error: str, reason: str) -> web.Response:
     return web.json_response({"error": error, "reason": reason}, status=status)
 
 
+_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 408: "timeout", 411: "length_required",
+                413: "too_large", 415: "unsupported_media_type", 422: "invalid_request",
+                429: "too_many_requests"}
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every 4xx/5xx as ``{"error", "reason"}`` JSON: aiohttp's own (404 unknown path, 405,
+    413 body too large, ...) too. A client error is one log line at INFO (rate-limited, the
+    path only: no query string, no headers); a bug in the bridge is a 500 with its traceback
+    in the log, never in the response."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        client_error(log, "%s %s: %d %s", request.method, request.path[:200], exc.status,
+                     exc.reason)
+        return _error(exc.status, _ERROR_CODES.get(exc.status, "bad_request"), exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path[:200])
+        return _error(500, "internal_error", "the bridge failed on this request (see its log)")
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path.startswith("/v1/"):
@@ -53,9 +87,69 @@ async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
         if not token:
             return _error(401, "unauthorized",
                           "no API token is configured (set AFFECT_BRIDGE_API_TOKEN)")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # Headers may carry any bytes (aiohttp keeps them as surrogates): compare bytes.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                   f"Bearer {token}".encode()):
             return _error(401, "unauthorized", "missing or wrong bearer token")
     return await handler(request)
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The body as JSON, strictly: UTF-8 (a ``charset`` other than utf-8 is refused), numbers
+    of at most 20 digits, nesting at most 32 deep. Raises ValueError with a reason."""
+    charset = (request.charset or "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise ValueError(f"the body must be UTF-8 JSON, not {charset[:40]!r}")
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the request body is not UTF-8") from None
+    if _depth(text) > 32:
+        raise ValueError("the request body is nested too deeply")
+    try:
+        return json.loads(text, parse_int=_small_int, parse_float=_small_float,
+                          parse_constant=_no_constant)
+    except json.JSONDecodeError:
+        raise ValueError("the request body is not valid JSON") from None
+
+
+def _small_int(s: str) -> int:
+    if len(s.lstrip("-")) > 20:
+        raise ValueError("a number in the request body is too long")
+    return int(s)
+
+
+def _small_float(s: str) -> float:
+    if len(s) > 40:
+        raise ValueError("a number in the request body is too long")
+    return float(s)
+
+
+def _no_constant(s: str) -> float:
+    raise ValueError(f"{s} is not JSON")
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of arrays/objects, strings skipped (a linear scan, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _call_json(call: Call) -> dict[str, Any]:
@@ -121,9 +215,9 @@ async def get_speakers(request: web.Request) -> web.Response:
 
 async def join_call(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "invalid_json", "the request body is not valid JSON")
+        body = await _json_body(request)
+    except ValueError as exc:
+        return _error(400, "invalid_json", str(exc))
     if not isinstance(body, dict):
         return _error(400, "invalid_request", "the request body must be a JSON object")
     connectors: dict[str, type[Connector]] = request.app[CONNECTORS]
@@ -178,8 +272,8 @@ async def failed_webhooks(request: web.Request) -> web.Response:
 async def replay_webhook(request: web.Request) -> web.Response:
     sink = request.app.get(WEBHOOKS)
     raw = request.match_info["row_id"]
-    if not raw.isdigit():
-        return _error(400, "invalid_request", f"{raw!r} is not a failed delivery id")
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
+        return _error(400, "invalid_request", f"{raw[:40]!r} is not a failed delivery id")
     if sink is None or not await sink.replay(int(raw)):
         return _error(404, "not_found", f"no failed delivery {raw}")
     return web.json_response({"id": int(raw), "replayed": True}, status=202)
@@ -253,7 +347,8 @@ def openapi(connectors: dict[str, type[Connector]] | None = None) -> dict[str, A
 def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | None,
                ice_servers: list[str] | None = None,
                registry: CollectorRegistry | None = None) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    install_log_hygiene()
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=64 * 1024)
     app[REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[CREATED_AT] = time.time()
     app[ENGINE] = engine

@@ -132,10 +132,15 @@ class JanusSession:
                                  "in time") from exc
         finally:
             self._pending.pop(transaction, None)
-        data = reply.get("plugindata", {}).get("data", {})
+        data = _obj(_obj(reply.get("plugindata")).get("data"))
         if "error_code" in data:
-            raise JanusError(int(data["error_code"]), str(data.get("error", "")))
-        return data, reply.get("jsep")
+            try:
+                code = int(data["error_code"])
+            except (TypeError, ValueError):
+                code = 0
+            raise JanusError(code, str(data.get("error", ""))[:200])
+        jsep = reply.get("jsep")
+        return data, jsep if isinstance(jsep, dict) else None
 
     async def trickle_completed(self, handle: int) -> None:
         await self._post(f"{self.url}/{self.id}/{handle}",
@@ -177,9 +182,14 @@ class JanusSession:
                                  error="unreachable") from exc
         except ValueError as exc:
             raise ConnectorError(f"Janus {self.url} sent something that is not JSON") from exc
+        if not isinstance(reply, dict):
+            raise ConnectorError(f"Janus {self.url} sent a reply that is not a JSON object")
         if reply.get("janus") == "error":
-            error = reply.get("error", {})
-            code = int(error.get("code", 0))
+            error = _obj(reply.get("error"))
+            try:
+                code = int(error.get("code", 0))
+            except (TypeError, ValueError):
+                code = 0
             if code == NO_SUCH_SESSION:
                 self._mark_lost("session gone")
             raise JanusError(code, str(error.get("reason", "")))
@@ -204,7 +214,13 @@ class JanusSession:
                 continue
             failures = 0
             for event in body if isinstance(body, list) else [body]:
-                await self._dispatch(event)
+                if not isinstance(event, dict):
+                    continue  # not an event: nothing in it to act on
+                try:
+                    await self._dispatch(event)
+                except (TypeError, ValueError, AttributeError) as exc:
+                    log.warning("Janus %s: an event that could not be read was skipped (%s)",
+                                self.url, type(exc).__name__)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("janus")
@@ -229,6 +245,11 @@ class JanusSession:
             await asyncio.sleep(self._keepalive_s)
             with contextlib.suppress(ConnectorError):
                 await self._post(f"{self.url}/{self.id}", {"janus": "keepalive"})
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (Janus replies are not trusted)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _reply_id(reply: dict[str, Any], request: str) -> int:
@@ -359,6 +380,11 @@ class JanusConnector(Connector):
             self._session = None
             await session.close()
             raise
+        if data.get("videoroom") != "joined" or data.get("id") is None:
+            self._session = None
+            await session.close()
+            raise ConnectorError(f"Janus {self.url} answered the room join without saying "
+                                 "it joined")
         self._own_id = str(data.get("id"))
         log.info("joined Janus room %s on %s as %r", self.room, self.url, self.display_name)
         await self._on_publishers(data.get("publishers", []))
@@ -453,14 +479,18 @@ class JanusConnector(Connector):
                 self._feed_backoff.pop(str(feed), None)
                 await self._drop_feed(str(feed), reason)
 
-    async def _on_publishers(self, publishers: list[dict[str, Any]]) -> None:
-        for pub in publishers:
+    async def _on_publishers(self, publishers: Any) -> None:
+        for pub in publishers if isinstance(publishers, list) else []:
+            if not isinstance(pub, dict) or pub.get("id") is None:
+                continue
             feed = str(pub.get("id"))
             if feed == self._own_id or pub.get("dummy"):
                 continue
             streams = pub.get("streams")
-            if streams is not None and not any(s.get("type") == "audio" and not s.get("disabled")
-                                               for s in streams):
+            if streams is not None and not isinstance(streams, list):
+                continue
+            if streams is not None and not any(isinstance(s, dict) and s.get("type") == "audio"
+                                               and not s.get("disabled") for s in streams):
                 continue  # video only: nothing to hear
             self._publishers[feed] = pub
             if feed not in self._feeds:
@@ -477,7 +507,8 @@ class JanusConnector(Connector):
                       speaker_id=f"{self.call.id}:{feed}")
         self._feeds[feed] = state
         audio_mids = [s["mid"] for s in pub.get("streams") or []
-                      if s.get("type") == "audio" and "mid" in s]
+                      if isinstance(s, dict) and s.get("type") == "audio"
+                      and isinstance(s.get("mid"), str)]
         streams = [{"feed": pub.get("id"), "mid": mid} for mid in audio_mids[:1]] or [
             {"feed": pub.get("id")}]
         try:
@@ -501,7 +532,8 @@ class JanusConnector(Connector):
                                      track, receiver)
                 self._tasks.spawn(self._on_speaker(found), name=f"speaker-found:{feed}")
 
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=str(offer.get("sdp", "")),
+                                                                type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
             await session.message(state.handle, {"request": "start"},
                                   {"type": "answer", "sdp": pc.localDescription.sdp})
