@@ -57,7 +57,10 @@ class Call:
     join_task: asyncio.Task[None] | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # the join ended either way
     leaving: bool = False
-    tasks: TaskSet = field(default_factory=lambda: TaskSet("call"))  # discarded tracks
+    tasks: TaskSet = field(init=False)  # tracks being discarded
+
+    def __post_init__(self) -> None:
+        self.tasks = TaskSet(f"call:{self.info.id}")
 
 
 class CallManager:
@@ -96,7 +99,6 @@ class CallManager:
 
         connector = factory(info, on_speaker, on_left)
         call = Call(info, connector, loop.time())
-        call.tasks = TaskSet(f"call:{info.id}")
         self.calls[info.id] = call
         task = call.join_task = asyncio.create_task(connector.join(), name=f"join:{info.id}")
         try:

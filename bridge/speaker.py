@@ -112,12 +112,9 @@ class SpeakerPipeline:
             await asyncio.sleep(min([1.0, *due]))
 
     async def _drain(self) -> None:
-        converter: FrameConverter | None = None
+        feed: _Feed | None = None
         clock: MediaClock | None = None
         loop = asyncio.get_running_loop()
-        pending: list[AudioChunk] = []
-        pending_n = 0
-        feed_n = int(FEED_S * SAMPLE_RATE)
         try:
             while True:
                 asked = loop.time()
@@ -125,14 +122,8 @@ class SpeakerPipeline:
                     async with asyncio.timeout(None if clock is None else FILL_AFTER_S):
                         frame = await self.track.recv()
                 except TimeoutError:  # nothing comes: time passes as silence, in real time
-                    assert clock is not None and converter is not None
-                    if pending:
-                        await self.analysis.feed(_join(pending))
-                        pending, pending_n = [], 0
-                    gap = clock.fill(loop.time() - self._call_started - FILL_LAG_S)
-                    if gap:
-                        converter.advance(gap)
-                        await self.analysis.feed_silence(gap)
+                    assert clock is not None and feed is not None
+                    await feed.silence(clock.fill(loop.time() - self._call_started - FILL_LAG_S))
                     continue
                 except MediaStreamError:
                     self.reason = "track ended"
@@ -152,33 +143,22 @@ class SpeakerPipeline:
                     continue
                 if clock is None:  # the speaker's timeline starts where its first frame arrived
                     clock = self.clock = MediaClock(wall - duration)
-                    converter = FrameConverter(start_s=clock.end_s)
-                assert converter is not None
-                gap = clock.place(pts, time_base, duration, wall_s=wall,
-                                  fresh=now - asked >= FRESH_S)
-                if gap:  # silence of the gap's length: flush what came before it first
-                    if pending:
-                        await self.analysis.feed(_join(pending))
-                        pending, pending_n = [], 0
-                    converter.advance(gap)
-                    await self.analysis.feed_silence(gap)
+                    feed = _Feed(self.analysis, FrameConverter(start_s=clock.end_s))
+                assert feed is not None
+                await feed.silence(clock.place(pts, time_base, duration, wall_s=wall,
+                                               fresh=now - asked >= FRESH_S))
                 if self.idle:
                     self.idle = False
                     await self._emit(ev.SpeakerResumed(
                         call=self.call, speaker=self.speaker, data=ev.SpeakerResumedData(
                             offset_s=round(clock.end_s - duration, 3), idle_s=round(idle_s, 3))))
                 try:
-                    chunks = converter.convert(audio)
+                    chunks = feed.converter.convert(audio)
                 except Exception as exc:  # garbage frame: its time passes as silence
                     log.warning("speaker %s: unusable frame skipped: %s", self.speaker.id, exc)
-                    chunks = [AudioChunk(np.zeros(round(duration * SAMPLE_RATE), np.float32),
-                                         clock.end_s - duration)]
-                    converter.advance(len(chunks[0].samples))
-                pending.extend(chunks)
-                pending_n += sum(len(c.samples) for c in chunks)
-                if pending_n >= feed_n:
-                    await self.analysis.feed(_join(pending))
-                    pending, pending_n = [], 0
+                    await feed.silence(round(duration * SAMPLE_RATE))
+                    continue
+                await feed.audio(chunks)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # this speaker ends; the call and its other speakers go on
@@ -204,6 +184,35 @@ class SpeakerPipeline:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await self.analysis.finish(self.reason, at_s=round(self._now(), 3))
+
+
+class _Feed:
+    """Audio on its way to a speaker's analysis: converted chunks gather to ``FEED_S``; a gap
+    first hands on what gathered, then enters as silence (the converter's clock moves on)."""
+
+    def __init__(self, analysis: SpeakerAnalysis, converter: FrameConverter) -> None:
+        self._analysis = analysis
+        self.converter = converter
+        self._pending: list[AudioChunk] = []
+        self._pending_n = 0
+
+    async def audio(self, chunks: list[AudioChunk]) -> None:
+        self._pending.extend(chunks)
+        self._pending_n += sum(len(c.samples) for c in chunks)
+        if self._pending_n >= FEED_S * SAMPLE_RATE:
+            await self._flush()
+
+    async def silence(self, n_samples: int) -> None:
+        if n_samples <= 0:
+            return
+        await self._flush()
+        self.converter.advance(n_samples)
+        await self._analysis.feed_silence(n_samples)
+
+    async def _flush(self) -> None:
+        if self._pending:
+            chunks, self._pending, self._pending_n = self._pending, [], 0
+            await self._analysis.feed(_join(chunks))
 
 
 def _join(chunks: list[AudioChunk]) -> AudioChunk:
