@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -213,3 +214,32 @@ async def until(pred: Any, what: str, *, limit_s: float = 60.0, step_s: float = 
             return
         await asyncio.sleep(step_s)
     raise AssertionError(f"never saw {what}")
+
+
+@contextlib.asynccontextmanager
+async def api_client(token: str, **settings: Any) -> AsyncIterator[Any]:
+    """The control API on a test server over a fresh engine (prosody unless told otherwise)
+    and call manager: the client has ``.manager`` and ``.events`` (every event emitted, kept
+    after the block). Calls still open are left, and the engine closed, on the way out."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bridge.app import create_app
+    from bridge.calls import CallManager
+    from bridge.config import load_settings
+    from bridge.pipeline import AnalysisEngine
+
+    engine = AnalysisEngine(load_settings(None, **{"analyzers": ["prosody"], **settings}))
+    await engine.start()
+    events: list[Any] = []
+
+    async def emit(e: Any) -> None:
+        events.append(e)
+
+    manager = CallManager(engine, emit)
+    try:
+        async with TestClient(TestServer(create_app(engine, manager, token=token))) as client:
+            client.manager, client.events = manager, events
+            yield client
+    finally:
+        await manager.aclose()
+        await engine.aclose()

@@ -12,12 +12,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from bridge.app import create_app
-from bridge.calls import CallManager
-from bridge.config import load_settings
-from bridge.pipeline import AnalysisEngine
+from tests.conftest import api_client
 
 TOKEN = "hardening-token-7f3a9c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -27,20 +24,8 @@ CLOSED = "http://127.0.0.1:9/x"  # nothing listens on the discard port: refused 
 @pytest.fixture
 async def api(caplog: pytest.LogCaptureFixture) -> Any:
     caplog.set_level(logging.DEBUG)
-    engine = AnalysisEngine(load_settings(None, analyzers=["prosody"]))
-    await engine.start()
-    got: list[Any] = []
-
-    async def emit(e: Any) -> None:
-        got.append(e)
-
-    manager = CallManager(engine, emit)
-    async with TestClient(TestServer(create_app(engine, manager, token=TOKEN))) as client:
-        client.manager = manager
-        client.events = got
+    async with api_client(TOKEN) as client:
         yield client
-    await manager.aclose()
-    await engine.aclose()
 
 
 async def _json_error(resp: Any) -> dict[str, Any]:

@@ -271,23 +271,15 @@ async def test_delete_during_a_slow_janus_join_leaves_nothing_in_janus(janus: Ja
     """The room join is held 2 s by a proxy in front of the real Janus; DELETE comes meanwhile.
     The join request gets a JSON 409, no call event is emitted, and Janus holds no session of
     the bridge and no bridge participant afterwards (counted on Janus's admin API)."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from bridge.app import create_app
-    from bridge.calls import CallManager
-    from bridge.pipeline import AnalysisEngine
+    from tests.conftest import api_client
     from tests.janus_net import JanusProxy
 
     proxy = JanusProxy(janus.url, delay=lambda msg: 2.0 if msg.get("body", {}).get(
         "request") == "join" else 0.0)
     await proxy.start()
-    engine = AnalysisEngine(load_settings(None, analyzers=["prosody"]))
-    await engine.start()
-    rec = Recorder()
-    manager = CallManager(engine, rec.emit)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
-        async with TestClient(TestServer(create_app(engine, manager, token=TOKEN))) as client:
+        async with api_client(TOKEN) as client:
             assert janus.sessions() == []
             join = asyncio.create_task(client.post("/v1/calls", headers=auth, json={
                 "connector": "janus", "url": proxy.url, "room": ROOM}))
@@ -303,10 +295,8 @@ async def test_delete_during_a_slow_janus_join_leaves_nothing_in_janus(janus: Ja
             await asyncio.sleep(0.5)
             assert janus.sessions() == []
             assert await _participants(janus)() == []
-            assert rec.events == [] and manager.calls == {}
+            assert client.events == [] and client.manager.calls == {}
     finally:
-        await manager.aclose()
-        await engine.aclose()
         await proxy.aclose()
 
 

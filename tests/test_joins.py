@@ -5,16 +5,10 @@ answering tears down everything the join made remotely, and the join request get
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.app import create_app
-from bridge.calls import CallManager
-from bridge.config import load_settings
-from bridge.pipeline import AnalysisEngine
-from tests.conftest import until
+from tests.conftest import api_client, until
 from tests.media_helpers import ScriptedTrack, ScriptedWhep, speech_48k
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
@@ -27,17 +21,9 @@ async def test_delete_during_a_slow_whep_join_cancels_it_and_deletes_the_session
     pcm = speech_48k()
     server = ScriptedWhep(lambda: [ScriptedTrack(pcm, [("talk", 30.0)])], answer_delay_s=2.0)
     await server.start()
-    engine = AnalysisEngine(load_settings(None, analyzers=["prosody"]))
-    await engine.start()
-    got: list[Any] = []
-
-    async def emit(e: Any) -> None:
-        got.append(e)
-
-    manager = CallManager(engine, emit)
-    app = create_app(engine, manager, token=TOKEN)
     try:
-        async with TestClient(TestServer(app)) as client:
+        async with api_client(TOKEN) as client:
+            got = client.events
             join = asyncio.create_task(client.post("/v1/calls", headers=AUTH, json={
                 "connector": "whep", "url": server.url}))
             # the offer is at the server, its answer 2 s away
@@ -62,10 +48,9 @@ async def test_delete_during_a_slow_whep_join_cancels_it_and_deletes_the_session
             assert resp.status == 201
             assert [c["state"] for c in (await (await client.get(
                 "/v1/calls", headers=AUTH)).json())["calls"]] == ["joined"]
+        # leaving the API's block left that call: its session was DELETEd too
+        assert (server.deleted, server.sessions) == (2, 0)
     finally:
-        await manager.aclose()
-        await engine.aclose()
         await server.aclose()
-    assert server.sessions == 0
     types = [e.type for e in got]
     assert types[0] == "call.joined" and types[-1] == "call.left"
