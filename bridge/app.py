@@ -24,22 +24,26 @@ from bridge.autojoin import JanusAutoJoin
 from bridge.calls import Call, CallManager
 from bridge.config import Settings
 from bridge.connectors import load_connectors
-from bridge.connectors.base import Connector, ConnectorError
+from bridge.connectors.base import Connector, ConnectorError, JoinContext
+from bridge.connectors.janus import JanusAuth, server_key
 from bridge.logsafe import client_error
 from bridge.logsafe import install as install_log_hygiene
+from bridge.outbound import AllowList, OutboundLimits
 from bridge.pipeline import AnalysisEngine, Emit
 from bridge.runtime import Runtime
 from bridge.sinks.webhook import WebhookSink
 from bridge.tasks import failures, recent_failures
 
-__all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "openapi"]
+__all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "join_context",
+           "metrics_app", "openapi"]
 
 log = logging.getLogger(__name__)
 
 ENGINE = web.AppKey("engine", AnalysisEngine)
 MANAGER = web.AppKey("manager", CallManager)
 TOKEN = web.AppKey("token", str)
-ICE = web.AppKey("ice_servers", list)
+JOIN = web.AppKey("join_context", JoinContext)
+METRICS_TOKEN = web.AppKey("metrics_token", str)
 CONNECTORS = web.AppKey("connectors", dict)
 AUTOJOIN = web.AppKey("autojoin", list)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -231,11 +235,15 @@ async def join_call(request: web.Request) -> web.Response:
     except ValidationError as exc:
         reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _error(422, "invalid_request", reason)
-    info, factory = cls.from_request(req, ice_servers=request.app[ICE])
+    ctx = request.app[JOIN]
     manager = request.app[MANAGER]
-    if info.id in manager.calls:
-        return _error(409, "already_joined", f"already in call {info.id}")
     try:
+        url = getattr(req, "url", None)
+        if isinstance(url, str):  # refused before any connection is made
+            await (ctx.allow or AllowList()).check(url)
+        info, factory = cls.from_request(req, ctx)
+        if info.id in manager.calls:
+            return _error(409, "already_joined", f"already in call {info.id}")
         await manager.join(info, factory)
     except ConnectorError as exc:
         return _error(exc.status, exc.error, str(exc))
@@ -254,14 +262,25 @@ async def leave_call(request: web.Request) -> web.Response:
     return web.json_response({"id": call_id, "left": True, "was_joined": joined})
 
 
-def metrics_response(registry: CollectorRegistry) -> web.Response:
-    """The registry in Prometheus text format (the control API's and the demo's /metrics)."""
-    return web.Response(body=generate_latest(registry),
+async def metrics(request: web.Request) -> web.Response:
+    """Every speaker's stress index is in here: protect it with a token or its own address
+    (config ``[metrics]``), or keep the listener private."""
+    token = request.app[METRICS_TOKEN]
+    if token and not hmac.compare_digest(
+            request.headers.get("Authorization", "").encode("utf-8", "surrogateescape"),
+            f"Bearer {token}".encode()):
+        return _error(401, "unauthorized", "/metrics needs its bearer token")
+    return web.Response(body=generate_latest(request.app[REGISTRY]),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    return metrics_response(request.app[REGISTRY])
+def metrics_app(registry: CollectorRegistry, *, token: str | None = None) -> web.Application:
+    """``/metrics`` alone (the demo's listener, or ``metrics.listen``), same errors and token."""
+    app = web.Application(middlewares=[_errors], client_max_size=1024)
+    app[REGISTRY] = registry
+    app[METRICS_TOKEN] = token or ""
+    app.router.add_get("/metrics", metrics)
+    return app
 
 
 async def failed_webhooks(request: web.Request) -> web.Response:
@@ -313,8 +332,8 @@ def openapi(connectors: dict[str, type[Connector]] | None = None) -> dict[str, A
                              "schema": {"oneOf": [
                                  {"$ref": f"#/components/schemas/{cls.__name__}"}
                                  for cls in requests]}}}},
-                         "responses": {"201": ok, "400": err, "401": err, "409": err,
-                                       "422": err}},
+                         "responses": {"201": ok, "400": err, "401": err, "403": err,
+                                       "409": err, "422": err}},
             },
             "/v1/calls/{call_id}": {
                 "get": {"summary": "one call", "security": secured, "parameters": call_id,
@@ -323,8 +342,10 @@ def openapi(connectors: dict[str, type[Connector]] | None = None) -> dict[str, A
                            "parameters": call_id,
                            "responses": {"200": ok, "401": err, "404": err}},
             },
-            "/metrics": {"get": {"summary": "Prometheus metrics",
-                                 "responses": {"200": {"description": "text exposition"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (bearer token when "
+                                            "[metrics] sets one)",
+                                 "responses": {"200": {"description": "text exposition"},
+                                               "401": err}}},
             "/v1/webhooks/failed": {
                 "get": {"summary": "webhook deliveries whose retries ran out",
                         "security": secured, "responses": {"200": ok, "401": err}},
@@ -344,23 +365,39 @@ def openapi(connectors: dict[str, type[Connector]] | None = None) -> dict[str, A
     }
 
 
+def join_context(settings: Settings) -> JoinContext:
+    """What joins take from config: the control API may join the servers named in config and
+    those ``outbound.allow`` admits."""
+    out = settings.outbound
+    return JoinContext(
+        ice_servers=list(settings.live.ice_servers),
+        allow=AllowList.parse(out.allow) + AllowList.origins(j.url for j in settings.janus),
+        limits=OutboundLimits(out.timeout_s, out.max_response_bytes),
+        janus_auth={server_key(j.url): JanusAuth(*j.credentials()) for j in settings.janus})
+
+
 def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | None,
-               ice_servers: list[str] | None = None,
-               registry: CollectorRegistry | None = None) -> web.Application:
+               join: JoinContext | None = None, registry: CollectorRegistry | None = None,
+               metrics_token: str | None = None, serve_metrics: bool = True,
+               ) -> web.Application:
+    """``join``: what API joins may reach (default: nothing). ``serve_metrics`` False when
+    /metrics has a listener of its own."""
     install_log_hygiene()
     app = web.Application(middlewares=[_errors, _auth], client_max_size=64 * 1024)
     app[REGISTRY] = registry if registry is not None else CollectorRegistry()
+    app[METRICS_TOKEN] = metrics_token or ""
     app[CREATED_AT] = time.time()
     app[ENGINE] = engine
     app[MANAGER] = manager
     app[TOKEN] = token or ""
-    app[ICE] = list(ice_servers or [])
+    app[JOIN] = join if join is not None else JoinContext(allow=AllowList())
     app[CONNECTORS] = load_connectors()
     app[AUTOJOIN] = []
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_doc)
-    app.router.add_get("/metrics", metrics)
+    if serve_metrics:
+        app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/webhooks/failed", failed_webhooks)
     app.router.add_post("/v1/webhooks/failed/{row_id}/replay", replay_webhook)
     app.router.add_get("/v1/calls", list_calls)
@@ -377,12 +414,14 @@ def build_app(settings: Settings, *, token: str | None, emit: Emit,
     the app (cleanup_ctx); auto-join stops first, so stopping leaves every call (``call.left``)
     before the analyzers and then the sinks close."""
     runtime = Runtime.build(settings, emit, registry=registry)
-    app = create_app(runtime.engine, runtime.manager, token=token,
-                     ice_servers=settings.live.ice_servers, registry=runtime.metrics.registry)
+    join = join_context(settings)
+    app = create_app(runtime.engine, runtime.manager, token=token, join=join,
+                     registry=runtime.metrics.registry, metrics_token=settings.metrics.token(),
+                     serve_metrics=settings.metrics.listen is None)
     if runtime.webhooks is not None:
         app[WEBHOOKS] = runtime.webhooks
-    autojoins = [JanusAutoJoin(runtime.manager, cfg, settings.shard,
-                               ice_servers=settings.live.ice_servers) for cfg in settings.janus]
+    autojoins = [JanusAutoJoin(runtime.manager, cfg, settings.shard, join)
+                 for cfg in settings.janus]
     app[AUTOJOIN] = autojoins
 
     async def lifecycle(app: web.Application) -> Any:

@@ -15,8 +15,15 @@ from typing import Any
 from bridge import events as ev
 from bridge.calls import CallManager
 from bridge.config import JanusSettings, ShardSettings
-from bridge.connectors.base import Backoff, ConnectorError
-from bridge.connectors.janus import JanusConnector, JanusJoin, JanusSession, janus_call_info
+from bridge.connectors.base import Backoff, ConnectorError, JoinContext
+from bridge.connectors.janus import (
+    JanusConnector,
+    JanusJoin,
+    JanusSession,
+    janus_call_info,
+    server_key,
+)
+from bridge.outbound import redact_url
 from bridge.shard import owns
 from bridge.tasks import TaskSet, report_failure
 
@@ -29,13 +36,14 @@ class JanusAutoJoin:
     """One per ``[[janus]]`` block; ``start`` spawns the poller, ``aclose`` stops it (the call
     manager leaves the calls)."""
 
-    def __init__(self, manager: CallManager, cfg: JanusSettings, shard: ShardSettings, *,
-                 ice_servers: list[str] | None = None) -> None:
+    def __init__(self, manager: CallManager, cfg: JanusSettings, shard: ShardSettings,
+                 join: JoinContext | None = None) -> None:
         self.manager = manager
         self.cfg = cfg
         self.shard = shard
-        self._ice_servers = ice_servers
-        self._tasks = TaskSet(f"autojoin:{cfg.url}")
+        self._ctx = join or JoinContext()
+        self._shown = redact_url(cfg.url)
+        self._tasks = TaskSet(f"autojoin:{self._shown}")
         self._failed: dict[str, str] = {}  # call id -> last join error (logged once)
         self._backoff: dict[str, Backoff] = {}  # call id -> retry backoff after failures
         self._not_before: dict[str, float] = {}  # call id -> loop time of the next attempt
@@ -51,7 +59,8 @@ class JanusAutoJoin:
     async def _run(self) -> None:
         backoff = Backoff(cap_s=max(30.0, self.cfg.poll_s))
         while True:
-            session = JanusSession(self.cfg.url)
+            session = JanusSession(self.cfg.url, auth=self._ctx.janus_auth.get(
+                server_key(self.cfg.url)), allow=self._ctx.allow, limits=self._ctx.limits)
             try:
                 await session.create()
                 handle = await session.attach(_ignore)
@@ -62,9 +71,9 @@ class JanusAutoJoin:
                     await self._reconcile(data.get("list", []))
                     await asyncio.sleep(self.cfg.poll_s)
             except ConnectorError as exc:
-                log.warning("auto-join on %s: %s", self.cfg.url, exc)
+                log.warning("auto-join on %s: %s", self._shown, exc)
             except Exception as exc:  # an unexpected reply must not end auto-join for good
-                log.exception("auto-join on %s failed; starting again", self.cfg.url)
+                log.exception("auto-join on %s failed; starting again", self._shown)
                 report_failure("autojoin/poll", exc)
             finally:
                 await session.close()
@@ -100,11 +109,11 @@ class JanusAutoJoin:
             _, factory = JanusConnector.from_request(
                 JanusJoin(connector="janus", url=cfg.url, room=room,
                           display_name=cfg.display_name, leave_when_empty=cfg.leave_when_empty),
-                ice_servers=self._ice_servers)
+                self._ctx)
             call = await self.manager.join(info, factory)
         except (ConnectorError, ValueError) as exc:
             if self._failed.get(info.id) != str(exc):
-                log.warning("auto-join of room %s on %s failed: %s", room, cfg.url, exc)
+                log.warning("auto-join of room %s on %s failed: %s", room, self._shown, exc)
             self._failed[info.id] = str(exc)
             self._failed_once(info.id)
             return
@@ -113,14 +122,14 @@ class JanusAutoJoin:
             raise
         self._failed.pop(info.id, None)
         self._not_before.pop(info.id, None)
-        log.info("auto-joined room %s on %s as %s", room, cfg.url, info.id)
+        log.info("auto-joined room %s on %s as %s", room, self._shown, info.id)
         # Watch the call: one that ended in an error is joined again after a backoff.
         await call.connector.ended.wait()
         if call.connector.end_reason == "error":
             self.ended_in_error += 1
             self._failed_once(info.id)
             log.warning("room %s on %s: the call ended in an error; joining it again",
-                        room, cfg.url)
+                        room, self._shown)
         else:
             self._backoff.pop(info.id, None)
 

@@ -8,6 +8,7 @@ Precedence: explicit arguments > environment > TOML file > defaults.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -34,7 +35,8 @@ from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, StressConfig
 from analyzers.vad import VadConfig
 from analyzers.windowing import WindowConfig
 
-__all__ = ["ConfigError", "OutboxSettings", "Settings", "WebhookSettings", "load_settings"]
+__all__ = ["ConfigError", "OutboundSettings", "OutboxSettings", "Settings", "WebhookSettings",
+           "load_settings", "read_secret", "split_listen"]
 
 
 class ConfigError(ValueError):
@@ -43,6 +45,34 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def read_secret(env: str | None, file: Path | None, what: str) -> str | None:
+    """A secret from ``file`` (its first line) or else the variable ``env``; None when neither is
+    set. Errors name where it was looked for, never a value."""
+    if file is not None:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").strip().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{what}: file {str(file)!r} is unreadable ({type(exc).__name__})"
+                              ) from None
+        if not lines or not lines[0].strip():
+            raise ConfigError(f"{what}: file {str(file)!r} is empty")
+        return lines[0].strip()
+    value = os.environ.get(env, "").strip() if env else ""
+    return value or None
+
+
+_LISTEN = r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$"
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port); an IPv6 host loses its brackets."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class VadSettings(_Section):
@@ -150,6 +180,27 @@ class JanusSettings(_Section):
     poll_s: float = Field(5.0, gt=0, le=3600, description="how often the room list is polled")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,32}$",
                              description="prefix for call ids when several servers are set")
+    apisecret_env: str | None = Field(None, pattern=_ENV_NAME,
+                                      description="variable holding the server's api_secret")
+    apisecret_file: Path | None = Field(None, description="file holding it instead")
+    token_env: str | None = Field(None, pattern=_ENV_NAME,
+                                  description="variable holding a Janus stored token (token_auth)")
+    token_file: Path | None = Field(None, description="file holding it instead")
+    pin_env: str | None = Field(None, pattern=_ENV_NAME,
+                                description="variable holding the pin of the rooms joined here")
+    pin_file: Path | None = Field(None, description="file holding it instead")
+
+    def credentials(self) -> tuple[str | None, str | None, str | None]:
+        """(apisecret, token, pin), each from its file or variable; a variable named here but
+        empty is a ConfigError (a protected server would refuse every request)."""
+        out = []
+        for key in ("apisecret", "token", "pin"):
+            env, file = getattr(self, f"{key}_env"), getattr(self, f"{key}_file")
+            value = read_secret(env, file, f"janus {self.name or ''} {key}".replace("  ", " "))
+            if value is None and env:
+                raise ConfigError(f"janus {key}_env: the variable {env} is not set")
+            out.append(value)
+        return out[0], out[1], out[2]
 
     @field_validator("rooms")
     @classmethod
@@ -237,6 +288,38 @@ class OutboxSettings(_Section):
 class MetricsSettings(_Section):
     max_speakers: int = Field(1000, ge=0, le=100_000,
                               description="per-speaker series are exported for at most this many")
+    token_env: str | None = Field(
+        "AFFECT_BRIDGE_METRICS_TOKEN", pattern=_ENV_NAME,
+        description="when this variable is set, /metrics needs Authorization: Bearer <it>")
+    token_file: Path | None = Field(None, description="file holding that token instead")
+    listen: str | None = Field(
+        None, pattern=_LISTEN,
+        description="serve /metrics on this address of its own instead of the control API's")
+
+    def token(self) -> str | None:
+        return read_secret(self.token_env, self.token_file, "metrics token")
+
+
+class OutboundSettings(_Section):
+    """Requests to media servers (bridge/outbound.py). The control API may join only servers
+    named in config ([[janus]] urls) and those ``allow`` admits."""
+
+    allow: list[str] = Field(
+        default_factory=list, max_length=1000,
+        description='more media servers the control API may join: "host", "host:port", '
+                    '"*.example.org", "10.0.0.0/8", "10.0.0.0/8:8088", "[fd00::/8]:443"')
+    timeout_s: float = Field(10.0, gt=0, le=120, description="per request")
+    max_response_bytes: int = Field(1 << 20, ge=16 * 1024, le=64 << 20,
+                                    description="a larger answer fails the request")
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, entries: list[str]) -> list[str]:
+        from bridge.outbound import AllowRule
+
+        for entry in entries:
+            AllowRule.parse(entry)  # ValueError names the entry
+        return entries
 
 
 class StressSettings(_Section):
@@ -271,7 +354,7 @@ class Settings(BaseSettings):
         env_prefix="AFFECT_BRIDGE_", env_nested_delimiter="__", extra="forbid",
     )
 
-    listen: str = Field("127.0.0.1:9464", pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+    listen: str = Field("127.0.0.1:9464", pattern=_LISTEN)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     analyzers: list[str] = Field(default_factory=lambda: ["prosody", "emotion"],
                                  description="analyzer plugins to load, by entry-point name")
@@ -289,6 +372,7 @@ class Settings(BaseSettings):
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     outbox: OutboxSettings = Field(default_factory=lambda: OutboxSettings())
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings())
+    outbound: OutboundSettings = Field(default_factory=lambda: OutboundSettings())
     stress: StressSettings = Field(default_factory=lambda: StressSettings())
 
     @classmethod
@@ -304,8 +388,7 @@ class Settings(BaseSettings):
 
     def listen_address(self) -> tuple[str, int]:
         """``listen`` as (host, port); an IPv6 host loses its brackets."""
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_listen(self.listen)
 
     def analyzer_options(self) -> dict[str, dict[str, Any]]:
         """Options for each analyzer plugin, by name (built-ins from their sections)."""
@@ -337,6 +420,9 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         settings.windowing.build()
         settings.stress.build()
         settings.vad.build()
+        for server in settings.janus:
+            server.credentials()
+        settings.metrics.token()
     except ValidationError as exc:
         raise ConfigError("invalid configuration: " + _describe(exc)) from None
     except ValueError as exc:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from bridge import events as ev
 from bridge.analyze import AnalyzeResult, SpeakerSummary, format_table, record_event
-from bridge.app import metrics_response
+from bridge.app import metrics_app
 from bridge.config import Settings
 from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
@@ -108,12 +108,8 @@ async def _serve_metrics(metrics: Metrics, settings: Settings) -> web.AppRunner 
     """``/metrics`` on ``listen`` (127.0.0.1:9464 by default); the demo goes on without it when
     the address is taken."""
 
-    async def handler(request: web.Request) -> web.Response:
-        return metrics_response(metrics.registry)
-
-    app = web.Application()
-    app.router.add_get("/metrics", handler)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(metrics_app(metrics.registry, token=settings.metrics.token()),
+                           access_log=None)
     await runner.setup()
     listen = settings.listen
     try:

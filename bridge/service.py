@@ -15,8 +15,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bridge.app import build_app
-from bridge.config import ConfigError, Settings
+from bridge.app import REGISTRY, build_app, metrics_app
+from bridge.config import ConfigError, Settings, split_listen
 from bridge.ice import restrict_host_addresses
 from bridge.sinks.console import ConsoleSink
 
@@ -48,14 +48,24 @@ async def serve(settings: Settings) -> None:
     app = build_app(settings, token=token, emit=console.emit)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    metrics_runner: web.AppRunner | None = None
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
+        if settings.metrics.listen is not None:
+            metrics_runner = web.AppRunner(metrics_app(app[REGISTRY],
+                                                       token=settings.metrics.token()),
+                                           access_log=None, handle_signals=False)
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, *split_listen(settings.metrics.listen)).start()
     except OSError as exc:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
-        raise ConfigError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
-    log.info("control API on http://%s/ (token %s)", settings.listen,
-             "set" if token else "NOT set: /v1/* refuses every request")
+        raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
+    log.info("control API on http://%s/ (token %s); metrics on http://%s/metrics (%s)",
+             settings.listen, "set" if token else "NOT set: /v1/* refuses every request",
+             settings.metrics.listen or settings.listen,
+             "bearer token required" if settings.metrics.token() else "no token")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,5 +76,7 @@ async def serve(settings: Settings) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()  # leaves calls (call.left), closes analyzers
         sys.stdout.flush()

@@ -33,6 +33,7 @@ class Bridge:
         self.config = tmp / "run.toml"
         text = ('analyzers = ["prosody"]\n'
                 f'[live]\nice_host_addresses = ["127.0.0.1"]\n{live}\n'
+                f'[outbound]\nallow = ["127.0.0.1"]\n'
                 f'[outbox]\npath = "{self.outbox}"\n{extra}\n')
         if webhook:  # to a receiver that refuses every delivery: nothing listens there
             text += f'[[webhooks]]\nurl = "http://127.0.0.1:{free_port()}/hook"\nevents = ["*"]\n'

@@ -219,16 +219,18 @@ async def until(pred: Any, what: str, *, limit_s: float = 60.0, step_s: float = 
 @contextlib.asynccontextmanager
 async def api_client(token: str, **settings: Any) -> AsyncIterator[Any]:
     """The control API on a test server over a fresh engine (prosody unless told otherwise)
-    and call manager: the client has ``.manager`` and ``.events`` (every event emitted, kept
+    and call manager, joins allowed where ``settings`` say (``outbound={"allow": [...]}``):
+    the client has ``.manager`` and ``.events`` (every event emitted, kept
     after the block). Calls still open are left, and the engine closed, on the way out."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from bridge.app import create_app
+    from bridge.app import create_app, join_context
     from bridge.calls import CallManager
     from bridge.config import load_settings
     from bridge.pipeline import AnalysisEngine
 
-    engine = AnalysisEngine(load_settings(None, **{"analyzers": ["prosody"], **settings}))
+    cfg = load_settings(None, **{"analyzers": ["prosody"], **settings})
+    engine = AnalysisEngine(cfg)
     await engine.start()
     events: list[Any] = []
 
@@ -237,7 +239,8 @@ async def api_client(token: str, **settings: Any) -> AsyncIterator[Any]:
 
     manager = CallManager(engine, emit)
     try:
-        async with TestClient(TestServer(create_app(engine, manager, token=token))) as client:
+        app = create_app(engine, manager, token=token, join=join_context(cfg))
+        async with TestClient(TestServer(app)) as client:
             client.manager, client.events = manager, events
             yield client
     finally:

@@ -42,6 +42,7 @@ general: {{
     server_name = "affect-bridge-test"
     session_timeout = {session_timeout}
     admin_secret = "{admin_secret}"
+{api_secret}
 }}
 certificates: {{}}
 media: {{
@@ -89,6 +90,7 @@ room-{room}: {{
     audiocodec = "opus"
     videocodec = "vp8"
     notify_joining = true
+{pin}
 }}
 """
 
@@ -112,7 +114,10 @@ class JanusNetns:
     """``with JanusNetns(tmp_path, rooms) as net: net.start(); ...``: namespace, veth pair,
     route guard and a Janus process, all removed on exit."""
 
-    def __init__(self, workdir: Path, rooms: dict[int, str], *, session_timeout: int = 60) -> None:
+    def __init__(self, workdir: Path, rooms: dict[int, str], *, session_timeout: int = 60,
+                 api_secret: str | None = None, pins: dict[int, str] | None = None) -> None:
+        self.api_secret = api_secret
+        self.pins = pins or {}
         tag = f"{os.getpid() % 10000:04d}"
         self.netns = f"abj{tag}"
         self.host_if = f"abh{tag}"
@@ -175,9 +180,11 @@ class JanusNetns:
         (cfg / "none").mkdir(exist_ok=True)
         (cfg / "janus.jcfg").write_text(JANUS_JCFG.format(
             cfg=cfg, iface=self.ns_if, session_timeout=self.session_timeout,
-            admin_secret=ADMIN_SECRET))
+            admin_secret=ADMIN_SECRET,
+            api_secret=f'    api_secret = "{self.api_secret}"' if self.api_secret else ""))
         (cfg / "janus.transport.http.jcfg").write_text(HTTP_JCFG.format(ip=self.janus_ip))
-        rooms = "".join(ROOM.format(room=r, description=d) for r, d in self.rooms.items())
+        rooms = "".join(ROOM.format(room=r, description=d, pin=f'    pin = "{self.pins[r]}"'
+                                    if r in self.pins else "") for r, d in self.rooms.items())
         (cfg / "janus.plugin.videoroom.jcfg").write_text(VIDEOROOM_JCFG.format(rooms=rooms))
 
     def start(self, timeout_s: float = 20.0) -> None:

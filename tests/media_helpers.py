@@ -88,14 +88,19 @@ class ScriptedTrack(MediaStreamTrack):
 class ScriptedWhep:
     """A WHEP endpoint on 127.0.0.1 whose sessions send ``tracks()`` (one per audio m-line).
 
-    ``answer_delay_s`` holds each answer back (a slow media server); ``posts``, ``created``,
-    ``deleted`` count what clients did; ``sessions`` is how many are alive now.
+    ``answer_delay_s`` holds each answer back (a slow media server); ``location(session)`` is
+    the ``Location`` each answer names (default ``/whep/<session>``); ``posts``, ``created``,
+    ``deleted`` count what clients did (``delete_auth``: the Authorization each DELETE carried);
+    ``sessions`` is how many are alive now.
     """
 
     def __init__(self, tracks: Callable[[], list[MediaStreamTrack]], *,
-                 answer_delay_s: float = 0.0) -> None:
+                 answer_delay_s: float = 0.0,
+                 location: Callable[[str], str] | None = None) -> None:
         self._tracks = tracks
         self.answer_delay_s = answer_delay_s
+        self._location = location or (lambda session: f"/whep/{session}")
+        self.delete_auth: list[str] = []
         self._sessions: dict[str, RTCPeerConnection] = {}
         self.sent: list[list[MediaStreamTrack]] = []
         self.posts = 0
@@ -137,9 +142,10 @@ class ScriptedWhep:
         self.created += 1
         return web.Response(status=201, text=pc.localDescription.sdp,
                             content_type="application/sdp",
-                            headers={"Location": f"/whep/{session}"})
+                            headers={"Location": self._location(session)})
 
     async def _delete(self, request: web.Request) -> web.Response:
+        self.delete_auth.append(request.headers.get("Authorization", ""))
         pc = self._sessions.pop(request.match_info["session"], None)
         if pc is None:
             return web.Response(status=404)

@@ -24,7 +24,7 @@ CLOSED = "http://127.0.0.1:9/x"  # nothing listens on the discard port: refused 
 @pytest.fixture
 async def api(caplog: pytest.LogCaptureFixture) -> Any:
     caplog.set_level(logging.DEBUG)
-    async with api_client(TOKEN) as client:
+    async with api_client(TOKEN, outbound={"allow": ["127.0.0.1"]}) as client:
         yield client
 
 

@@ -17,7 +17,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge.app import create_app
 from bridge.calls import CallManager
 from bridge.config import load_settings
+from bridge.connectors.base import JoinContext
 from bridge.connectors.demo import DemoSource
+from bridge.outbound import AllowList
 from bridge.pipeline import AnalysisEngine
 from tests.conftest import ROOT, SOURCE_TOKEN, free_port
 
@@ -39,7 +41,8 @@ async def client() -> Any:
         got.append(e)
 
     manager = CallManager(engine, emit, silence_timeout_s=2.0)
-    app = create_app(engine, manager, token=TOKEN)
+    app = create_app(engine, manager, token=TOKEN,
+                     join=JoinContext(allow=AllowList.parse(["127.0.0.1"])))
     async with TestClient(TestServer(app)) as c:
         c.events = got
         yield c
@@ -153,7 +156,8 @@ async def test_run_joins_on_request_and_leaves_every_call_on_sigterm(tmp_path: P
                                                                      source: DemoSource) -> None:
     port = free_port()
     cfg = tmp_path / "run.toml"
-    cfg.write_text('analyzers = ["prosody"]\n[live]\nice_host_addresses = ["127.0.0.1"]\n')
+    cfg.write_text('analyzers = ["prosody"]\n[live]\nice_host_addresses = ["127.0.0.1"]\n'
+                   '[outbound]\nallow = ["127.0.0.1"]\n')
     env = {**os.environ, "AFFECT_BRIDGE_API_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg),

@@ -27,7 +27,8 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator CRDs: no
 NON_DEFAULT = {
     "replicaCount": 3,
     "gpu": {"enabled": True},
-    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                       "metricsToken": True},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "existingSecret": "affect-bridge-secrets",
 }
@@ -120,6 +121,11 @@ def test_non_default_values_shard_gpu_monitoring_and_existing_secret() -> None:
     [monitor] = by_kind(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    # /metrics protected: the bridge reads the token from the Secret, Prometheus scrapes with it
+    assert env["AFFECT_BRIDGE_METRICS_TOKEN"]["secretKeyRef"] == {
+        "name": "affect-bridge-secrets", "key": "metrics-token", "optional": True}
+    assert monitor["spec"]["endpoints"][0]["authorization"]["credentials"] == {
+        "name": "affect-bridge-secrets", "key": "metrics-token"}
     [rule] = by_kind(docs, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     rules_file = yaml.safe_load((CHART / "files" / "alerts.rules.yml").read_text())

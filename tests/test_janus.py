@@ -25,8 +25,8 @@ from aiortc.contrib.media import MediaPlayer
 from bridge import events as ev
 from bridge.app import MANAGER, build_app
 from bridge.config import load_settings
-from bridge.connectors.base import close_peer_connection, ice_configuration
-from bridge.connectors.janus import JanusSession
+from bridge.connectors.base import ConnectorError, close_peer_connection, ice_configuration
+from bridge.connectors.janus import JanusAuth, JanusSession
 from bridge.demo import demo_clips
 from bridge.ice import restrict_host_addresses
 from tests.conftest import until
@@ -44,15 +44,17 @@ log = logging.getLogger(__name__)
 class Publisher:
     """A test participant: joins the room with a fixed feed id and publishes one clip."""
 
-    def __init__(self, url: str, feed: int, display: str, clip: Path) -> None:
+    def __init__(self, url: str, feed: int, display: str, clip: Path, *,
+                 auth: JanusAuth | None = None, room: int = ROOM) -> None:
         self.url, self.feed, self.display, self.clip = url, feed, display, clip
+        self.auth, self.room = auth or JanusAuth(), room
         self.session: JanusSession | None = None
         self.pc: RTCPeerConnection | None = None
         self.player: MediaPlayer | None = None
         self.handle = 0
 
     async def publish(self) -> None:
-        self.session = JanusSession(self.url)
+        self.session = JanusSession(self.url, auth=self.auth)
         await self.session.create()
 
         async def ignore(event: dict[str, Any]) -> None:
@@ -60,8 +62,10 @@ class Publisher:
 
         self.handle = await self.session.attach(ignore)
         await self.session.message(self.handle, {"request": "join", "ptype": "publisher",
-                                                 "room": ROOM, "id": self.feed,
-                                                 "display": self.display})
+                                                 "room": self.room, "id": self.feed,
+                                                 "display": self.display,
+                                                 **({"pin": self.auth.pin} if self.auth.pin
+                                                    else {})})
         self.pc = RTCPeerConnection(ice_configuration())
         self.player = MediaPlayer(str(self.clip))
         assert self.player.audio is not None
@@ -148,15 +152,20 @@ async def bridge(janus: JanusNetns, monkeypatch: pytest.MonkeyPatch,
         analyzers=["prosody"],
         janus=[{"url": janus.url, "rooms": "*", "poll_s": 1.0, "leave_when_empty": 3.0}],
         live={"silence_timeout_s": 60.0})
+    async with served(settings) as bridge:
+        yield bridge
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Any) -> AsyncIterator[tuple[web.Application, Recorder, str]]:
+    """The service for ``settings`` on 127.0.0.1: its app, the events it emits, its base URL."""
     recorder = Recorder()
     app = build_app(settings, token=TOKEN, emit=recorder.emit)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield app, recorder, f"http://127.0.0.1:{port}"
+        yield app, recorder, f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
@@ -279,7 +288,7 @@ async def test_delete_during_a_slow_janus_join_leaves_nothing_in_janus(janus: Ja
     await proxy.start()
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
-        async with api_client(TOKEN) as client:
+        async with api_client(TOKEN, outbound={"allow": ["127.0.0.1"]}) as client:
             assert janus.sessions() == []
             join = asyncio.create_task(client.post("/v1/calls", headers=auth, json={
                 "connector": "janus", "url": proxy.url, "room": ROOM}))
@@ -319,35 +328,79 @@ async def test_a_supervision_task_that_dies_ends_the_call_and_the_room_is_rejoin
     await proxy.start()
     settings = load_settings(
         analyzers=["prosody"], janus=[{"url": proxy.url, "rooms": [ROOM], "poll_s": 1.0}])
-    rec = Recorder()
-    app = build_app(settings, token=TOKEN, emit=rec.emit)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    api = f"http://127.0.0.1:{runner.addresses[0][1]}"
     alice = Publisher(janus.url, 101, "Alice", demo_clips()[0])
     try:
-        await alice.publish()
-        await rec.wait_for("call.joined", _is("call.joined"), limit_s=30)
-        await rec.wait_for("Alice joined", _is("speaker.joined", "Alice"), limit_s=30)
-        left = await rec.wait_for("call.left", _is("call.left"), limit_s=60)
-        assert isinstance(left.data, ev.CallLeftData) and left.data.reason == "error"
-        assert proxy.rewritten == 1
-        mark = rec.events.index(left)
-        async with ClientSession() as http:
-            async with http.get(f"{api}/readyz") as resp:
-                ready = await resp.json()
-            async with http.get(f"{api}/metrics") as resp:
-                metrics = await resp.text()
-        assert resp.status == 200
-        assert ready["status"] == "degraded", ready
-        assert "janus/supervise" in [f["task"] for f in ready["failed_tasks"]["recent"]]
-        assert 'affect_task_failures_total{task="janus/supervise"}' in metrics
-        await rec.wait_for("call rejoined", _is("call.joined"), after=mark, limit_s=60)
-        await rec.wait_for("Alice heard again", _is("affect.sample", "Alice"), after=mark,
-                           limit_s=60)
-        assert len(janus.sessions()) >= 2  # Alice's, and the bridge's new one
+        async with served(settings) as (_, rec, api):
+            try:
+                await alice.publish()
+                await rec.wait_for("call.joined", _is("call.joined"), limit_s=30)
+                await rec.wait_for("Alice joined", _is("speaker.joined", "Alice"), limit_s=30)
+                left = await rec.wait_for("call.left", _is("call.left"), limit_s=60)
+                assert isinstance(left.data, ev.CallLeftData) and left.data.reason == "error"
+                assert proxy.rewritten == 1
+                mark = rec.events.index(left)
+                async with ClientSession() as http:
+                    async with http.get(f"{api}/readyz") as resp:
+                        ready = await resp.json()
+                    async with http.get(f"{api}/metrics") as resp:
+                        metrics = await resp.text()
+                assert resp.status == 200
+                assert ready["status"] == "degraded", ready
+                assert "janus/supervise" in [f["task"] for f in ready["failed_tasks"]["recent"]]
+                assert 'affect_task_failures_total{task="janus/supervise"}' in metrics
+                await rec.wait_for("call rejoined", _is("call.joined"), after=mark, limit_s=60)
+                await rec.wait_for("Alice heard again", _is("affect.sample", "Alice"), after=mark,
+                                   limit_s=60)
+                assert len(janus.sessions()) >= 2  # Alice's, and the bridge's new one
+            finally:
+                await alice.drop()
     finally:
-        await alice.drop()
-        await runner.cleanup()
         await proxy.aclose()
+
+
+async def test_a_protected_janus_with_an_api_secret_and_room_pins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        ) -> None:
+    """A real Janus with ``api_secret`` set and pinned rooms: auto-join with the configured
+    secret and pin hears the publisher; an API join of another pinned room is refused without
+    its pin (JSON 422) and works with it; a client without the secret is refused by Janus.
+    Neither secret reaches the log."""
+    caplog.set_level(logging.DEBUG)
+    secret, pin, other_pin = "api-s3cret-77", "pin-4321", "pin-8765"
+    monkeypatch.setenv("T_JANUS_APISECRET", secret)
+    monkeypatch.setenv("T_JANUS_PIN", pin)
+    with JanusNetns(tmp_path, {ROOM: "locked", OTHER_ROOM: "also locked"}, api_secret=secret,
+                    pins={ROOM: pin, OTHER_ROOM: other_pin}) as net:
+        net.start()
+        restrict_host_addresses([net.host_ip])
+        settings = load_settings(analyzers=["prosody"], janus=[{
+            "url": net.url, "rooms": [ROOM], "poll_s": 1.0,
+            "apisecret_env": "T_JANUS_APISECRET", "pin_env": "T_JANUS_PIN"}])
+        alice = Publisher(net.url, 101, "Alice", demo_clips()[0],
+                          auth=JanusAuth(apisecret=secret, pin=pin))
+        try:
+            with pytest.raises(ConnectorError, match="403"):  # Janus: unauthorized request
+                await JanusSession(net.url).create()
+            await alice.publish()
+            async with served(settings) as (_, rec, api), ClientSession() as http:
+                await rec.wait_for("Alice joined", _is("speaker.joined", "Alice"), limit_s=30)
+                await rec.wait_for("Alice's samples", _is("affect.sample", "Alice"), limit_s=60)
+                auth = {"Authorization": f"Bearer {TOKEN}"}
+                async with http.post(f"{api}/v1/calls", headers=auth, json={
+                        "connector": "janus", "url": net.url, "room": OTHER_ROOM}) as resp:
+                    body = await resp.json()
+                    # the configured pin is ROOM's, not OTHER_ROOM's: Janus refuses it
+                    assert resp.status == 422 and body["error"] == "join_failed", body
+                async with http.post(f"{api}/v1/calls", headers=auth, json={
+                        "connector": "janus", "url": net.url, "room": OTHER_ROOM,
+                        "pin": other_pin}) as resp:
+                    assert resp.status == 201, await resp.text()
+                async with http.delete(f"{api}/v1/calls/janus:{OTHER_ROOM}",
+                                       headers=auth) as resp:
+                    assert resp.status == 200
+        finally:
+            await alice.drop()
+            restrict_host_addresses(None)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for value in (secret, pin, other_pin):
+        assert value not in text

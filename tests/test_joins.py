@@ -22,7 +22,7 @@ async def test_delete_during_a_slow_whep_join_cancels_it_and_deletes_the_session
     server = ScriptedWhep(lambda: [ScriptedTrack(pcm, [("talk", 30.0)])], answer_delay_s=2.0)
     await server.start()
     try:
-        async with api_client(TOKEN) as client:
+        async with api_client(TOKEN, outbound={"allow": ["127.0.0.1"]}) as client:
             got = client.events
             join = asyncio.create_task(client.post("/v1/calls", headers=AUTH, json={
                 "connector": "whep", "url": server.url}))

@@ -50,7 +50,7 @@ async def bridge(source: DemoSource, tiny_emotion_model: Path, tmp_path: Path,
     settings = load_settings(
         analyzers=["prosody", "emotion"], emotion={"model": str(tiny_emotion_model)},
         live={"silence_timeout_s": 30.0}, webhooks=[{"url": receiver.url, "name": "hooks"}],
-        outbox={"path": str(tmp_path / "outbox.sqlite3")})
+        outbox={"path": str(tmp_path / "outbox.sqlite3")}, outbound={"allow": ["127.0.0.1"]})
 
     async def discard(event: Any) -> None:
         return None

@@ -11,9 +11,9 @@ import abc
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from aiortc import (
     MediaStreamTrack,
@@ -27,9 +27,14 @@ from pydantic import BaseModel
 
 from bridge import events as ev
 
+if TYPE_CHECKING:
+    from bridge.connectors.janus import JanusAuth
+    from bridge.outbound import AllowList, OutboundLimits
+
 T = TypeVar("T")
 
-__all__ = ["Backoff", "Connector", "ConnectorError", "ConnectorFactory", "SpeakerTrack",
+__all__ = ["Backoff", "Connector", "ConnectorError", "ConnectorFactory", "JoinContext",
+           "SpeakerTrack",
            "close_peer_connection", "discard_track", "finish_on_cancel", "ice_configuration",
            "receiver_of"]
 
@@ -53,6 +58,20 @@ class SpeakerTrack:
     #: The track's receiver, when the connector knows it: a track nobody analyses any more is
     #: switched off there (no decoding), see :func:`discard_track`.
     receiver: RTCRtpReceiver | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinContext:
+    """What a connector joined on request takes from the service's config: ICE servers, the
+    outbound allow-list and limits (bridge/outbound.py), and the credentials of the Janus
+    servers named in config (by URL)."""
+
+    ice_servers: list[str] = field(default_factory=list)
+    #: Media servers the control API may join (None: only the request's own URL, for callers
+    #: that chose the URL themselves: the demo, tests).
+    allow: AllowList | None = None
+    limits: OutboundLimits | None = None
+    janus_auth: Mapping[str, JanusAuth] = field(default_factory=dict)
 
 
 OnSpeaker = Callable[[SpeakerTrack], Coroutine[Any, Any, None]]
@@ -84,9 +103,9 @@ class Connector(abc.ABC):
             self.ended.set()
 
     @classmethod
-    def from_request(cls, req: Any, *, ice_servers: list[str] | None = None,
-                     ) -> tuple[ev.CallInfo, ConnectorFactory]:
-        """The call a validated ``Request`` names, and how to build its connector."""
+    def from_request(cls, req: Any, ctx: JoinContext) -> tuple[ev.CallInfo, ConnectorFactory]:
+        """The call a validated ``Request`` names, and how to build its connector. The URL it
+        names is checked against ``ctx.allow`` when the connector first connects."""
         raise NotImplementedError(f"connector {cls.name!r} cannot be joined on request")
 
     @abc.abstractmethod

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from bridge import events as ev
 from bridge.connectors.base import (
@@ -32,6 +32,7 @@ from bridge.connectors.base import (
     Connector,
     ConnectorError,
     ConnectorFactory,
+    JoinContext,
     OnSpeaker,
     OnSpeakerLeft,
     SpeakerTrack,
@@ -41,10 +42,11 @@ from bridge.connectors.base import (
     ice_configuration,
     receiver_of,
 )
+from bridge.outbound import AllowList, MediaServerClient, OutboundLimits, redact_url
 from bridge.tasks import TaskSet
 
-__all__ = ["DEFAULT_DISPLAY", "JanusConnector", "JanusError", "JanusJoin", "JanusSession",
-           "janus_call_info"]
+__all__ = ["DEFAULT_DISPLAY", "JanusAuth", "JanusConnector", "JanusError", "JanusJoin",
+           "JanusSession", "janus_call_info", "server_key"]
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +67,62 @@ class JanusError(ConnectorError):
         self.code = code
 
 
+@dataclass(frozen=True, slots=True)
+class JanusAuth:
+    """Credentials for a protected Janus: the server's ``api_secret`` (sent as ``apisecret`` in
+    every request), a stored token (``token_auth``), and the room ``pin``. Never logged."""
+
+    apisecret: str | None = None
+    token: str | None = None
+    pin: str | None = None
+
+    def __repr__(self) -> str:
+        return "JanusAuth(...)"
+
+    def over(self, fallback: JanusAuth | None) -> JanusAuth:
+        """These credentials, with ``fallback``'s where these have none."""
+        if fallback is None:
+            return self
+        return JanusAuth(self.apisecret or fallback.apisecret, self.token or fallback.token,
+                         self.pin or fallback.pin)
+
+
+def server_key(url: str) -> str:
+    """How a Janus server named in config is recognised in a join request: its URL without user
+    info, query or trailing slash."""
+    return redact_url(url).rstrip("/")
+
+
 class JanusSession:
     """One Janus API session over HTTP: requests, a long poll for events, and a keepalive.
 
     ``lost`` is set (with ``lost_reason``) when the session is gone: Janus answered "no such
-    session", or the API stopped answering.
+    session", or the API stopped answering. Requests go through one
+    :class:`~bridge.outbound.MediaServerClient` (``allow``: the hosts it may reach, default the
+    URL's own; ``limits``: time and size), with ``auth``'s ``apisecret`` and ``token``.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0, keepalive_s: float = 25.0) -> None:
+    def __init__(self, url: str, *, auth: JanusAuth | None = None,
+                 allow: AllowList | None = None, limits: OutboundLimits | None = None,
+                 timeout_s: float = 10.0, keepalive_s: float = 25.0) -> None:
         self.url = url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.shown = redact_url(self.url)
+        self._auth = auth or JanusAuth()
+        self._allow = allow
+        self._limits = replace(limits or OutboundLimits(), timeout_s=timeout_s)
+        self._timeout_s = timeout_s
         self._keepalive_s = keepalive_s
-        self._http: aiohttp.ClientSession | None = None
+        self._http: MediaServerClient | None = None
         self.id: int | None = None
         self.handlers: dict[int, EventHandler] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._tasks = TaskSet(f"janus-session:{url}")
+        self._tasks = TaskSet(f"janus-session:{self.shown}")
         self.lost = asyncio.Event()
         self.lost_reason = ""
 
     async def create(self) -> None:
-        self._http = aiohttp.ClientSession(timeout=self._timeout)
+        self._http = MediaServerClient(self.url, what="Janus", allow=self._allow,
+                                       limits=self._limits)
         request: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(
             self._post(self.url, {"janus": "create"}))
         try:
@@ -125,11 +162,11 @@ class JanusSession:
         try:
             reply = await self._post(f"{self.url}/{self.id}/{handle}", msg, transaction)
             if reply.get("janus") == "ack":
-                async with asyncio.timeout(self._timeout.total or 10.0):
+                async with asyncio.timeout(self._timeout_s):
                     reply = await future
         except TimeoutError as exc:
-            raise ConnectorError(f"Janus {self.url} did not answer {body.get('request')!r} "
-                                 "in time") from exc
+            raise ConnectorError(f"Janus {self.shown} did not answer "
+                                 f"{str(body.get('request'))[:40]!r} in time") from exc
         finally:
             self._pending.pop(transaction, None)
         data = _obj(_obj(reply.get("plugindata")).get("data"))
@@ -157,7 +194,7 @@ class JanusSession:
             future.cancel()
         http, self._http = self._http, None
         if http is not None:
-            await http.close()
+            await http.aclose()
 
     def _mark_lost(self, reason: str) -> None:
         if not self.lost.is_set():
@@ -169,21 +206,22 @@ class JanusSession:
         if self._http is None:
             raise ConnectorError("Janus session is closed")
         msg = {**msg, "transaction": transaction or secrets.token_hex(8)}
+        if self._auth.apisecret:
+            msg["apisecret"] = self._auth.apisecret
+        if self._auth.token:
+            msg["token"] = self._auth.token
+        answer = await self._http.request("POST", url, json=msg)
+        if answer.status != 200:
+            raise ConnectorError(f"Janus {self.shown} answered HTTP {answer.status}",
+                                 error="upstream_error")
         try:
-            async with self._http.post(url, json=msg) as resp:
-                if resp.status != 200:
-                    raise ConnectorError(f"Janus {self.url} answered HTTP {resp.status}")
-                reply: dict[str, Any] = await resp.json(content_type=None)
-        except aiohttp.ClientError as exc:
-            raise ConnectorError(f"Janus {self.url} unreachable: {exc}",
-                                 error="unreachable") from exc
-        except TimeoutError as exc:
-            raise ConnectorError(f"Janus {self.url} did not answer in time",
-                                 error="unreachable") from exc
-        except ValueError as exc:
-            raise ConnectorError(f"Janus {self.url} sent something that is not JSON") from exc
+            reply = json.loads(answer.body)
+        except ValueError as exc:  # not JSON, not UTF-8, or a number too long to read
+            raise ConnectorError(f"Janus {self.shown} sent something that is not JSON",
+                                 error="bad_response") from exc
         if not isinstance(reply, dict):
-            raise ConnectorError(f"Janus {self.url} sent a reply that is not a JSON object")
+            raise ConnectorError(f"Janus {self.shown} sent a reply that is not a JSON object",
+                                 error="bad_response")
         if reply.get("janus") == "error":
             error = _obj(reply.get("error"))
             try:
@@ -192,23 +230,27 @@ class JanusSession:
                 code = 0
             if code == NO_SUCH_SESSION:
                 self._mark_lost("session gone")
-            raise JanusError(code, str(error.get("reason", "")))
+            raise JanusError(code, str(error.get("reason", ""))[:200])
         return reply
 
     async def _poll(self) -> None:
         """The long poll: Janus holds it up to 30 s and answers with events or a keepalive."""
-        assert self._http is not None
+        http = self._http
+        assert http is not None
         failures = 0
-        poll_timeout = aiohttp.ClientTimeout(total=60)
+        params = {"maxev": "10"}  # a GET carries the credentials in its query, as janus.js does
+        params |= {k: v for k, v in (("apisecret", self._auth.apisecret),
+                                     ("token", self._auth.token)) if v}
         while not self.lost.is_set():
             try:
-                async with self._http.get(f"{self.url}/{self.id}", params={"maxev": "10"},
-                                          timeout=poll_timeout) as resp:
-                    body = await resp.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                answer = await http.request("GET", f"{self.url}/{self.id}", params=params,
+                                            timeout_s=60.0)
+                body = json.loads(answer.body)
+            except (ConnectorError, ValueError) as exc:
                 failures += 1
                 if failures >= 2:
-                    self._mark_lost(f"Janus API unreachable ({type(exc).__name__})")
+                    self._mark_lost("Janus API unreachable" if isinstance(exc, ConnectorError)
+                                    else "Janus API sent something that is not JSON")
                     return
                 await asyncio.sleep(1.0)
                 continue
@@ -220,7 +262,7 @@ class JanusSession:
                     await self._dispatch(event)
                 except (TypeError, ValueError, AttributeError) as exc:
                     log.warning("Janus %s: an event that could not be read was skipped (%s)",
-                                self.url, type(exc).__name__)
+                                self.shown, type(exc).__name__)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("janus")
@@ -289,6 +331,17 @@ class JanusJoin(BaseModel):
                                         "string_ids")
     display_name: str = Field(DEFAULT_DISPLAY, min_length=1, max_length=128)
     leave_when_empty: float | None = Field(30.0, ge=0)
+    pin: SecretStr | None = Field(None, max_length=256, description="the room's pin, if it has one")
+    token: SecretStr | None = Field(None, max_length=4096,
+                                    description="a Janus stored token (token_auth)")
+    apisecret: SecretStr | None = Field(None, max_length=4096,
+                                        description="the server's api_secret; for a server named "
+                                                    "in config, its configured one is used")
+
+    def auth(self) -> JanusAuth:
+        def reveal(v: SecretStr | None) -> str | None:
+            return v.get_secret_value() if v is not None else None
+        return JanusAuth(reveal(self.apisecret), reveal(self.token), reveal(self.pin))
 
     @field_validator("room")
     @classmethod
@@ -308,12 +361,15 @@ class JanusConnector(Connector):
     Request = JanusJoin
 
     @classmethod
-    def from_request(cls, req: JanusJoin, *, ice_servers: list[str] | None = None,
-                     ) -> tuple[ev.CallInfo, ConnectorFactory]:
+    def from_request(cls, req: JanusJoin, ctx: JoinContext) -> tuple[ev.CallInfo, ConnectorFactory]:
+        """A server named in config lends the join its credentials (the request's win)."""
+        auth = req.auth().over(ctx.janus_auth.get(server_key(req.url)))
+
         def factory(i: ev.CallInfo, on_sp: OnSpeaker, on_left: OnSpeakerLeft) -> Connector:
             return cls(i, on_sp, on_left, url=req.url, room=req.room,
                        display_name=req.display_name, leave_when_empty=req.leave_when_empty,
-                       ice_servers=ice_servers)
+                       ice_servers=ctx.ice_servers, auth=auth, allow=ctx.allow,
+                       limits=ctx.limits)
         return janus_call_info(req.room), factory
 
     def __init__(
@@ -327,11 +383,18 @@ class JanusConnector(Connector):
         display_name: str = DEFAULT_DISPLAY,
         leave_when_empty: float | None = 30.0,
         ice_servers: list[str] | None = None,
+        auth: JanusAuth | None = None,
+        allow: AllowList | None = None,
+        limits: OutboundLimits | None = None,
         timeout_s: float = 10.0,
         participants_poll_s: float = 5.0,
     ) -> None:
         super().__init__(call, on_speaker, on_speaker_left)
         self.url = url
+        self.shown = redact_url(url)
+        self._auth = auth or JanusAuth()
+        self._allow = allow
+        self._limits = limits
         self.room = room
         self.display_name = display_name
         self.leave_when_empty = leave_when_empty
@@ -359,7 +422,7 @@ class JanusConnector(Connector):
         """Nobody watches the session or the room any more: the call ends (the call manager
         leaves it, ``call.left`` reason ``error``; auto-join joins the room again)."""
         log.error("Janus room %s on %s: supervision failed (%s: %s); leaving the call",
-                  self.room, self.url, type(exc).__name__, exc)
+                  self.room, self.shown, type(exc).__name__, exc)
         self.end("error")
 
     async def leave(self) -> None:
@@ -368,14 +431,15 @@ class JanusConnector(Connector):
         self.end("left")
 
     async def _connect(self) -> None:
-        session = JanusSession(self.url, timeout_s=self._timeout_s)
+        session = JanusSession(self.url, auth=self._auth, allow=self._allow, limits=self._limits,
+                               timeout_s=self._timeout_s)
         await session.create()
         self._session = session
         try:
             self._handle = await session.attach(self._on_room_event)
-            data, _ = await session.message(self._handle, {
+            data, _ = await session.message(self._handle, self._with_pin({
                 "request": "join", "ptype": "publisher", "room": self.room,
-                "display": self.display_name})
+                "display": self.display_name}))
         except BaseException:
             self._session = None
             await session.close()
@@ -383,11 +447,15 @@ class JanusConnector(Connector):
         if data.get("videoroom") != "joined" or data.get("id") is None:
             self._session = None
             await session.close()
-            raise ConnectorError(f"Janus {self.url} answered the room join without saying "
-                                 "it joined")
+            raise ConnectorError(f"Janus {self.shown} answered the room join without saying "
+                                 "it joined", error="bad_response")
         self._own_id = str(data.get("id"))
-        log.info("joined Janus room %s on %s as %r", self.room, self.url, self.display_name)
+        log.info("joined Janus room %s on %s as %r", self.room, self.shown, self.display_name)
         await self._on_publishers(data.get("publishers", []))
+
+    def _with_pin(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A room join (publisher or subscriber) with the room's pin, when it has one."""
+        return {**request, "pin": self._auth.pin} if self._auth.pin else request
 
     async def _disconnect(self, reason: str, *, announce: bool = True) -> None:
         """Drop every feed (``speaker.left`` with ``reason`` when ``announce``), leave the room
@@ -421,7 +489,7 @@ class JanusConnector(Connector):
             if self.ended.is_set():
                 return  # the call manager leaves the call (and calls leave())
             reason = session.lost_reason
-            log.warning("Janus room %s on %s: %s; rejoining", self.room, self.url, reason)
+            log.warning("Janus room %s on %s: %s; rejoining", self.room, self.shown, reason)
             await self._disconnect(f"janus session lost: {reason}")
             while True:
                 await self._backoff.sleep()
@@ -455,6 +523,8 @@ class JanusConnector(Connector):
                 continue
             except ConnectorError:
                 continue  # the long poll decides whether the session is lost
+            # A reply of the wrong shape fails here: the supervision task's death is reported
+            # (call.left reason error, /readyz) and auto-join joins the room again.
             others = [p for p in data.get("participants", []) if str(p.get("id")) != self._own_id]
             if others or self.leave_when_empty is None:
                 empty_since = None
@@ -466,7 +536,7 @@ class JanusConnector(Connector):
     # --- room events -----------------------------------------------------------------------
 
     async def _on_room_event(self, event: dict[str, Any]) -> None:
-        data = event.get("plugindata", {}).get("data", {})
+        data = _obj(_obj(event.get("plugindata")).get("data"))
         if data.get("videoroom") == "destroyed":
             self.end("room destroyed")
             return
@@ -513,8 +583,8 @@ class JanusConnector(Connector):
             {"feed": pub.get("id")}]
         try:
             state.handle = await session.attach(self._on_feed_event(feed))
-            _, offer = await session.message(state.handle, {
-                "request": "join", "ptype": "subscriber", "room": self.room, "streams": streams})
+            _, offer = await session.message(state.handle, self._with_pin({
+                "request": "join", "ptype": "subscriber", "room": self.room, "streams": streams}))
             if offer is None:
                 raise ConnectorError("Janus sent no offer for the subscription")
             pc = RTCPeerConnection(ice_configuration(self._ice_servers))

@@ -12,17 +12,17 @@ import contextlib
 import hashlib
 import logging
 from typing import Literal
-from urllib.parse import urljoin
 
-import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from yarl import URL
 
 from bridge import events as ev
 from bridge.connectors.base import (
     Connector,
     ConnectorError,
     ConnectorFactory,
+    JoinContext,
     OnSpeaker,
     OnSpeakerLeft,
     SpeakerTrack,
@@ -31,6 +31,7 @@ from bridge.connectors.base import (
     ice_configuration,
     receiver_of,
 )
+from bridge.outbound import MediaServerClient
 from bridge.tasks import TaskSet
 
 __all__ = ["WhepConnector", "WhepJoin"]
@@ -44,7 +45,8 @@ class WhepJoin(BaseModel):
     model_config = ConfigDict(extra="forbid")
     connector: Literal["whep"]
     url: str = Field(pattern=r"^https?://", max_length=2048)
-    token: str | None = Field(None, max_length=4096)
+    token: SecretStr | None = Field(None, max_length=4096,
+                                    description="bearer token, sent to the endpoint's origin only")
     tracks: int = Field(1, ge=1, le=64)
     displays: list[str] = Field(default_factory=list, max_length=64)
 
@@ -54,14 +56,16 @@ class WhepConnector(Connector):
     Request = WhepJoin
 
     @classmethod
-    def from_request(cls, req: WhepJoin, *, ice_servers: list[str] | None = None,
-                     ) -> tuple[ev.CallInfo, ConnectorFactory]:
+    def from_request(cls, req: WhepJoin, ctx: JoinContext) -> tuple[ev.CallInfo, ConnectorFactory]:
         call_id = "whep:" + hashlib.sha256(req.url.encode()).hexdigest()[:12]
         info = ev.CallInfo(id=call_id, connector="whep", room=None)
+        token = req.token.get_secret_value() if req.token is not None else None
 
         def factory(i: ev.CallInfo, on_sp: OnSpeaker, on_left: OnSpeakerLeft) -> Connector:
-            return cls(i, on_sp, on_left, url=req.url, token=req.token, tracks=req.tracks,
-                       displays=req.displays, ice_servers=ice_servers)
+            return cls(i, on_sp, on_left, url=req.url, token=token, tracks=req.tracks,
+                       displays=req.displays, ice_servers=ctx.ice_servers,
+                       http=MediaServerClient(req.url, what="WHEP endpoint", allow=ctx.allow,
+                                              limits=ctx.limits))
         return info, factory
 
     def __init__(
@@ -75,7 +79,7 @@ class WhepConnector(Connector):
         tracks: int = 1,
         displays: list[str] | None = None,
         ice_servers: list[str] | None = None,
-        timeout_s: float = 10.0,
+        http: MediaServerClient | None = None,
     ) -> None:
         super().__init__(call, on_speaker, on_speaker_left)
         if tracks < 1:
@@ -85,9 +89,9 @@ class WhepConnector(Connector):
         self._tracks = tracks
         self._displays = displays or []
         self._ice_servers = ice_servers
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http = http or MediaServerClient(url, what="WHEP endpoint")
         self._pc: RTCPeerConnection | None = None
-        self._location: str | None = None
+        self._location: URL | None = None
         self._tasks = TaskSet(f"whep:{call.id}")
         self._speakers: list[str] = []
 
@@ -133,40 +137,41 @@ class WhepConnector(Connector):
             raise
         except (ValueError, AssertionError) as exc:  # aiortc rejects a malformed answer
             await self.leave()
-            raise ConnectorError(f"WHEP endpoint {self.url} sent an unusable SDP answer: "
-                                 f"{exc}") from exc
+            raise ConnectorError(f"WHEP endpoint {self._http.shown} sent an unusable SDP "
+                                 f"answer ({type(exc).__name__})", error="bad_response") from None
 
     async def _post(self, offer: str) -> str:
+        """POST the offer; the answer's SDP. The session's ``Location`` is kept for the DELETE
+        on leave only when it is on the endpoint's origin (the token goes nowhere else)."""
+        http = self._http
+        reply = await http.request("POST", self.url, data=offer,
+                                   headers=self._headers("application/sdp"))
+        if reply.status not in (200, 201):
+            raise ConnectorError(f"WHEP endpoint {http.shown} answered HTTP {reply.status}",
+                                 error="upstream_error")
+        location = reply.headers.get("Location")
+        if location:
+            self._location = http.same_origin(location)
+            if self._location is None:
+                log.warning("WHEP endpoint %s named a session Location on another origin; "
+                            "it will not be sent the token or a DELETE", http.shown)
+        if "application/sdp" not in reply.headers.get("Content-Type", ""):
+            raise ConnectorError(f"WHEP endpoint {http.shown} did not answer with SDP",
+                                 error="bad_response")
         try:
-            async with aiohttp.ClientSession(timeout=self._timeout) as http, http.post(
-                self.url, data=offer, headers=self._headers("application/sdp")
-            ) as resp:
-                body = await resp.text()
-                if resp.status not in (200, 201):
-                    raise ConnectorError(f"WHEP endpoint {self.url} answered {resp.status}: "
-                                         f"{body.strip()[:200]}")
-                if "application/sdp" not in resp.headers.get("Content-Type", ""):
-                    raise ConnectorError(f"WHEP endpoint {self.url} did not answer with SDP")
-                location = resp.headers.get("Location")
-                self._location = urljoin(self.url, location) if location else None
-                return body
-        except aiohttp.ClientError as exc:
-            raise ConnectorError(f"WHEP endpoint {self.url} unreachable: {exc}",
-                                 error="unreachable") from exc
-        except TimeoutError as exc:
-            raise ConnectorError(f"WHEP endpoint {self.url} did not answer in time",
-                                 error="unreachable") from exc
+            return reply.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConnectorError(f"WHEP endpoint {http.shown} sent an SDP answer that is not "
+                                 "UTF-8", error="bad_response") from None
 
     async def leave(self) -> None:
         location, self._location = self._location, None
-        if location:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with aiohttp.ClientSession(timeout=self._timeout) as http, http.delete(
-                    location, headers=self._headers()
-                ):
-                    pass
+        if location is not None:
+            with contextlib.suppress(ConnectorError):
+                await self._http.request("DELETE", location, headers=self._headers())
         pc, self._pc = self._pc, None
         if pc is not None:
             await close_peer_connection(pc)
         await self._tasks.aclose()
+        await self._http.aclose()
         await asyncio.sleep(0)
