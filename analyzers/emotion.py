@@ -8,6 +8,7 @@ Russell's circumplex, as commonly used to place categorical emotions; documented
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,16 @@ import numpy.typing as npt
 
 from analyzers.batching import InferenceScheduler, SpeechChunkAnalyzer
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
-from analyzers.quantize import quantize_checked
+from analyzers.precision import (
+    DecisionCache,
+    candidates,
+    choose,
+    decision_key,
+    files_digest,
+    probe_signals,
+    to_precision,
+)
+from analyzers.prepared import eligible, load_prepared, normalize, save_prepared
 from analyzers.types import SAMPLE_RATE, EmotionScores
 
 __all__ = [
@@ -80,11 +90,56 @@ class EmotionConfig:
     max_wait_ms: float = 20.0  # how long the scheduler waits to fill a batch
     queue_size: int = 64  # windows waiting for inference, all speakers together
     threads: int = 0  # torch intra-op threads on CPU; 0: half the cores (at least 1)
-    quantize: str = "auto"  # CPU only: "auto" (int8 if it agrees with fp32), "int8", "none"
+    # "auto": on CPU the fastest of fp32 / bf16 (native bf16 only) / int8 that agrees with fp32,
+    # measured once per checkpoint and machine (analyzers/precision.py); on CUDA bf16 where the
+    # GPU has it, else fp16. Or forced: "fp32", "bf16", "int8" (CPU), "fp16" (CUDA).
+    precision: str = "auto"
+    tolerance: float = 0.05  # most mean total variation from fp32 a precision may show
+    quantize: str | None = None  # deprecated: "auto" | "int8" | "none" (= precision fp32)
 
     def __post_init__(self) -> None:
-        if self.quantize not in ("auto", "int8", "none"):
+        if self.precision not in ("auto", "fp32", "bf16", "int8", "fp16"):
+            raise ValueError("emotion precision must be auto, fp32, bf16, int8 or fp16, got "
+                             f"{self.precision!r}")
+        if self.quantize not in (None, "auto", "int8", "none"):
             raise ValueError(f"emotion quantize must be auto, int8 or none, got {self.quantize!r}")
+
+    @property
+    def wanted_precision(self) -> str:
+        """``precision``, or what the deprecated ``quantize`` asked for when precision is auto."""
+        if self.precision == "auto" and self.quantize in ("int8", "none"):
+            return "int8" if self.quantize == "int8" else "fp32"
+        return self.precision
+
+
+def checkpoint_files(model: str) -> list[Path]:
+    """The files that make up a checkpoint (config, weights, feature extractor): a local
+    directory's, or the local HuggingFace cache's snapshot of a hub id."""
+    root = Path(model)
+    if not root.is_dir():
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(model, local_files_only=True))
+    return sorted(p for p in root.iterdir() if p.is_file() and (
+        p.suffix in (".safetensors", ".bin") or p.name in ("config.json",
+                                                          "preprocessor_config.json")))
+
+
+def fold_weight_norm(model: Any) -> int:
+    """Fold weight-normalised convolutions (wav2vec2's positional convolution) into plain
+    weights: the same maths, computed once at load instead of on every call. Returns how many."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    folded = 0
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            folded += 1
+        elif hasattr(module, "weight_g") and hasattr(module, "weight_v"):
+            torch.nn.utils.remove_weight_norm(module)
+            folded += 1
+    return folded
 
 
 class EmotionModel:
@@ -96,23 +151,49 @@ class EmotionModel:
         self._model: Any = None
         self._labels: list[str] = []
         self.device = "cpu"
-        self.quantization = "fp32"
+        self.precision = "fp32"
+        self.decision: Any = None  # the precision Decision when one was measured or cached
+        self._dtype: Any = None
+        self._normalize: bool | None = None  # set when inputs are made without transformers
+        self._cache = DecisionCache()
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
 
     def load(self, *, download: bool = False) -> None:
-        """Blocking: load weights via ``from_pretrained``. Raises :class:`ModelUnavailable`.
+        """Blocking: load the model. Raises :class:`ModelUnavailable`.
 
-        Without ``download`` only local paths and the local HuggingFace cache are used: weights
-        are fetched ahead of time (``affect-bridge download-models``), never on a first call.
+        On a CPU a model prepared earlier on this machine (analyzers/prepared.py) loads with
+        torch alone; otherwise ``from_pretrained`` reads the checkpoint, which is converted to
+        its precision and kept prepared for the next start. Without ``download`` only local
+        paths and the local HuggingFace cache are used: weights are fetched ahead of time
+        (``affect-bridge download-models``), never on a first call.
         """
+        started = time.perf_counter()
+        device = resolve_device(self.config.device)
+        wanted = self.config.wanted_precision
+        if device == "cpu" and wanted == "fp16":
+            raise ModelUnavailable("fp16 is a CUDA precision; on CPU use auto, fp32, bf16 or int8")
+        if device != "cpu" and wanted == "int8":
+            raise ModelUnavailable("int8 is a CPU precision; on CUDA use auto, bf16, fp16 or fp32")
+        self.device = device
+        key = None
+        if device == "cpu":
+            self.configure_thread()
+            key = self._key()
+            variant = wanted if wanted != "auto" else self._cached_variant(key)
+            prepared = load_prepared(key, variant) if key and variant and not download \
+                else None
+            if prepared is not None:
+                self._model, self._normalize = prepared.module, prepared.normalize
+                self.precision = prepared.precision
+                self._finish(prepared.labels, f"prepared, {time.perf_counter() - started:.1f} s")
+                return
         try:
             from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
         except ImportError as exc:  # pragma: no cover - torch/transformers are core deps
             raise ModelUnavailable(f"emotion needs torch and transformers: {exc}") from exc
-        device = resolve_device(self.config.device)
         try:
             local_only = not download
             extractor = AutoFeatureExtractor.from_pretrained(self.config.model,
@@ -130,22 +211,78 @@ class EmotionModel:
                 f"emotion model {self.config.model!r} expects {extractor.sampling_rate} Hz audio; "
                 f"only {SAMPLE_RATE} Hz models are supported"
             )
-        model.eval().to(device)
-        self._extractor, self._model, self.device = extractor, model, device
-        self.quantization = "fp32"
-        if device == "cpu" and self.config.quantize != "none":
-            self.configure_thread()
-            tolerance = 0.05 if self.config.quantize == "auto" else 1.0
-            self._model, note = quantize_checked(model, self._probabilities, tolerance)
-            self.quantization = "int8" if self._model is not model else "fp32"
-            log.info("emotion model: %s", note)
+        model.eval()
+        fold_weight_norm(model)
+        self._extractor, self._normalize = extractor, None
+        if device == "cpu" and key is None:
+            key = self._key()  # the checkpoint is in the local cache now
+        self._model = self._in_precision(model.to(device), key)
         id2label = model.config.id2label
-        self._labels = [canonical_label(str(id2label[i])) for i in range(len(id2label))]
-        unknown = [str(id2label[i]) for i, c in enumerate(self._labels) if c == "other"]
+        labels = [str(id2label[i]) for i in range(len(id2label))]
+        if key is not None and eligible(extractor):
+            saved = save_prepared(self._model, key, self.precision, labels,
+                                  bool(getattr(extractor, "do_normalize", False)),
+                                  probe_signals()[1])
+            if saved is not None:
+                log.info("emotion model kept prepared in %s", saved)
+        self._finish(labels, f"from the checkpoint, {time.perf_counter() - started:.1f} s")
+
+    def _finish(self, labels: list[str], how: str) -> None:
+        self._dtype = next(p.dtype for p in self._model.parameters() if p.is_floating_point())
+        self._labels = [canonical_label(label) for label in labels]
+        unknown = [raw for raw, c in zip(labels, self._labels, strict=True) if c == "other"]
         if unknown:
             log.warning("emotion labels %s have no canonical name; reported as 'other'", unknown)
-        log.info("emotion model %s loaded on %s (%d labels)", self.config.model, device,
-                 len(self._labels))
+        log.info("emotion model %s loaded on %s in %s (%d labels; %s)", self.config.model,
+                 self.device, self.precision, len(self._labels), how)
+
+    def _key(self) -> str | None:
+        """The precision decision's key (checkpoint content, processor, torch version), or None
+        when the checkpoint's files are not found locally."""
+        try:
+            files = checkpoint_files(self.config.model)
+        except Exception:  # not local (yet): from_pretrained says why, if it fails
+            return None
+        if not files:
+            return None
+        return decision_key(files_digest(files, self._cache), self.config.tolerance)
+
+    def _cached_variant(self, key: str | None) -> str | None:
+        decision = self._cache.get(key) if key else None
+        if decision is None or decision.precision not in candidates():
+            return None
+        self.decision = decision
+        return decision.precision
+
+    def _in_precision(self, model: Any, key: str | None) -> Any:
+        """``model`` (fp32) converted to the configured precision, or on CPU with "auto" to the
+        measured one (cached under ``key``)."""
+        import torch
+
+        wanted = self.config.wanted_precision
+        if self.device != "cpu":
+            if wanted == "auto":
+                wanted = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            self.precision = wanted
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+            return model.to(dtype[wanted])
+        if wanted == "auto" and self._cached_variant(key) is not None:
+            wanted = self.decision.precision
+            log.info("emotion precision %s (cached measurement: %s)", wanted,
+                     self.decision.describe())
+        if wanted != "auto":
+            self.precision = wanted
+            return to_precision(model, wanted)
+        started = time.perf_counter()
+        model, decision = choose(model, self._probabilities, candidates(),
+                                 tolerance=self.config.tolerance)
+        log.info("emotion precision %s, measured in %.1f s (%s)%s", decision.precision,
+                 time.perf_counter() - started, decision.describe(),
+                 f"; cached in {self._cache.path}" if key else "")
+        if key is not None:
+            self._cache.put(key, decision)
+        self.decision, self.precision = decision, decision.precision
+        return model
 
     def configure_thread(self) -> None:
         """Run in the thread that calls ``predict``."""
@@ -155,9 +292,20 @@ class EmotionModel:
         import torch
 
         inputs = self._extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         with torch.inference_mode():
-            logits = model(**inputs).logits
+            logits = model(inputs["input_values"].to(dtype)).logits
         return torch.softmax(logits.double(), dim=-1)[0].numpy()
+
+    def _inputs(self, waveforms: list[npt.NDArray[np.float32]]) -> Any:
+        """The model's input values for waveforms of one length."""
+        import torch
+
+        if self._normalize is None:
+            return self._extractor(waveforms, sampling_rate=SAMPLE_RATE,
+                                   return_tensors="pt")["input_values"]
+        return torch.from_numpy(np.stack([normalize(w) if self._normalize else
+                                          np.asarray(w, np.float32) for w in waveforms]))
 
     @property
     def max_batch(self) -> int:
@@ -171,17 +319,20 @@ class EmotionModel:
 
         if self._model is None:
             raise ModelUnavailable("emotion model is not loaded")
-        # Unequal lengths in a batch are zero-padded; the extractor adds an attention mask when
-        # the checkpoint expects one. Checkpoints without (group-norm wav2vec2-base, like the
-        # default) see the padding as silence, which shifts results slightly: hence batch 1 on
-        # CPU, where batching gains nothing anyway.
-        inputs = self._extractor(
-            waveforms, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=len(waveforms) > 1
-        )
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            logits = self._model(**inputs).logits
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        # Only waveforms of equal length share a forward pass: zero-padding (even with an
+        # attention mask, which group-norm checkpoints like the default ignore in their first
+        # layer) would make a speaker's result depend on who it was batched with.
+        probs: list[Any] = [None] * len(waveforms)
+        by_length: dict[int, list[int]] = {}
+        for i, wave in enumerate(waveforms):
+            by_length.setdefault(len(wave), []).append(i)
+        for group in by_length.values():
+            values = self._inputs([waveforms[i] for i in group]).to(self.device, self._dtype)
+            with torch.inference_mode():
+                logits = self._model(values)["logits"]
+            for i, row in zip(group, torch.softmax(logits.float(), dim=-1).cpu().numpy(),
+                              strict=True):
+                probs[i] = row
         out = []
         for wave, row in zip(waveforms, probs, strict=True):
             merged: dict[str, float] = {}

@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Per-speaker voice affect monitoring: prosody, emotion, and a stress index "
                     "relative to each speaker's own baseline (not a clinical measure).",
     )
-    p.add_argument("--debug", action="store_true", help="debug logging and full tracebacks")
+    p.add_argument("--debug", action="store_true",
+                   help="debug logging of affect-bridge's own modules, and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("analyze", help="analyse recordings (one speaker per file or channel)")
@@ -111,18 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+PROJECT_LOGGERS = ("affect-bridge", "bridge", "analyzers")
+
+
 def _setup_logging(debug: bool) -> None:
+    """INFO for everything; ``--debug`` turns on this project's loggers only (a library's DEBUG,
+    numba's bytecode dumps for one, would flood the terminal)."""
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
+        level=logging.INFO,
         format="affect-bridge: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    if debug:
+        for name in PROJECT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)
     # Third-party chatter (transformers' own warnings, numba) stays out of normal output.
     for name in ("transformers", "numba", "urllib3", "filelock", "huggingface_hub", "aioice",
                  "aiortc"):
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
+        logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
     # Read by transformers / huggingface_hub when (and only if) they are imported.
     if not debug:
+        # torch's C++ warnings (e.g. int8 tensor creation being deprecated) go to stderr
+        # unformatted; read when torch is first imported, which is later.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

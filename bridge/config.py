@@ -128,7 +128,13 @@ class EmotionSettings(_Section):
     max_wait_ms: float = Field(20.0, ge=0, le=5000)
     queue_size: int = Field(64, ge=1, le=100_000)
     threads: int = Field(0, ge=0, le=256)
-    quantize: Literal["auto", "int8", "none"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
+        "auto", description="auto: measured once per checkpoint and machine on CPU (fastest of "
+        "fp32/bf16/int8 that agrees with fp32), bf16 or fp16 on CUDA")
+    tolerance: float = Field(0.05, gt=0, le=1, description="most mean total variation from "
+                             "fp32 an automatically chosen precision may show")
+    quantize: Literal["auto", "int8", "none"] | None = Field(
+        None, description="deprecated: use precision (none = fp32)")
 
     def build(self) -> EmotionConfig:
         return EmotionConfig(**self.model_dump())

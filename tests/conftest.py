@@ -160,6 +160,19 @@ def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's precision decisions live in a cache of its own, not the user's (child
+    processes inherit it); tests about the cache set their own."""
+    before = os.environ.get("AFFECT_BRIDGE_CACHE_DIR")
+    os.environ["AFFECT_BRIDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("AFFECT_BRIDGE_CACHE_DIR", None)
+    else:
+        os.environ["AFFECT_BRIDGE_CACHE_DIR"] = before
+
+
 def require_tool(name: str) -> str:
     """Tools .ci/setup installs. Missing in CI is a failure, not a skip."""
     path = shutil.which(name)

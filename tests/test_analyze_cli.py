@@ -324,3 +324,25 @@ def test_two_hour_silent_file_without_memory_growth(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert not of_type(evs, "affect.sample")  # silence: a correct empty result
     assert of_type(evs, "call.left")[0]["data"]["offset_s"] == pytest.approx(7200, abs=1)
+
+
+def test_debug_turns_on_this_projects_loggers_only() -> None:
+    """--debug used to set the root logger to DEBUG: every library (numba's bytecode dumps
+    among them) flooded the terminal."""
+    import logging
+
+    from bridge.cli import _setup_logging
+
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    try:
+        _setup_logging(True)
+        assert logging.getLogger("bridge.calls").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("analyzers.emotion").isEnabledFor(logging.DEBUG)
+        for library in ("numba.core.byteflow", "transformers", "aiohttp.client", "some.lib"):
+            assert not logging.getLogger(library).isEnabledFor(logging.DEBUG), library
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        for name in ("affect-bridge", "bridge", "analyzers"):
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -32,7 +32,8 @@ def test_loads_through_from_pretrained_from_a_local_directory(tiny_emotion_model
 
 def test_batched_and_single_predictions_agree(tiny_emotion_model: Path) -> None:
     # fp32: exact. (int8 dynamic quantisation scales activations per batch, so it is close only.)
-    model = EmotionModel(EmotionConfig(model=str(tiny_emotion_model), device="cpu", quantize="none"))
+    model = EmotionModel(EmotionConfig(model=str(tiny_emotion_model), device="cpu",
+                                       precision="fp32"))
     model.load()
     a, b = harmonic(150, 1.5), harmonic(220, 1.5, seed=2)  # same length: no padding
     single = [model.predict([a])[0], model.predict([b])[0]]
@@ -158,36 +159,6 @@ async def test_scheduler_futures_are_awaitable() -> None:
         assert await asyncio.wrap_future(sched.submit(1)) == 2
     finally:
         sched.close()
-
-
-def test_int8_quantisation_is_close_to_fp32(tiny_emotion_model: Path) -> None:
-    fp32 = EmotionModel(EmotionConfig(model=str(tiny_emotion_model), quantize="none"))
-    int8 = EmotionModel(EmotionConfig(model=str(tiny_emotion_model), quantize="int8"))
-    fp32.load()
-    int8.load()
-    assert (fp32.quantization, int8.quantization) == ("fp32", "int8")
-    audio = harmonic(170, 2.0)
-    a, b = fp32.predict([audio])[0], int8.predict([audio])[0]
-    tv = 0.5 * sum(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities)
-    assert tv < 0.05
-
-
-def test_quantisation_falls_back_to_fp32_when_outputs_disagree() -> None:
-    import torch
-
-    from analyzers.quantize import quantize_checked
-
-    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
-
-    def run(m: object, audio: np.ndarray) -> np.ndarray:
-        # Pretend int8 flips the decision on every probe.
-        return np.array([0.9, 0.1]) if m is model else np.array([0.1, 0.9])
-
-    kept, note = quantize_checked(model, run, tolerance=0.05)
-    assert kept is model and "using fp32" in note
-
-    agreeing, note = quantize_checked(model, lambda m, a: np.array([0.5, 0.5]), tolerance=0.05)
-    assert agreeing is not model and "kept" in note
 
 
 def test_bad_quantize_option() -> None:

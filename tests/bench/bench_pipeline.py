@@ -17,8 +17,12 @@ each in its own child process.
 This is not a test (pytest does not collect it) and nothing here is timed against a limit: it
 prints figures, and PASS/FAIL against the project's targets for information.
 
+Emotion inference (bench_inference.py): every precision side by side on one thread, the default
+against the previous one, per-operator profiles; and start-up in fresh processes.
+
     .venv/bin/python tests/bench/bench_pipeline.py [--quick] [--json OUT.json]
-        [--speed | --memory] [--repeat N] [--seconds S] [--long-seconds S]
+        [--speed | --memory | --precision | --startup] [--repeat N] [--seconds S]
+        [--long-seconds S]
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ WARMUP_S = 10.0
 TARGET_FULL_VS_REF = 3.0  # ours (full) / reference, audio-s per CPU-s
 TARGET_PROSODY_RATE = 100.0  # ours without emotion, audio-s per CPU-s
 TARGET_MEMORY_MB = 50.0  # 2-hour peak RSS minus 1-minute peak RSS
+TARGET_DEFAULT_VS_BEFORE = 2.5  # emotion audio-s per CPU-s, default now / int8 before (native bf16)
+TARGET_WHOLE_VS_REF = 4.0  # whole analyze incl. start-up / reference, per CPU-second
+TARGET_STARTUP_VS_IMPORTS = 2.0  # 3 s clip analyze CPU-s / import torch, transformers CPU-s
+TARGET_STARTUP_RSS_MB = 900.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,14 +362,15 @@ def reference_timed(ref: Reference, wav_bytes: bytes, threads: int) -> tuple[Tim
 # ---- ours ----------------------------------------------------------------------------------
 
 
-def ours_settings(model_dir: Path, emotion: bool, quantize: str = "auto") -> Any:
-    """Our defaults (``quantize = "auto"``: int8 when it agrees with fp32 on probe signals),
-    or ``quantize="none"`` for the fp32 model."""
+def ours_settings(model_dir: Path, emotion: bool, precision: str = "auto") -> Any:
+    """Our defaults (``precision = "auto"``: measured on this machine, analyzers/precision.py),
+    or ``precision="fp32"`` for the model as published."""
     from bridge.config import load_settings
 
     analyzers = ["prosody", "emotion"] if emotion else ["prosody"]
     return load_settings(None, analyzers=analyzers,
-                         emotion={"model": str(model_dir), "device": "cpu", "quantize": quantize})
+                         emotion={"model": str(model_dir), "device": "cpu",
+                                  "precision": precision})
 
 
 def ours_once(wav: Path, settings: Any) -> Any:
@@ -485,12 +494,19 @@ print(json.dumps({"exit_code": proc.returncode, "maxrss_kib": ru.ru_maxrss, "wal
 """
 
 
-def run_cli_child(path: Path, config: Path, audio_s: float, workdir: Path) -> ChildRun:
+def run_cli_child(path: Path, config: Path, audio_s: float, workdir: Path,
+                  env: dict[str, str] | None = None) -> ChildRun:
     """``affect-bridge analyze`` in a fresh interpreter; its own rusage via ``os.wait4``."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "bridge.cli", "analyze", str(path), "--format", "table",
            "--config", str(config)]
-    out_path, err_path = workdir / f"{path.stem}.out", workdir / f"{path.stem}.err"
+    return run_child(cmd, audio_s, workdir, path.stem, env)
+
+
+def run_child(cmd: list[str], audio_s: float, workdir: Path, name: str,
+              env: dict[str, str] | None = None) -> ChildRun:
+    """``cmd`` in a fresh process; its own rusage via ``os.wait4`` (see _LAUNCHER)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    out_path, err_path = workdir / f"{name}.out", workdir / f"{name}.err"
     busy0 = machine_busy_s()
     launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(out_path), str(err_path), *cmd],
                               capture_output=True, text=True, env=env, cwd=ROOT, check=True)
@@ -560,6 +576,8 @@ class Options:
     repeat: int
     speed: bool
     memory: bool
+    precision: bool
+    startup: bool
     json_out: Path | None
 
 
@@ -575,14 +593,20 @@ def parse_args(argv: list[str] | None) -> Options:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--memory", action="store_true", help="only the memory part")
     only.add_argument("--speed", action="store_true", help="only the speed part")
+    only.add_argument("--precision", action="store_true",
+                      help="only the emotion precisions, side by side (bench_inference.py)")
+    only.add_argument("--startup", action="store_true",
+                      help="only what start-up costs, in fresh processes (bench_inference.py)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure as JSON")
     a = p.parse_args(argv)
     return Options(
         seconds=a.seconds or (60.0 if a.quick else 180.0),
         long_s=a.long_seconds or (600.0 if a.quick else 7200.0),
         repeat=max(1, a.repeat or (1 if a.quick else 3)),
-        speed=not a.memory,
-        memory=not a.speed,
+        speed=not (a.memory or a.precision or a.startup),
+        memory=not (a.speed or a.precision or a.startup),
+        precision=not (a.speed or a.memory or a.startup),
+        startup=not (a.speed or a.memory or a.precision),
         json_out=a.json,
     )
 
@@ -613,6 +637,18 @@ def main(argv: list[str] | None = None) -> int:
             conv = build_conversation(pools, opts.seconds)
             report["recording"] = _describe_recording(conv)
             report["speed"] = speed_part(conv, workdir, opts.repeat)
+        if opts.precision or opts.startup:
+            from bench_inference import precision_part, startup_part  # beside this script
+
+            model_dir = build_model(workdir / "wav2vec2-base-random-inference")
+            if opts.precision:
+                report["precision"] = precision_part(model_dir, opts.repeat)
+            if opts.startup:
+                conv = build_conversation(pools, opts.seconds)
+                clip = write_wav(workdir / "clip-3s.wav", conv.audio[: 3 * SR])
+                wav = write_wav(workdir / "conversation-startup.wav", conv.audio)
+                report["startup"] = startup_part(model_dir, clip, wav, conv.seconds, workdir,
+                                                 run_child)
         if opts.memory:
             print("\n== memory: peak RSS of `affect-bridge analyze` (prosody only), fresh children")
             short = build_conversation(pools, 60.0)
@@ -643,7 +679,7 @@ def speed_part(conv: Conversation, workdir: Path, repeat: int) -> dict[str, Any]
     wav = write_wav(workdir / "conversation.wav", conv.audio)
     warm = write_wav(workdir / "warmup.wav", conv.audio[: int(WARMUP_S * SR)])
     full, prosody = ours_settings(model_dir, True), ours_settings(model_dir, False)
-    full_fp32 = ours_settings(model_dir, True, quantize="none")
+    full_fp32 = ours_settings(model_dir, True, precision="fp32")
 
     ref, load = timed(lambda: Reference.load(model_dir))
     print(f"reference model load (excluded): {load.wall_s:.2f} s wall, {load.cpu_s:.2f} s CPU")
@@ -759,6 +795,29 @@ def _print_targets(report: dict[str, Any]) -> None:
                                           "pass": diff <= TARGET_MEMORY_MB}
         rows.append(["peak RSS, long minus 1-minute recording", f"<= {TARGET_MEMORY_MB:.0f} MB",
                      f"{diff:+.1f} MB", verdict(diff <= TARGET_MEMORY_MB)])
+    if "precision" in report:
+        ratio = report["precision"]["default_vs_before"]
+        native = report["precision"]["native_bf16"]
+        checks["emotion_default_vs_before"] = {
+            "value": ratio, "target": TARGET_DEFAULT_VS_BEFORE if native else None,
+            "pass": ratio >= TARGET_DEFAULT_VS_BEFORE if native else None}
+        rows.append(["emotion default / int8 before, audio s per CPU s",
+                     f">= {TARGET_DEFAULT_VS_BEFORE}x" if native else "(no native bf16 here)",
+                     f"{ratio:.2f}x", verdict(ratio >= TARGET_DEFAULT_VS_BEFORE) if native
+                     else "info"])
+    if "startup" in report:
+        st = report["startup"]
+        for key, label, target, ok in (
+                ("whole_vs_reference_per_cpu", "whole analyze incl. start-up / reference",
+                 f">= {TARGET_WHOLE_VS_REF:.0f}x", st["whole_vs_reference_per_cpu"]
+                 >= TARGET_WHOLE_VS_REF),
+                ("clip_later_vs_imports", "3 s clip start-up / import torch+transformers",
+                 f"<= {TARGET_STARTUP_VS_IMPORTS:.0f}x", st["clip_later_vs_imports"]
+                 <= TARGET_STARTUP_VS_IMPORTS),
+                ("clip_later_rss_mb", "3 s clip peak RSS", f"<= {TARGET_STARTUP_RSS_MB:.0f} MB",
+                 st["clip_later_rss_mb"] <= TARGET_STARTUP_RSS_MB)):
+            checks[key] = {"value": st[key], "pass": ok}
+            rows.append([label, target, f"{st[key]:.2f}", verdict(ok)])
     report["targets"] = checks
     print("\n== targets")
     print(table(rows, ["target", "wanted", "measured", "result"]))

@@ -1,0 +1,297 @@
+"""The emotion model's numeric precision on a CPU: chosen by measurement, remembered per machine.
+
+Candidates: ``fp32`` (always), ``bf16`` (only where the processor computes bf16 natively, AMX or
+AVX512-BF16: elsewhere torch emulates it and it is slower than fp32) and ``int8`` (dynamic
+quantisation of the linear layers). :func:`choose` runs each candidate on probe signals: it must
+agree with fp32 (mean total-variation distance of the class probabilities at most ``tolerance``),
+and the fastest that agrees wins. Machines differ (the developer's, CI's and production's CPUs
+are not the same), so nothing is assumed: the decision is measured where the model runs.
+
+Measuring costs a few seconds, so the decision is cached (:class:`DecisionCache`, a small JSON
+file in the user's cache directory) under a key of the checkpoint's content hash, the processor
+and the torch version: a later start on the same machine pays nothing, a changed checkpoint or
+processor measures again, and an unreadable cache is ignored (one log line) and rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from analyzers.types import SAMPLE_RATE
+
+__all__ = ["PRECISIONS", "Decision", "DecisionCache", "cache_dir", "candidates", "choose",
+           "cpu_flags", "decision_key", "files_digest", "native_bf16", "probe_signals",
+           "to_precision"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "int8")
+VARIANTS = (*PRECISIONS, "bf16+matmul", "int8+matmul", "fp32+matmul")
+CACHE_VERSION = 1
+
+Run = Callable[[Any, npt.NDArray[np.float32]], npt.NDArray[np.float64]]
+
+
+def cpu_flags() -> frozenset[str]:
+    """The processor's feature flags (Linux ``/proc/cpuinfo``; empty where unreadable)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def native_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether the CPU computes bf16 itself (AMX tiles or AVX512-BF16 dot products)."""
+    have = set(cpu_flags() if flags is None else flags)
+    return bool(have & {"amx_bf16", "avx512_bf16"})
+
+
+def _processor() -> str:
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.partition(":")[2].strip()
+                break
+    relevant = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
+    return f"{name} [{' '.join(relevant)}] x{os.cpu_count() or 1}"
+
+
+def candidates(flags: Iterable[str] | None = None) -> list[str]:
+    """The variants worth measuring on this CPU: bf16 only where it is native (there also with
+    the matrix-product encoder, which spares oneDNN's bf16 convolution its layout reorders)."""
+    out = ["fp32"]
+    if native_bf16(flags):
+        out += ["bf16", "bf16+matmul"]
+    if _int8_available():
+        out.append("int8")
+    return out
+
+
+def cache_dir() -> Path:
+    """``$AFFECT_BRIDGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/affect-bridge``, else
+    ``~/.cache/affect-bridge``."""
+    if os.environ.get("AFFECT_BRIDGE_CACHE_DIR"):
+        return Path(os.environ["AFFECT_BRIDGE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "affect-bridge"
+
+
+class DecisionCache:
+    """A JSON file of past decisions (and file digests, so a checkpoint is hashed once per
+    change). Unreadable or malformed: ignored with a log line, replaced on the next write.
+    Writes are atomic (temporary file, then rename); a read-only directory only logs."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or cache_dir() / "precision.json"
+        self._data: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._data is not None:
+            return self._data
+        data: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+                if not isinstance(loaded, dict) or loaded.get("version") != CACHE_VERSION:
+                    raise ValueError("not a cache of this version")
+                data = loaded
+            except (OSError, ValueError) as exc:
+                log.warning("precision cache %s is unreadable (%s); measuring again",
+                            self.path, type(exc).__name__ if not isinstance(exc, ValueError)
+                            else exc)
+        data.setdefault("version", CACHE_VERSION)
+        data.setdefault("decisions", {})
+        data.setdefault("digests", {})
+        self._data = data
+        return data
+
+    def get(self, key: str) -> Decision | None:
+        entry = self._load()["decisions"].get(key)
+        if entry is None:
+            return None
+        try:
+            decision = Decision(**entry)
+            if decision.precision not in VARIANTS:
+                raise ValueError(decision.precision)
+        except (TypeError, ValueError):
+            log.warning("precision cache %s: entry %s is malformed; measuring again",
+                        self.path, key[:12])
+            return None
+        return decision
+
+    def put(self, key: str, decision: Decision) -> None:
+        self._load()["decisions"][key] = asdict(decision)
+        self._save()
+
+    def digest(self, path: Path) -> str:
+        """sha256 of ``path``'s content, remembered by (path, size, mtime)."""
+        st = path.stat()
+        stamp = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        digests = self._load()["digests"]
+        if stamp not in digests:
+            with path.open("rb") as f:
+                digests[stamp] = hashlib.file_digest(f, "sha256").hexdigest()
+        return str(digests[stamp])
+
+    def _save(self) -> None:
+        data = self._load()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".precision-")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.info("precision cache %s not written (%s); the decision holds for this run",
+                     self.path, exc.strerror or type(exc).__name__)
+
+
+def files_digest(files: Iterable[Path], cache: DecisionCache) -> str:
+    """One hash over the content of ``files`` (a checkpoint's weights and config)."""
+    h = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        h.update(path.name.encode() + b"\0" + cache.digest(path).encode() + b"\0")
+    return h.hexdigest()
+
+
+def decision_key(checkpoint_digest: str, tolerance: float) -> str:
+    import torch
+
+    raw = f"{checkpoint_digest}|{_processor()}|torch {torch.__version__}|tol {tolerance}"
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    precision: str
+    #: audio-seconds per second of each candidate measured (one thread, the probe's length)
+    rates: dict[str, float] = field(default_factory=dict)
+    #: mean total-variation distance from fp32 of each candidate
+    agreement: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def describe(self) -> str:
+        parts = [f"{p} {self.rates[p]:.1f} audio-s/s"
+                 + (f" (TV {self.agreement[p]:.4f})" if p in self.agreement else "")
+                 for p in self.rates]
+        return f"{self.precision}: " + ", ".join(parts) + (f"; {self.note}" if self.note else "")
+
+
+def probe_signals(seconds: float = 2.0) -> list[npt.NDArray[np.float32]]:
+    """Voice-like test inputs: harmonic sources with vibrato at several pitches, plus breath
+    noise, and one noise-only input. Fixed seed: the check is repeatable."""
+    rng = np.random.default_rng(7)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    out = []
+    for f0, rate in ((110.0, 4.0), (190.0, 5.5), (290.0, 6.5)):
+        phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * rate * t))) / SAMPLE_RATE
+        voice = sum(np.sin(k * phase) / k for k in range(1, 12))
+        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 2.5 * t) ** 2  # syllable-like loudness
+        out.append((0.1 * voice * envelope + 0.01 * rng.standard_normal(len(t))).astype(np.float32))
+    out.append((0.05 * rng.standard_normal(len(t))).astype(np.float32))
+    return out
+
+
+def _int8_available() -> bool:
+    import torch
+
+    quant = getattr(getattr(torch, "ao", None), "quantization", None)
+    return quant is not None and hasattr(quant, "quantize_dynamic") and \
+        "fbgemm" in getattr(torch.backends.quantized, "supported_engines", [])
+
+
+def to_precision(model: Any, variant: str, *, inplace: bool = True) -> Any:
+    """``model`` (fp32) as ``variant``: a precision (fp32, bf16, int8), optionally with
+    ``+matmul`` (the feature encoder as matrix products, analyzers/encoder.py). In place: bf16
+    converts the parameters (the fp32 copy is released), int8 swaps the linear layers for
+    dynamically quantised ones. With ``inplace`` false the original stays untouched."""
+    import torch
+
+    from analyzers.encoder import use_matmul_encoder
+
+    precision, _, encoder = variant.partition("+")
+    if precision not in PRECISIONS or encoder not in ("", "matmul"):
+        raise ValueError(f"unknown precision {variant!r}")
+    if not inplace and variant != "fp32":
+        model = copy.deepcopy(model)
+    if encoder == "matmul":
+        use_matmul_encoder(model)
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "int8":
+        with warnings.catch_warnings():
+            # torch.ao.quantization's dynamic path is deprecated in favour of torchao, whose
+            # CPU int8 path needs a newer torch than the one pinned here; it still works.
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
+                                                          dtype=torch.qint8, inplace=True)
+    return model
+
+
+def _measure(run: Run, model: Any, probes: list[npt.NDArray[np.float32]],
+             ) -> tuple[list[npt.NDArray[np.float64]], float]:
+    """Outputs on every probe, and audio-seconds per second over all probes but the first (a
+    warm-up: first-call allocations, oneDNN primitive creation)."""
+    outputs, busy, audio_s = [], 0.0, 0.0
+    for i, x in enumerate(probes):
+        started = time.perf_counter()
+        outputs.append(run(model, x))
+        if i:
+            busy += time.perf_counter() - started
+            audio_s += len(x) / SAMPLE_RATE
+    return outputs, audio_s / busy if busy > 0 else float("inf")
+
+
+def choose(model: Any, run: Run, options: list[str], *, tolerance: float = 0.05,
+           min_gain: float = 1.05) -> tuple[Any, Decision]:
+    """Measure ``options`` (variants: a precision, ``+matmul`` for the matrix-product feature
+    encoder) on ``model`` (fp32): each runs the probe signals once, which gives both its
+    agreement with fp32 and its speed. The fastest variant that agrees within ``tolerance`` and
+    beats fp32 by ``min_gain`` wins (within measurement noise fp32, the exact one, stays).
+    Candidates are built one at a time and dropped when beaten. Returns the model converted
+    and the decision."""
+    probes = probe_signals()
+    reference, fp32_rate = _measure(run, model, probes)
+    rates = {"fp32": fp32_rate}
+    agreement: dict[str, float] = {}
+    best_name, best, best_rate = "fp32", model, fp32_rate * min_gain
+    for name in options:
+        if name == "fp32":
+            continue
+        try:
+            candidate = to_precision(model, name, inplace=False)
+            outputs, rate = _measure(run, candidate, probes)
+        except Exception as exc:  # an unsupported layer or backend: fp32 is always correct
+            log.info("precision %s unusable here (%s: %s)", name, type(exc).__name__, exc)
+            continue
+        agreement[name] = float(np.mean([0.5 * np.abs(out - ref).sum()
+                                         for out, ref in zip(outputs, reference, strict=True)]))
+        if agreement[name] > tolerance:
+            continue
+        rates[name] = rate
+        if rate > best_rate:
+            best_name, best, best_rate = name, candidate, rate
+        del candidate
+    disagreeing = [n for n, d in agreement.items() if d > tolerance]
+    note = (f"{', '.join(disagreeing)} disagreed with fp32 (> {tolerance} TV)"
+            if disagreeing else "")
+    return best, Decision(best_name, {k: round(v, 2) for k, v in rates.items()},
+                          {k: round(v, 5) for k, v in agreement.items()}, note)

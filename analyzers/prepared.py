@@ -1,0 +1,123 @@
+"""The emotion model as prepared for this machine, kept on disk and loaded with torch alone.
+
+Preparing a checkpoint costs far more CPU than running it on a short recording: importing
+transformers' model code (as much again as importing torch and transformers), reading the fp32
+weights, folding the weight norm, converting to the chosen precision. So once prepared, the
+model in its chosen precision is traced (``torch.jit.trace``: the operations of one forward
+pass, which for wav2vec2-style classifiers are the same at every input length; tested equal to
+the original from 1 s to 7 s) and saved in the cache directory with its labels, under the
+precision decision's key (checkpoint content, processor, torch version) and the precision.
+Later starts load that file: no transformers import, no fp32 copy, nothing converted again.
+
+TorchScript is what can hold every precision here: ``torch.export`` (its successor) cannot
+export the int8 dynamically quantised layers, and specialises the batch size of these models.
+Should a later torch drop TorchScript, saving fails with a log line and the model is prepared
+from its checkpoint at every start, as before.
+
+Only checkpoints whose feature extractor is wav2vec2's (zero-mean unit-variance normalisation,
+no attention mask: :func:`normalize`) are prepared; others load through transformers every
+time. A file that cannot be read is ignored with a log line and written again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from analyzers.precision import cache_dir
+from analyzers.types import SAMPLE_RATE
+
+__all__ = ["Prepared", "eligible", "load_prepared", "normalize", "prepared_path",
+           "save_prepared"]
+
+log = logging.getLogger(__name__)
+
+META = "affect_bridge.json"
+FORMAT = 1
+
+
+def normalize(wave: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """What ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does to one unpadded waveform."""
+    x = np.asarray(wave, dtype=np.float32)
+    return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
+
+
+def eligible(extractor: Any) -> bool:
+    """Whether inputs for this checkpoint can be made without its transformers extractor."""
+    return (type(extractor).__name__ == "Wav2Vec2FeatureExtractor"
+            and getattr(extractor, "feature_size", 1) == 1
+            and getattr(extractor, "sampling_rate", SAMPLE_RATE) == SAMPLE_RATE
+            and not getattr(extractor, "return_attention_mask", False))
+
+
+@dataclass
+class Prepared:
+    module: Any  # a torch.jit.ScriptModule: (batch, samples) -> {"logits": ...}
+    labels: list[str]  # the checkpoint's id2label, in index order
+    normalize: bool
+    precision: str
+
+
+def prepared_path(key: str, precision: str) -> Path:
+    return cache_dir() / "models" / f"{key[:40]}-{precision}.pt"
+
+
+def save_prepared(model: Any, key: str, precision: str, labels: list[str], do_normalize: bool,
+                  example: npt.NDArray[np.float32]) -> Path | None:
+    """Trace ``model`` (converted, eval) on ``example`` and save it; None (logged) on failure."""
+    import torch
+
+    path = prepared_path(key, precision)
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    meta = {"format": FORMAT, "labels": labels, "normalize": do_normalize,
+            "precision": precision}
+    tmp = None
+    try:
+        x = torch.from_numpy(normalize(example) if do_normalize else example)[None].to(dtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".prepared-", suffix=".pt")
+        os.close(fd)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation (see the module doc)
+            traced = torch.jit.trace(model, x, check_trace=False, strict=False)
+            torch.jit.save(traced, tmp, _extra_files={META: json.dumps(meta)})
+        os.replace(tmp, path)
+    except Exception as exc:  # a model that does not trace still runs, just prepared each time
+        log.info("emotion model not kept prepared (%s: %s)", type(exc).__name__, exc)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        return None
+    return path
+
+
+def load_prepared(key: str, precision: str) -> Prepared | None:
+    """The prepared model for ``key`` and ``precision``, or None (not there, or unreadable:
+    logged)."""
+    import torch
+
+    path = prepared_path(key, precision)
+    if not path.is_file():
+        return None
+    extra = {META: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        meta = json.loads(extra[META])
+        if meta.get("format") != FORMAT or meta.get("precision") != precision:
+            raise ValueError("made by another version")
+        labels = [str(label) for label in meta["labels"]]
+        return Prepared(module.eval(), labels, bool(meta["normalize"]), precision)
+    except Exception as exc:
+        log.warning("prepared emotion model %s is unreadable (%s); preparing it again", path,
+                    type(exc).__name__)
+        return None

@@ -1,0 +1,221 @@
+"""bench_pipeline.py's emotion-inference parts: precisions side by side, and what a user pays at
+start-up (fresh processes). Run through ``bench_pipeline.py --precision`` / ``--startup``.
+
+Precision (in this process, one torch thread, as the bridge's inference thread runs on 2 cores):
+every variant of the random-init wav2vec2-base classifier on the same 4 s input, interleaved,
+audio-seconds per CPU-second of the calling thread, and each one's agreement with fp32 on the
+probe signals; the previous default ("int8 (before)": dynamic int8 of the unfolded model with the
+convolutional encoder, what ``quantize = "auto"`` chose) against what ``precision = "auto"``
+picks now; a per-operator profile of both.
+
+Start-up (fresh child processes, their own rusage): ``python -c "import torch, transformers"``;
+``affect-bridge analyze`` of a 3 s clip with the model configured, the first time on a machine
+(measure + prepare) and every later time; the whole analyze of the conversation against the
+reference approach as a fresh process (imports and model load included, both); and ``affect-bridge
+run`` with the model loaded, its peak RSS once ready.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SR = 16_000
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _thread_rate(model: Any, x: Any, runs: int) -> list[float]:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for _ in range(runs):
+            t0 = time.thread_time()
+            model(x)
+            out.append(x.shape[1] / SR / (time.thread_time() - t0))
+    return out
+
+
+def precision_part(model_dir: Path, repeat: int) -> dict[str, Any]:
+    """Every precision side by side on one thread; see the module doc."""
+    import torch
+    from transformers import AutoModelForAudioClassification
+
+    from analyzers.emotion import fold_weight_norm
+    from analyzers.precision import candidates, choose, native_bf16, probe_signals, to_precision
+
+    torch.set_num_threads(1)
+    base = AutoModelForAudioClassification.from_pretrained(model_dir).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {torch.nn.Linear},
+                                                        dtype=torch.qint8)
+    folded = copy.deepcopy(base)
+    fold_weight_norm(folded)
+    variants: dict[str, Any] = {"int8 (before)": before, "fp32": folded}
+    names = ["fp32+matmul", "int8", "int8+matmul"]
+    if native_bf16():
+        names += ["bf16", "bf16+matmul"]
+    for name in names:
+        variants[name] = to_precision(folded, name, inplace=False)
+
+    def probs(model: Any, audio: np.ndarray) -> np.ndarray:
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        x = torch.from_numpy((audio - audio.mean()) / np.sqrt(audio.var() + 1e-7))[None]
+        with torch.inference_mode():
+            logits = model(x.to(dtype)).logits
+        return torch.softmax(logits.double(), -1)[0].numpy()
+
+    probes = probe_signals()
+    reference = [probs(folded, p) for p in probes]
+    agreement = {name: float(np.mean([0.5 * np.abs(probs(m, p) - r).sum()
+                                      for p, r in zip(probes, reference, strict=True)]))
+                 for name, m in variants.items()}
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy((0.1 * rng.standard_normal(4 * SR)).astype(np.float32))[None]
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for m in variants.values():  # warm-up
+        dtype = next(p.dtype for p in m.parameters() if p.is_floating_point())
+        _thread_rate(m, x.to(dtype), 1)
+    for _ in range(repeat):  # interleaved
+        for name, m in variants.items():
+            dtype = next(p.dtype for p in m.parameters() if p.is_floating_point())
+            rates[name] += _thread_rate(m, x.to(dtype), 2)
+    median = {name: float(np.median(v)) for name, v in rates.items()}
+
+    started = time.perf_counter()
+    _, decision = choose(copy.deepcopy(folded), probs, candidates())
+    choose_s = time.perf_counter() - started
+    chosen = decision.precision
+    profiles = {label: _profile(variants[name], x)
+                for label, name in (("before (int8, conv encoder, weight norm per call)",
+                                     "int8 (before)"), (f"now ({chosen})", chosen))}
+    result = {
+        "native_bf16": native_bf16(), "candidates": candidates(), "chosen": chosen,
+        "choose_wall_s": round(choose_s, 1), "decision_rates": decision.rates,
+        "audio_s_per_cpu_s": {k: round(v, 2) for k, v in median.items()},
+        "agreement_tv": {k: round(v, 5) for k, v in agreement.items()},
+        "default_vs_before": median[chosen] / median["int8 (before)"],
+        "profiles": profiles,
+    }
+    print("\n== emotion inference, one thread, 4 s input, median of "
+          f"{2 * repeat} interleaved runs (native bf16: {'yes' if native_bf16() else 'no'})")
+    for name in variants:
+        print(f"  {name:16s} {median[name]:7.2f} audio-s per CPU-s   TV vs fp32 "
+              f"{agreement[name]:.4f}" + ("   <- chosen by auto" if name == chosen else ""))
+    if not native_bf16():
+        print("  bf16: not a candidate here (no AMX / AVX512-BF16: torch emulates it)")
+    print(f"  auto chose {chosen} in {choose_s:.1f} s ({decision.describe()})")
+    print(f"  default now / before: {result['default_vs_before']:.2f}x")
+    for label, rows in profiles.items():
+        print(f"  profile {label}: " + ", ".join(f"{r['op']} {r['ms']:.0f} ms" for r in rows[:6]))
+    return result
+
+
+def _profile(model: Any, x: Any) -> list[dict[str, Any]]:
+    import torch
+
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    with torch.inference_mode():
+        model(x.to(dtype))
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            model(x.to(dtype))
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    return [{"op": e.key, "ms": e.self_cpu_time_total / 1000,
+             "share": e.self_cpu_time_total / total} for e in rows[:10]]
+
+
+def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s: float,
+                 workdir: Path, run_child: Any) -> dict[str, Any]:
+    """Fresh processes; see the module doc. ``run_child(cmd, audio_s, workdir, name, env)``."""
+    cache = workdir / "cache"
+    env = {"AFFECT_BRIDGE_CACHE_DIR": str(cache)}
+    config = workdir / "emotion.toml"
+    config.write_text(f'analyzers = ["prosody", "emotion"]\n[emotion]\nmodel = "{model_dir}"\n'
+                      'device = "cpu"\n', encoding="utf-8")
+    analyze = [sys.executable, "-m", "bridge.cli", "analyze", "--format", "table", "--config",
+               str(config)]
+    imports = run_child([sys.executable, "-c", "import torch, transformers"], 0.0, workdir,
+                        "imports", env)
+    first = run_child([*analyze, str(clip)], 3.0, workdir, "clip-first", env)
+    later = [run_child([*analyze, str(clip)], 3.0, workdir, f"clip-later-{i}", env)
+             for i in range(2)]
+    later_cpu = float(np.median([c.cpu_s for c in later]))
+    later_rss = max(c.peak_rss_mb for c in later)
+    whole = run_child([*analyze, str(conversation)], conversation_s, workdir, "whole", env)
+    reference = run_child([sys.executable, "-c", _REFERENCE_CHILD, str(model_dir),
+                           str(conversation)], conversation_s, workdir, "reference", env)
+    run_rss = _run_peak_rss(config, env)
+    result = {
+        "import_torch_transformers_cpu_s": imports.cpu_s,
+        "clip_first_cpu_s": first.cpu_s, "clip_first_rss_mb": first.peak_rss_mb,
+        "clip_later_cpu_s": later_cpu, "clip_later_rss_mb": later_rss,
+        "clip_later_vs_imports": later_cpu / imports.cpu_s,
+        "whole_cpu_s": whole.cpu_s, "whole_rss_mb": whole.peak_rss_mb,
+        "reference_cpu_s": reference.cpu_s, "reference_rss_mb": reference.peak_rss_mb,
+        "whole_vs_reference_per_cpu": reference.cpu_s / whole.cpu_s,
+        "run_ready_rss_mb": run_rss,
+    }
+    print("\n== start-up: fresh processes (CPU = user + sys of the process; RSS = its peak)")
+    print(f"  python -c 'import torch, transformers'      {imports.cpu_s:6.2f} CPU-s  "
+          f"{imports.peak_rss_mb:6.0f} MB")
+    print(f"  analyze 3 s clip, first time on the machine  {first.cpu_s:6.2f} CPU-s  "
+          f"{first.peak_rss_mb:6.0f} MB  (measures precision, prepares the model)")
+    print(f"  analyze 3 s clip, later (median of 2)        {later_cpu:6.2f} CPU-s  "
+          f"{later_rss:6.0f} MB  = {result['clip_later_vs_imports']:.2f}x the imports")
+    print(f"  analyze {conversation_s:.0f} s conversation, whole process      {whole.cpu_s:6.2f} "
+          f"CPU-s  {whole.peak_rss_mb:6.0f} MB")
+    print(f"  reference approach, whole process            {reference.cpu_s:6.2f} CPU-s  "
+          f"{reference.peak_rss_mb:6.0f} MB  -> ours {result['whole_vs_reference_per_cpu']:.2f}x "
+          "per CPU-s")
+    print(f"  affect-bridge run with the model, peak RSS once ready: {run_rss:.0f} MB")
+    return result
+
+
+# The reference approach as a whole process: its imports, model load and one request.
+_REFERENCE_CHILD = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from pathlib import Path
+from bench_pipeline import Reference
+ref = Reference.load(Path(sys.argv[1]))
+ref.analyze(Path(sys.argv[2]).read_bytes())
+"""
+
+
+def _run_peak_rss(config: Path, env: dict[str, str]) -> float:
+    """``affect-bridge run`` with ``config``: its peak RSS (VmHWM) once /readyz answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "--config", str(config),
+                             "--listen", f"127.0.0.1:{port}"], cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if json.loads(r.read()).get("status") in ("ready", "degraded"):
+                        break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(hwm.split()[1]) / 1024
+    finally:
+        proc.terminate()
+        proc.wait(30)

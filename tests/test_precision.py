@@ -1,0 +1,290 @@
+"""The emotion model's precision: measured once per checkpoint and machine, cached, forced when
+configured, close to fp32 in every precision; batches give each item its own result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import analyzers.emotion as emotion_module
+from analyzers.emotion import EmotionConfig, EmotionModel, fold_weight_norm
+from analyzers.precision import (
+    DecisionCache,
+    candidates,
+    choose,
+    native_bf16,
+    to_precision,
+)
+from tests.conftest import build_tiny_emotion_model, harmonic
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("AFFECT_BRIDGE_CACHE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the precision measurements (each a run of :func:`choose`)."""
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return choose(*args, **kwargs)
+
+    monkeypatch.setattr(emotion_module, "choose", counting)
+    return calls
+
+
+def _load(path: Path, **kw: Any) -> EmotionModel:
+    model = EmotionModel(EmotionConfig(model=str(path), device="cpu", **kw))
+    model.load()
+    return model
+
+
+def _tv(a: Any, b: Any) -> float:
+    return 0.5 * sum(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities)
+
+
+def test_auto_precision_is_measured_once_then_read_from_the_cache(
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    first = _load(tiny_emotion_model)
+    assert probes == [1] and first.decision is not None
+    assert first.precision == first.decision.precision in candidates()
+    assert set(first.decision.rates) >= {"fp32"}
+    assert (cache_dir / "precision.json").is_file()
+    second = _load(tiny_emotion_model)  # a later start: no measurement
+    assert probes == [1]
+    assert second.precision == first.precision
+    assert second.decision == first.decision  # read from the cache
+
+
+def test_a_changed_checkpoint_is_measured_again(tmp_path: Path, cache_dir: Path,
+                                                probes: list[int]) -> None:
+    path = build_tiny_emotion_model(tmp_path / "model")
+    _load(path)
+    _load(path)
+    assert probes == [1]
+    # New weights in the same directory (retrained, re-downloaded): a new measurement.
+    shutil.rmtree(path)
+    build_tiny_emotion_model(path)
+    _load(path)
+    assert probes == [1, 1]
+
+
+@pytest.mark.parametrize("content", [
+    "{not json", "[]", '{"version": 999, "decisions": {}}', "\x00\xff",
+])
+def test_a_corrupt_cache_is_ignored_with_a_log_line(
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int], content: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    cache_dir.mkdir(parents=True)
+    (cache_dir / "precision.json").write_text(content)
+    model = _load(tiny_emotion_model)
+    assert probes == [1] and model.precision in candidates()
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    # ... and replaced by a good one
+    assert json.loads((cache_dir / "precision.json").read_text())["decisions"]
+
+
+def test_a_malformed_cache_entry_is_ignored_with_a_log_line(
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int],
+        caplog: pytest.LogCaptureFixture) -> None:
+    _load(tiny_emotion_model)
+    path = cache_dir / "precision.json"
+    data = json.loads(path.read_text())
+    for key in data["decisions"]:
+        data["decisions"][key] = {"precision": "fp64", "rates": "fast"}
+    path.write_text(json.dumps(data))
+    _load(tiny_emotion_model)
+    assert probes == [1, 1]
+    assert any("malformed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_a_forced_precision_is_honoured_and_agrees_with_fp32(
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int], precision: str) -> None:
+    import torch
+
+    reference = _load(tiny_emotion_model, precision="fp32")
+    model = _load(tiny_emotion_model, precision=precision)
+    assert probes == [] and model.precision == precision
+    params = list(model._model.parameters())
+    if precision == "bf16":  # one copy of the weights, in bf16 (even where it is emulated)
+        assert {p.dtype for p in params} == {torch.bfloat16}
+    if precision == "int8":
+        kinds = {type(m).__module__ for m in model._model.modules()}
+        assert any("quantized" in k for k in kinds), kinds
+    for seconds, f0 in ((1.0, 120), (2.0, 180), (3.5, 260)):
+        audio = harmonic(f0, seconds, seed=f0)
+        assert _tv(reference.predict([audio])[0], model.predict([audio])[0]) < 0.05
+
+
+def test_the_deprecated_quantize_option_still_chooses(tiny_emotion_model: Path,
+                                                     cache_dir: Path) -> None:
+    assert _load(tiny_emotion_model, quantize="none").precision == "fp32"
+    assert _load(tiny_emotion_model, quantize="int8").precision == "int8"
+    with pytest.raises(ValueError, match="precision"):
+        EmotionConfig(precision="fp8")
+
+
+def test_unequal_lengths_in_one_batch_give_each_item_its_result_alone(
+        tiny_emotion_model: Path, cache_dir: Path) -> None:
+    model = _load(tiny_emotion_model, precision="fp32")
+    waves = [harmonic(150, 1.5), harmonic(220, 2.3, seed=2), harmonic(300, 1.5, seed=3),
+             harmonic(120, 4.0, seed=4)]
+    alone = [model.predict([w])[0] for w in waves]
+    together = model.predict(waves)
+    for a, b, w in zip(alone, together, waves, strict=True):
+        assert b.audio_s == pytest.approx(len(w) / 16000)
+        for k in a.probabilities:
+            assert a.probabilities[k] == pytest.approx(b.probabilities[k], abs=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["fp32+matmul", "bf16+matmul", "int8+matmul"])
+def test_the_matmul_feature_encoder_computes_what_the_convolutions_do(
+        tiny_emotion_model: Path, variant: str) -> None:
+    import torch
+    from transformers import AutoModelForAudioClassification
+
+    from analyzers.encoder import MatmulFeatureEncoder
+
+    model = AutoModelForAudioClassification.from_pretrained(tiny_emotion_model).eval()
+    converted = to_precision(model, variant, inplace=False)
+    assert isinstance(converted.wav2vec2.feature_extractor, MatmulFeatureEncoder)
+    assert not isinstance(model.wav2vec2.feature_extractor, MatmulFeatureEncoder)  # a copy
+    dtype = torch.bfloat16 if variant.startswith("bf16") else torch.float32
+    for seconds in (1.0, 2.7):
+        x = torch.from_numpy(harmonic(170, seconds))[None]
+        with torch.inference_mode():
+            if variant == "fp32+matmul":  # the encoder alone: the same numbers
+                ref = model.wav2vec2.feature_extractor(x)
+                out = converted.wav2vec2.feature_extractor(x)
+                assert out.shape == ref.shape
+                assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+            a = torch.softmax(model(x).logits.double(), -1)
+            b = torch.softmax(converted(x.to(dtype)).logits.double(), -1)
+        assert 0.5 * float((a - b).abs().sum()) < 0.05
+
+
+def test_folding_the_weight_norm_changes_no_result(tiny_emotion_model: Path) -> None:
+    import torch
+    from transformers import AutoModelForAudioClassification
+
+    model = AutoModelForAudioClassification.from_pretrained(tiny_emotion_model).eval()
+    x = torch.from_numpy(harmonic(200, 2.0))[None]
+    with torch.inference_mode():
+        before = model(x).logits
+    assert fold_weight_norm(model) == 1  # the positional convolution
+    with torch.inference_mode():
+        after = model(x).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    assert fold_weight_norm(model) == 0
+
+
+def test_bf16_is_a_candidate_only_where_the_cpu_has_it() -> None:
+    assert "bf16" not in candidates({"avx2", "fma"})
+    assert "bf16" in candidates({"avx512f", "avx512_bf16"})
+    assert "bf16" in candidates({"amx_bf16", "amx_tile"})
+    assert native_bf16({"amx_bf16"}) and not native_bf16({"avx512f"})
+
+
+def test_choose_keeps_fp32_when_the_others_disagree() -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+
+    def run(m: object, audio: np.ndarray) -> np.ndarray:
+        return np.array([0.9, 0.1]) if m is model else np.array([0.1, 0.9])
+
+    kept, decision = choose(model, run, ["fp32", "int8"], tolerance=0.05)
+    assert kept is model and decision.precision == "fp32"
+    assert decision.agreement["int8"] == pytest.approx(0.8)
+    assert "int8" not in decision.rates and "disagreed" in decision.note
+
+
+def test_decision_cache_survives_an_unwritable_directory(tmp_path: Path) -> None:
+    from analyzers.precision import Decision
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    cache = DecisionCache(blocked / "precision.json")
+    cache.put("k", Decision("fp32", {"fp32": 1.0}))  # logs, does not raise
+    assert cache.get("k") == Decision("fp32", {"fp32": 1.0})  # held for this run
+
+
+def test_to_precision_rejects_unknown_names() -> None:
+    import torch
+
+    with pytest.raises(ValueError):
+        to_precision(torch.nn.Linear(2, 2), "fp8")
+
+
+@pytest.fixture
+def no_transformers_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, loading a checkpoint through transformers fails the test."""
+    import transformers
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the checkpoint was loaded through transformers again")
+
+    monkeypatch.setattr(transformers.AutoModelForAudioClassification, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "auto"])
+def test_a_prepared_model_loads_with_torch_alone_and_gives_the_same_results(
+        tiny_emotion_model: Path, cache_dir: Path, precision: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _load(tiny_emotion_model, precision=precision)
+    assert list((cache_dir / "models").glob(f"*-{first.precision}.pt"))
+    waves = [harmonic(140, 1.3), harmonic(230, 2.9, seed=5), harmonic(200, 2.9, seed=6)]
+    expected = [first.predict([w])[0] for w in waves]
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForAudioClassification, "from_pretrained",
+                        lambda *a, **k: pytest.fail("loaded through transformers again"))
+    second = _load(tiny_emotion_model, precision=precision)
+    assert second.precision == first.precision and second._extractor is None
+    alone = [second.predict([w])[0] for w in waves]
+    together = second.predict(waves)  # the two 2.9 s waves share a forward pass
+    tol = 1e-5 if first.precision == "fp32" else 0.02  # int8 scales activations per batch
+    for e, a, t in zip(expected, alone, together, strict=True):
+        for k in e.probabilities:
+            assert a.probabilities[k] == pytest.approx(e.probabilities[k], abs=1e-6)
+            assert t.probabilities[k] == pytest.approx(e.probabilities[k], abs=tol)
+
+
+def test_an_unreadable_prepared_model_is_prepared_again(
+        tiny_emotion_model: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _load(tiny_emotion_model, precision="fp32")
+    [path] = (cache_dir / "models").glob("*-fp32.pt")
+    path.write_bytes(b"not a torch archive")
+    model = _load(tiny_emotion_model, precision="fp32")
+    assert model._extractor is not None  # loaded from the checkpoint
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    assert path.stat().st_size > 1000  # and kept prepared again
+    assert _load(tiny_emotion_model, precision="fp32")._extractor is None
+
+
+def test_inputs_without_transformers_are_what_its_extractor_makes(
+        tiny_emotion_model: Path) -> None:
+    from transformers import AutoFeatureExtractor
+
+    from analyzers.prepared import eligible, normalize
+
+    extractor = AutoFeatureExtractor.from_pretrained(tiny_emotion_model)
+    assert eligible(extractor)
+    for wave in (harmonic(180, 1.7), np.zeros(16000, np.float32) + 0.1):
+        ours = normalize(wave)
+        theirs = extractor(wave, sampling_rate=16000, return_tensors="np")["input_values"][0]
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
