@@ -125,6 +125,17 @@ def checkpoint_files(model: str) -> list[Path]:
                                                           "preprocessor_config.json")))
 
 
+def in_local_cache(model: str) -> bool:
+    """Whether the local HuggingFace cache holds hub id ``model`` (its config at least)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model, "config.json")
+    except Exception:  # not a valid hub id: nothing can be cached under it
+        return False
+    return isinstance(found, str)
+
+
 def fold_weight_norm(model: Any) -> int:
     """Fold weight-normalised convolutions (wav2vec2's positional convolution) into plain
     weights: the same maths, computed once at load instead of on every call. Returns how many."""
@@ -190,6 +201,12 @@ class EmotionModel:
                 self.precision = prepared.precision
                 self._finish(prepared.labels, f"prepared, {time.perf_counter() - started:.1f} s")
                 return
+        if not download and not Path(self.config.model).exists() \
+                and not in_local_cache(self.config.model):
+            # Known without importing transformers' model code (seconds of CPU for nothing).
+            raise ModelUnavailable(
+                f"cannot load emotion model {self.config.model!r}: it is not in the local model "
+                "cache (weights are only read locally: run 'affect-bridge download-models' first)")
         try:
             from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
         except ImportError as exc:  # pragma: no cover - torch/transformers are core deps

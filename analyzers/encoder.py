@@ -5,7 +5,8 @@ GELU) is about a third of a wav2vec2-base forward pass on a CPU. Through oneDNN'
 also spends much of that time reordering tensors between layouts (in bf16, 35 % of all time went
 to ``aten::copy_`` inside ``mkldnn_convolution``, README "Emotion inference"). Here each layer
 keeps time-major activations ``(batch, frames, channels)`` and computes its convolution as one
-matrix product over the unfolded frames (``x.unfold`` then ``nn.Linear``): one copy per layer,
+matrix product over the unfolded frames (``x.unfold`` then ``nn.Linear``; all but the first
+layer, whose single input channel makes a poor matrix product): one copy per layer,
 no layout reorders, and the products run on the same GEMM kernels as the transformer, so bf16
 uses AMX where the processor has it and int8 dynamic quantisation covers the encoder too.
 
@@ -65,11 +66,15 @@ class MatmulFeatureEncoder(nn.Module):
 
     def __init__(self, encoder: Any) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(_ConvAsMatmul(layer) for layer in encoder.conv_layers)
+        layers = list(encoder.conv_layers)
+        # The first layer (one input channel, kernel 10) stays a convolution: as a product
+        # its inner dimension is 10, a poor GEMM (5x slower here), and it has no layout to fix.
+        self.first = layers[0]
+        self.layers = nn.ModuleList(_ConvAsMatmul(layer) for layer in layers[1:])
         self._requires_grad = False
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        x = input_values[:, :, None]
+        x = self.first(input_values[:, None]).transpose(1, 2)  # (batch, frames, channels)
         for layer in self.layers:
             x = layer(x)
         return x.transpose(1, 2)

@@ -56,12 +56,13 @@ def precision_part(model_dir: Path, repeat: int) -> dict[str, Any]:
     from analyzers.precision import candidates, choose, native_bf16, probe_signals, to_precision
 
     torch.set_num_threads(1)
-    base = AutoModelForAudioClassification.from_pretrained(model_dir).eval()
+    # Loaded twice: a weight-normed (parametrised) module does not survive copy.deepcopy.
+    before = AutoModelForAudioClassification.from_pretrained(model_dir).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        before = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {torch.nn.Linear},
-                                                        dtype=torch.qint8)
-    folded = copy.deepcopy(base)
+        torch.ao.quantization.quantize_dynamic(before, {torch.nn.Linear}, dtype=torch.qint8,
+                                               inplace=True)
+    folded = AutoModelForAudioClassification.from_pretrained(model_dir).eval()
     fold_weight_norm(folded)
     variants: dict[str, Any] = {"int8 (before)": before, "fp32": folded}
     names = ["fp32+matmul", "int8", "int8+matmul"]
