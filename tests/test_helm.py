@@ -114,6 +114,9 @@ def test_non_default_values_shard_gpu_monitoring_and_existing_secret() -> None:
     assert env["AFFECT_BRIDGE_SHARD__INDEX"] == {
         "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
     assert env["AFFECT_BRIDGE_API_TOKEN"]["secretKeyRef"]["name"] == "affect-bridge-secrets"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["AFFECT_BRIDGE_CACHE_DIR"].startswith("/var/lib/affect-bridge/")  # the volume
+    assert "/var/lib/affect-bridge" in mounts
     assert not by_kind(docs, "Secret")  # the existing one is used
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     pod = sts["spec"]["template"]["spec"]
