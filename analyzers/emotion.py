@@ -231,6 +231,11 @@ class EmotionModel:
         model.eval()
         fold_weight_norm(model)
         self._extractor, self._normalize = extractor, None
+        if download:  # fetching weights (image builds): no measuring, nothing prepared here
+            self._model, self.precision = model.to(device), "fp32"
+            self._finish([str(model.config.id2label[i]) for i in range(len(model.config.id2label))],
+                         "downloaded")
+            return
         if device == "cpu" and key is None:
             key = self._key()  # the checkpoint is in the local cache now
         self._model = self._in_precision(model.to(device), key)

@@ -288,3 +288,19 @@ def test_inputs_without_transformers_are_what_its_extractor_makes(
         ours = normalize(wave)
         theirs = extractor(wave, sampling_rate=16000, return_tensors="np")["input_values"][0]
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_download_models_fetches_without_measuring_or_preparing(
+        tiny_emotion_model: Path, tmp_path: Path) -> None:
+    """download-models runs at image build, on another machine than the one that serves: it
+    measures nothing and prepares nothing there."""
+    from tests.conftest import run_cli
+
+    cache = tmp_path / "cache"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'analyzers = ["emotion"]\n[emotion]\nmodel = "{tiny_emotion_model}"\n')
+    result = run_cli("download-models", "--config", str(cfg),
+                     env={"AFFECT_BRIDGE_CACHE_DIR": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert "in the local cache" in result.stdout
+    assert not (cache / "precision.json").exists() and not (cache / "models").exists()
