@@ -288,7 +288,8 @@ class EmotionModel:
             self.precision = wanted
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
             return model.to(dtype[wanted])
-        if wanted == "auto" and self._cached_variant(key) is not None:
+        if wanted == "auto" and (self.decision is not None  # found by load() already
+                                 or self._cached_variant(key) is not None):
             wanted = self.decision.precision
             log.info("emotion precision %s (cached measurement: %s)", wanted,
                      self.decision.describe())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -48,13 +49,23 @@ CACHE_VERSION = 1
 Run = Callable[[Any, npt.NDArray[np.float32]], npt.NDArray[np.float64]]
 
 
-def cpu_flags() -> frozenset[str]:
-    """The processor's feature flags (Linux ``/proc/cpuinfo``; empty where unreadable)."""
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's ``/proc/cpuinfo`` fields (Linux; empty where unreadable), read
+    once per process."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.partition(":")[2].split())
-    return frozenset()
+            if not line.strip():
+                break  # the end of the first processor's block
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The processor's feature flags (Linux ``/proc/cpuinfo``; empty where unreadable)."""
+    return frozenset(_cpuinfo().get("flags", "").split())
 
 
 def native_bf16(flags: Iterable[str] | None = None) -> bool:
@@ -64,12 +75,7 @@ def native_bf16(flags: Iterable[str] | None = None) -> bool:
 
 
 def _processor() -> str:
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                name = line.partition(":")[2].strip()
-                break
+    name = _cpuinfo().get("model name") or platform.processor() or platform.machine()
     relevant = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
     return f"{name} [{' '.join(relevant)}] x{os.cpu_count() or 1}"
 
