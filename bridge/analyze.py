@@ -12,9 +12,9 @@ from typing import IO, Any
 
 from analyzers.types import AudioChunk
 from bridge import events as ev
+from bridge.analysis import AnalysisEngine, SpeakerAnalysis
 from bridge.audio import AudioDecodeError, channel_count, read_file, require_audio
 from bridge.config import Settings
-from bridge.pipeline import AnalysisEngine, SpeakerAnalysis
 from bridge.safe_text import terminal_safe
 
 __all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files", "describe", "format_table",

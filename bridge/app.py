@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
+from bridge.analysis import AnalysisEngine, Emit
 from bridge.autojoin import JanusAutoJoin
 from bridge.calls import Call, CallManager
 from bridge.config import Settings
@@ -29,7 +30,6 @@ from bridge.connectors.janus import JanusAuth, server_key
 from bridge.logsafe import client_error
 from bridge.logsafe import install as install_log_hygiene
 from bridge.outbound import AllowList, OutboundLimits
-from bridge.pipeline import AnalysisEngine, Emit
 from bridge.runtime import Runtime
 from bridge.sinks.webhook import WebhookSink
 from bridge.tasks import failures, recent_failures

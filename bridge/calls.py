@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 
 from bridge import events as ev
+from bridge.analysis import AnalysisEngine, Emit
 from bridge.connectors.base import (
     Connector,
     ConnectorError,
@@ -26,8 +27,7 @@ from bridge.connectors.base import (
     SpeakerTrack,
     discard_track,
 )
-from bridge.pipeline import AnalysisEngine, Emit
-from bridge.speaker import SpeakerPipeline
+from bridge.speaker import LiveSpeaker
 from bridge.tasks import TaskSet
 
 __all__ = ["Call", "CallManager", "JoinCancelled"]
@@ -49,7 +49,7 @@ class Call:
     connector: Connector
     started: float
     state: str = "joining"  # joining -> joined
-    speakers: dict[str, SpeakerPipeline] = field(default_factory=dict)
+    speakers: dict[str, LiveSpeaker] = field(default_factory=dict)
     seen_speakers: int = 0
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     watcher: asyncio.Task[None] | None = None
@@ -64,7 +64,8 @@ class Call:
 
 
 class CallManager:
-    """Joins calls through connectors and runs one pipeline per speaker; ``aclose`` leaves all."""
+    """Joins calls through connectors and runs a :class:`LiveSpeaker` per speaker; ``aclose``
+    leaves all."""
 
     def __init__(self, engine: AnalysisEngine, emit: Emit, *, silence_timeout_s: float = 10.0,
                  gone_timeout_s: float | None = None) -> None:
@@ -164,20 +165,20 @@ class CallManager:
             else:
                 found.track.stop()
             return
-        pipeline = SpeakerPipeline(self.engine, call.info, found.speaker, found.track, self._emit,
-                                   call_started=call.started,
-                                   silence_timeout_s=self._silence_timeout,
-                                   gone_timeout_s=self._gone_timeout, receiver=found.receiver)
-        call.speakers[found.speaker.id] = pipeline
+        speaker = LiveSpeaker(self.engine, call.info, found.speaker, found.track, self._emit,
+                              call_started=call.started,
+                              silence_timeout_s=self._silence_timeout,
+                              gone_timeout_s=self._gone_timeout, receiver=found.receiver)
+        call.speakers[found.speaker.id] = speaker
         call.seen_speakers += 1
         call.empty.clear()
-        await pipeline.start()
-        self._tasks.spawn(self._watch(call_id, pipeline), name=f"watch:{found.speaker.id}")
+        await speaker.start()
+        self._tasks.spawn(self._watch(call_id, speaker), name=f"watch:{found.speaker.id}")
 
-    async def _watch(self, call_id: str, pipeline: SpeakerPipeline) -> None:
+    async def _watch(self, call_id: str, speaker: LiveSpeaker) -> None:
         """A speaker whose track ended, went silent for good or failed leaves by itself."""
-        await pipeline.ended.wait()
-        await self._remove_speaker(call_id, pipeline.speaker.id, None)
+        await speaker.ended.wait()
+        await self._remove_speaker(call_id, speaker.speaker.id, None)
 
     async def _remove_speaker(self, call_id: str, speaker_id: str, reason: str | None) -> None:
         call = self.calls.get(call_id)
@@ -185,15 +186,15 @@ class CallManager:
             await self._retire(call, speaker_id, reason)
 
     async def _retire(self, call: Call, speaker_id: str, reason: str | None) -> None:
-        """Stop one speaker's pipeline (``speaker.left``); its track, if it still lives, is
+        """Stop one live speaker (``speaker.left``); its track, if it still lives, is
         discarded from then on. Idempotent."""
-        pipeline = call.speakers.pop(speaker_id, None)
-        if pipeline is None:
+        speaker = call.speakers.pop(speaker_id, None)
+        if speaker is None:
             return
-        self._frames_retired += pipeline.frames
-        await pipeline.aclose(reason)
-        if pipeline.track.readyState != "ended":
-            call.tasks.spawn(discard_track(pipeline.track, pipeline.receiver),
+        self._frames_retired += speaker.frames
+        await speaker.aclose(reason)
+        if speaker.track.readyState != "ended":
+            call.tasks.spawn(discard_track(speaker.track, speaker.receiver),
                              name=f"discard:{speaker_id}")
         if not call.speakers:
             call.empty.set()

@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -362,6 +362,9 @@ class Settings(BaseSettings):
 
     listen: str = Field("127.0.0.1:9464", pattern=_LISTEN)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = Field(
+        "auto", description="`run`: worker processes that own the calls (auto: one per usable "
+                            "core; 1: one process, no supervisor)")
     analyzers: list[str] = Field(default_factory=lambda: ["prosody", "emotion"],
                                  description="analyzer plugins to load, by entry-point name")
     plugin_options: dict[str, dict[str, Any]] = Field(
@@ -391,6 +394,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def worker_count(self) -> int:
+        """``workers`` as a number: ``auto`` is the cores this process may run on."""
+        if self.workers != "auto":
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
 
     def listen_address(self) -> tuple[str, int]:
         """``listen`` as (host, port); an IPv6 host loses its brackets."""

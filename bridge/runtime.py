@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from bridge import events as ev
+from bridge.analysis import AnalysisEngine
 from bridge.bus import EventBus, Sink
 from bridge.calls import CallManager
 from bridge.config import Settings
 from bridge.metrics import Metrics
-from bridge.pipeline import AnalysisEngine
 from bridge.sinks.webhook import WebhookSink
 
 __all__ = ["Runtime"]

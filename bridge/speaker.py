@@ -1,4 +1,5 @@
-"""One live speaker: drain the track from its first frame into the shared analysis pipeline.
+"""One live speaker (:class:`LiveSpeaker`): its track drained from the first frame into its
+:class:`~bridge.analysis.SpeakerAnalysis`.
 
 aiortc decodes into an unbounded queue per track, so a track nobody reads grows without limit:
 the drain loop starts before anything else and runs for as long as the track lives.
@@ -32,11 +33,11 @@ from aiortc.mediastreams import MediaStreamError
 
 from analyzers.types import SAMPLE_RATE, AudioChunk
 from bridge import events as ev
+from bridge.analysis import AnalysisEngine, Emit, SpeakerAnalysis
 from bridge.audio import FrameConverter, MediaClock
-from bridge.pipeline import AnalysisEngine, Emit, SpeakerAnalysis
 from bridge.tasks import report_failure
 
-__all__ = ["FEED_S", "SpeakerPipeline"]
+__all__ = ["FEED_S", "LiveSpeaker"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ FILL_AFTER_S = 0.3
 FILL_LAG_S = 0.1
 
 
-class SpeakerPipeline:
+class LiveSpeaker:
     def __init__(
         self,
         engine: AnalysisEngine,

@@ -237,10 +237,10 @@ async def api_client(token: str, **settings: Any) -> AsyncIterator[Any]:
     after the block). Calls still open are left, and the engine closed, on the way out."""
     from aiohttp.test_utils import TestClient, TestServer
 
+    from bridge.analysis import AnalysisEngine
     from bridge.app import create_app, join_context
     from bridge.calls import CallManager
     from bridge.config import load_settings
-    from bridge.pipeline import AnalysisEngine
 
     cfg = load_settings(None, **{"analyzers": ["prosody"], **settings})
     engine = AnalysisEngine(cfg)

@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bridge.analysis import AnalysisEngine
 from bridge.app import create_app
 from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.base import JoinContext
 from bridge.connectors.demo import DemoSource
 from bridge.outbound import AllowList
-from bridge.pipeline import AnalysisEngine
 from tests.conftest import ROOT, SOURCE_TOKEN, free_port
 
 TOKEN = "test-token-123"

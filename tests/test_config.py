@@ -120,7 +120,7 @@ async def test_the_demo_writes_nothing_into_the_working_directory(
 async def test_a_gpu_that_torch_cannot_see_degrades_emotion_only(tiny_emotion_model: Path) -> None:
     """emotion.device = "cuda:N" for a GPU torch does not have (any CPU-only machine): start-up
     goes on, emotion reports itself unavailable saying why, prosody runs."""
-    from bridge.pipeline import AnalysisEngine
+    from bridge.analysis import AnalysisEngine
 
     engine = AnalysisEngine(load_settings(None, analyzers=["prosody", "emotion"], emotion={
         "model": str(tiny_emotion_model), "device": "cuda:99"}))

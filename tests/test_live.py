@@ -12,12 +12,12 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from bridge import events as ev
+from bridge.analysis import AnalysisEngine
 from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.base import ConnectorError
 from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
-from bridge.pipeline import AnalysisEngine
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 

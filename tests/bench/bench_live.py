@@ -311,8 +311,8 @@ def dump_tasks() -> None:
 
 async def warm_up(engine: Any) -> None:
     from bridge import events as ev
+    from bridge.analysis import SpeakerAnalysis
     from bridge.audio import read_file
-    from bridge.pipeline import SpeakerAnalysis
 
     async def discard(_: Any) -> None:
         return None
@@ -338,11 +338,11 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
 
     from bridge import events as ev
+    from bridge.analysis import AnalysisEngine
     from bridge.calls import Call, CallManager
     from bridge.config import load_settings
     from bridge.connectors.whep import WhepConnector
     from bridge.ice import restrict_host_addresses
-    from bridge.pipeline import AnalysisEngine
 
     restrict_host_addresses([LOOPBACK])
     loop = asyncio.get_running_loop()
@@ -418,7 +418,7 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
 
     async def leave_all() -> None:
         """Leave every call. Stops the tracks first and lets the drain loops end by themselves:
-        on Python 3.11, ``asyncio.wait_for`` (which ``SpeakerPipeline._drain`` wraps around
+        on Python 3.11, ``asyncio.wait_for`` (which ``LiveSpeaker._drain`` wraps around
         ``track.recv()``) swallows a cancellation that arrives just as a frame is ready, and
         ``CallManager.aclose`` then waits forever for that speaker (seen here ~1 in 7 cancels
         with frames flowing). Bounded, with a stack dump if it still hangs."""

@@ -391,7 +391,7 @@ def engine_load(settings: Any) -> Timing:
     ours the same load is measured just before each timed call (warm file cache, like the load
     inside it) and subtracted. Both the subtracted figure and the raw one are in the JSON.
     """
-    from bridge.pipeline import AnalysisEngine
+    from bridge.analysis import AnalysisEngine
 
     async def go() -> None:
         engine = AnalysisEngine(settings)
