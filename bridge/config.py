@@ -34,6 +34,7 @@ from analyzers.prosody import ProsodyConfig
 from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, StressConfig
 from analyzers.vad import VadConfig
 from analyzers.windowing import WindowConfig
+from bridge.connectors.options import JanusJoinOptions
 
 __all__ = ["ConfigError", "OutboundSettings", "OutboxSettings", "Settings", "WebhookSettings",
            "load_settings", "read_secret", "split_listen"]
@@ -172,17 +173,12 @@ class LiveSettings(_Section):
         None, description="gather ICE host candidates only on these local addresses")
 
 
-class JanusSettings(_Section):
-    """One Janus server to auto-join rooms on (``[[janus]]`` blocks)."""
+class JanusSettings(JanusJoinOptions):
+    """One Janus server to auto-join rooms on (``[[janus]]`` blocks): ``url``, ``display_name``
+    and ``leave_when_empty`` as a join request takes them (JanusJoinOptions), and more."""
 
-    url: str = Field(pattern=r"^https?://", max_length=2048,
-                     description="the Janus HTTP API, e.g. http://janus:8088/janus")
     rooms: list[int | str] | str = Field(
         "*", description='"*", a list of room ids, or a regex searched in room id and description')
-    display_name: str = Field("affect-bridge (monitoring)", min_length=1, max_length=128)
-    leave_when_empty: float | None = Field(
-        30.0, ge=0, description="leave after nobody else has been in the room this long; "
-        "null: stay")
     poll_s: float = Field(5.0, gt=0, le=3600, description="how often the room list is polled")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,32}$",
                              description="prefix for call ids when several servers are set")

@@ -11,6 +11,9 @@ through a :class:`MediaServerClient`:
 - **no redirects**, a time limit per request, a size limit per response;
 - failures are :class:`~bridge.connectors.base.ConnectorError` with a reason code and at most the
   upstream's HTTP status: never the upstream's body, never the URL's user info or query string.
+  The client maps them for every connector: a connection that fails or times out is
+  ``unreachable``, a status the caller did not expect ``upstream_error``, an answer too large or
+  of the wrong kind ``bad_response``.
 
 :func:`redact_url` is what logs and error reasons show of a URL.
 """
@@ -19,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json as jsonlib
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,10 +262,11 @@ class MediaServerClient:
     async def request(self, method: str, url: str | URL, *, json: Any = None,
                       data: str | bytes | None = None, headers: Mapping[str, str] | None = None,
                       params: Mapping[str, str] | None = None, timeout_s: float | None = None,
-                      ) -> Reply:
+                      ok: Collection[int] | None = None) -> Reply:
         """One request and its whole (size-limited) body. Raises ConnectorError: ``not_allowed``
         (another origin or not admitted: nothing was sent), ``unreachable`` (connection failed
-        or timed out), ``bad_response`` (body over the limit)."""
+        or timed out), ``bad_response`` (body over the limit), ``upstream_error`` (a status not
+        in ``ok``, when ``ok`` is given)."""
         target = self.same_origin(str(url))
         if target is None:
             raise _refused(str(url), f"not on the origin of the {self.what}")
@@ -276,14 +281,31 @@ class MediaServerClient:
             async with self._http.request(method, target, json=json, data=data,
                                           headers=headers, params=params, timeout=timeout,
                                           allow_redirects=False) as resp:
-                body = await self._read(resp)
-                return Reply(resp.status, resp.headers, body)
+                reply = Reply(resp.status, resp.headers, await self._read(resp))
         except aiohttp.ClientError as exc:
-            raise ConnectorError(f"{self.what} {self.shown} unreachable "
-                                 f"({type(exc).__name__})", error="unreachable") from None
+            raise self.failure(f"unreachable ({type(exc).__name__})", error="unreachable"
+                               ) from None
         except TimeoutError:
-            raise ConnectorError(f"{self.what} {self.shown} did not answer in time",
-                                 error="unreachable") from None
+            raise self.failure("did not answer in time", error="unreachable") from None
+        if ok is not None and reply.status not in ok:
+            raise self.failure(f"answered HTTP {reply.status}", error="upstream_error")
+        return reply
+
+    def json_object(self, reply: Reply) -> dict[str, Any]:
+        """``reply``'s body as a JSON object; ConnectorError ``bad_response`` when it is not
+        one (not JSON, not UTF-8, a number too long to read, or another JSON value)."""
+        try:
+            value = jsonlib.loads(reply.body)
+        except ValueError:
+            raise self.failure("sent something that is not JSON") from None
+        if not isinstance(value, dict):
+            raise self.failure("sent a reply that is not a JSON object")
+        return value
+
+    def failure(self, what_happened: str, *, error: str = "bad_response") -> ConnectorError:
+        """A failure of this server as the control API reports it: ``"<what> <url as logs may
+        show it> <what_happened>"``, with the error code ``error``."""
+        return ConnectorError(f"{self.what} {self.shown} {what_happened}", error=error)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self.limits.max_response_bytes
@@ -297,8 +319,8 @@ class MediaServerClient:
         return bytes(body)
 
     def _too_large(self, status: int) -> ConnectorError:
-        return ConnectorError(f"{self.what} {self.shown} answered HTTP {status} with more than "
-                              f"{self.limits.max_response_bytes} bytes", error="bad_response")
+        return self.failure(f"answered HTTP {status} with more than "
+                            f"{self.limits.max_response_bytes} bytes")
 
     async def aclose(self) -> None:
         http, self._http = self._http, None

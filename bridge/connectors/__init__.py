@@ -1,12 +1,18 @@
 """Connectors: how a call is joined and its speakers found (entry-point group
-``affect_bridge.connectors``; ``whep`` and ``janus`` are built in)."""
+``affect_bridge.connectors``; ``whep`` and ``janus`` are built in).
+
+Importing this package imports no connector and no aiortc (config imports
+:mod:`bridge.connectors.options`); :func:`load_connectors` imports the installed ones.
+"""
 
 from __future__ import annotations
 
 import logging
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
-from bridge.connectors.base import Connector
+if TYPE_CHECKING:
+    from bridge.connectors.base import Connector
 
 __all__ = ["GROUP", "load_connectors"]
 
@@ -18,6 +24,8 @@ log = logging.getLogger(__name__)
 def load_connectors() -> dict[str, type[Connector]]:
     """Installed connectors by name. One that fails to import is logged and left out, so a
     broken plugin never takes the built-in connectors down with it."""
+    from bridge.connectors.base import Connector
+
     found: dict[str, type[Connector]] = {}
     for ep in entry_points(group=GROUP):
         try:

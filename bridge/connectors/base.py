@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from bridge import events as ev
 
 if TYPE_CHECKING:
-    from bridge.connectors.janus import JanusAuth
+    from bridge.connectors.janus_session import JanusAuth
     from bridge.outbound import AllowList, OutboundLimits
 
 T = TypeVar("T")

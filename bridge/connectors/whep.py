@@ -31,6 +31,7 @@ from bridge.connectors.base import (
     ice_configuration,
     receiver_of,
 )
+from bridge.connectors.options import HttpUrl
 from bridge.outbound import MediaServerClient
 from bridge.tasks import TaskSet
 
@@ -44,7 +45,7 @@ class WhepJoin(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     connector: Literal["whep"]
-    url: str = Field(pattern=r"^https?://", max_length=2048)
+    url: HttpUrl
     token: SecretStr | None = Field(None, max_length=4096,
                                     description="bearer token, sent to the endpoint's origin only")
     tracks: int = Field(1, ge=1, le=64)
@@ -137,18 +138,15 @@ class WhepConnector(Connector):
             raise
         except (ValueError, AssertionError) as exc:  # aiortc rejects a malformed answer
             await self.leave()
-            raise ConnectorError(f"WHEP endpoint {self._http.shown} sent an unusable SDP "
-                                 f"answer ({type(exc).__name__})", error="bad_response") from None
+            raise self._http.failure(f"sent an unusable SDP answer ({type(exc).__name__})"
+                                     ) from None
 
     async def _post(self, offer: str) -> str:
         """POST the offer; the answer's SDP. The session's ``Location`` is kept for the DELETE
         on leave only when it is on the endpoint's origin (the token goes nowhere else)."""
         http = self._http
         reply = await http.request("POST", self.url, data=offer,
-                                   headers=self._headers("application/sdp"))
-        if reply.status not in (200, 201):
-            raise ConnectorError(f"WHEP endpoint {http.shown} answered HTTP {reply.status}",
-                                 error="upstream_error")
+                                   headers=self._headers("application/sdp"), ok=(200, 201))
         location = reply.headers.get("Location")
         if location:
             self._location = http.same_origin(location)
@@ -156,13 +154,11 @@ class WhepConnector(Connector):
                 log.warning("WHEP endpoint %s named a session Location on another origin; "
                             "it will not be sent the token or a DELETE", http.shown)
         if "application/sdp" not in reply.headers.get("Content-Type", ""):
-            raise ConnectorError(f"WHEP endpoint {http.shown} did not answer with SDP",
-                                 error="bad_response")
+            raise http.failure("did not answer with SDP")
         try:
             return reply.body.decode("utf-8")
         except UnicodeDecodeError:
-            raise ConnectorError(f"WHEP endpoint {http.shown} sent an SDP answer that is not "
-                                 "UTF-8", error="bad_response") from None
+            raise http.failure("sent an SDP answer that is not UTF-8") from None
 
     async def leave(self) -> None:
         location, self._location = self._location, None
