@@ -30,6 +30,7 @@ from bridge.connectors.janus import JanusAuth, server_key
 from bridge.logsafe import client_error
 from bridge.logsafe import install as install_log_hygiene
 from bridge.outbound import AllowList, OutboundLimits
+from bridge.routing import forward_to_owner
 from bridge.runtime import Runtime
 from bridge.sinks.webhook import WebhookSink
 from bridge.tasks import failures, recent_failures
@@ -383,7 +384,8 @@ def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | Non
     """``join``: what API joins may reach (default: nothing). ``serve_metrics`` False when
     /metrics has a listener of its own."""
     install_log_hygiene()
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_errors, _auth, forward_to_owner],
+                          client_max_size=64 * 1024)
     app[REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[METRICS_TOKEN] = metrics_token or ""
     app[CREATED_AT] = time.time()

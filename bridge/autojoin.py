@@ -85,9 +85,9 @@ class JanusAutoJoin:
             room_id = room.get("room")
             if room_id is None or not self.cfg.wants(room_id, str(room.get("description", ""))):
                 continue
-            if not owns(room_id, self.shard.index, self.shard.count):
-                continue
             info = janus_call_info(room_id, self.cfg.name)
+            if not owns(info.id, self.shard.index, self.shard.count):  # as the control API
+                continue
             if info.id in self.manager.calls or int(room.get("num_participants", 0)) < 1:
                 continue
             if now < self._not_before.get(info.id, 0.0):

@@ -225,16 +225,79 @@ class JanusSettings(JanusJoinOptions):
 
 
 class ShardSettings(_Section):
-    """This replica's share of auto-joined rooms (rendezvous hashing of the room id)."""
+    """This replica's share of the calls (rendezvous hashing of the call id), and where the
+    other replicas are, so the control API works from any of them (bridge/routing.py)."""
 
     index: int = Field(0, ge=0)
     count: int = Field(1, ge=1, le=10_000)
+    peer_url: str | None = Field(
+        None, max_length=512,
+        description="base URL of replica {index}'s control API, e.g. "
+                    "http://ab-affect-bridge-{index}.ab-affect-bridge-headless.ns.svc:9464 "
+                    "(the chart sets it); none: requests are never forwarded")
+    peers: list[str] | None = Field(
+        None, max_length=10_000,
+        description="the replicas' base URLs in index order, instead of peer_url")
+    forward_timeout_s: float = Field(60.0, gt=0, le=600,
+                                     description="a request forwarded to its owner, in all")
+
+    @field_validator("peer_url")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            url = v.format(index=0)
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("must be a URL with {index} as its only placeholder, e.g. "
+                             "http://ab-affect-bridge-{index}.ab-affect-bridge-headless.ns.svc"
+                             ":9464") from None
+        if "{index}" not in v:
+            raise ValueError("must contain {index} (the replica index)")
+        _check_peer(url, "peer_url")
+        return v
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, v: list[str] | None) -> list[str] | None:
+        for i, url in enumerate(v or []):
+            _check_peer(url, f"peers[{i}]")
+        return v
 
     @model_validator(mode="after")
     def _index_in_range(self) -> ShardSettings:
         if self.index >= self.count:
             raise ValueError(f"index {self.index} must be below count {self.count}")
+        if self.peers is not None and self.peer_url is not None:
+            raise ValueError("set peer_url or peers, not both")
+        if self.peers is not None and len(self.peers) != self.count:
+            raise ValueError(f"peers names {len(self.peers)} replicas but count is {self.count}")
         return self
+
+    def peer(self, index: int) -> str | None:
+        """Replica ``index``'s base URL (no trailing slash), None when none is configured."""
+        if self.peers is not None:
+            return self.peers[index].rstrip("/")
+        if self.peer_url is not None:
+            return self.peer_url.format(index=index).rstrip("/")
+        return None
+
+
+def _check_peer(url: str, what: str) -> None:
+    """A replica's base URL: http(s)://host[:port], nothing else (no credentials, path or query:
+    the request's own path is appended). Errors never repeat the URL (it may hold a secret)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"{what} is not a valid URL") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{what}: a peer URL must not carry credentials")
+    if (parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.path.strip("/") or parts.query or parts.fragment):
+        raise ValueError(f"{what} must be http(s)://host[:port], without a path or query")
 
 
 DEFAULT_WEBHOOK_EVENTS = ["call.*", "speaker.*", "stress.spike.*", "analyzer.degraded"]
