@@ -46,6 +46,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (include "affect-bridge.fullname" .) .Values.existingSecret -}}
 {{- end -}}
 
+{{/* The image: with gpu.enabled, the CUDA build (gpu.image); the default image has CPU torch. */}}
 {{- define "affect-bridge.image" -}}
+{{- if .Values.gpu.enabled -}}
+{{- $gpuImage := .Values.gpu.image | default dict -}}
+{{- if not $gpuImage.repository -}}
+{{- fail "gpu.enabled needs gpu.image.repository: an image whose torch is a CUDA build (docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 -t <repo>:<tag>-cuda .); the default image has CPU-only torch and would never use the GPU" -}}
+{{- end -}}
+{{- printf "%s:%s" $gpuImage.repository (default .Chart.AppVersion $gpuImage.tag) -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The headless Service: one DNS name per pod, <fullname>-<i>.<headless>.<namespace>.svc. */}}
+{{- define "affect-bridge.headless" -}}
+{{- printf "%s-headless" (include "affect-bridge.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Replica {index}'s control API (config shard.peer_url): the routing of /v1/calls. */}}
+{{- define "affect-bridge.peerURL" -}}
+{{- printf "http://%s-{index}.%s.%s.svc:%v" (include "affect-bridge.fullname" .) (include "affect-bridge.headless" .) .Release.Namespace .Values.service.port -}}
 {{- end -}}
