@@ -21,8 +21,8 @@ from bridge import events as ev
 from bridge.analyze import AnalyzeResult, SpeakerSummary, format_table, record_event
 from bridge.app import metrics_app
 from bridge.config import Settings
-from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
+from bridge.contrib.media_source import DemoSource
 from bridge.ice import restrict_host_addresses
 from bridge.metrics import Metrics
 from bridge.runtime import Runtime

@@ -208,7 +208,7 @@ def loopback_ice() -> Iterator[None]:
 @pytest.fixture
 async def source(loopback_ice: None) -> AsyncIterator[Any]:
     """The demo's WHEP media source on loopback, bearer token ``SOURCE_TOKEN``."""
-    from bridge.connectors.demo import DemoSource
+    from bridge.contrib.media_source import DemoSource
     from bridge.demo import demo_clips
 
     src = DemoSource(demo_clips(), token=SOURCE_TOKEN)

@@ -19,7 +19,7 @@ from bridge.app import create_app
 from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.base import JoinContext
-from bridge.connectors.demo import DemoSource
+from bridge.contrib.media_source import DemoSource
 from bridge.outbound import AllowList
 from tests.conftest import ROOT, SOURCE_TOKEN, free_port
 

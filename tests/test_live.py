@@ -16,8 +16,8 @@ from bridge.analysis import AnalysisEngine
 from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.base import ConnectorError
-from bridge.connectors.demo import DemoSource
 from bridge.connectors.whep import WhepConnector
+from bridge.contrib.media_source import DemoSource
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 

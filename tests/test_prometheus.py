@@ -17,7 +17,7 @@ from aiohttp import web
 
 from bridge.app import MANAGER, build_app
 from bridge.config import load_settings
-from bridge.connectors.demo import DemoSource
+from bridge.contrib.media_source import DemoSource
 from bridge.demo import DEMO_SPEAKERS
 from tests.conftest import ROOT, SOURCE_TOKEN, free_port, require_tool
 from tests.test_dashboards import _panels, substitute

@@ -211,8 +211,8 @@ def _encode_opus(order: tuple[Path, ...], path: Path, min_s: float) -> None:
 async def source_main(speakers: int, opus: list[str]) -> None:
     from aiohttp import web
 
-    import bridge.connectors.demo as demo_module
-    from bridge.connectors.demo import DemoSource
+    import bridge.contrib.media_source as demo_module
+    from bridge.contrib.media_source import DemoSource
     from bridge.ice import restrict_host_addresses
 
     restrict_host_addresses([LOOPBACK])
