@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from bridge.analysis import AnalysisEngine, Emit
 from bridge.autojoin import JanusAutoJoin
 from bridge.calls import Call, CallManager
-from bridge.config import Settings
+from bridge.config import Settings, describe_errors
 from bridge.connectors import load_connectors
 from bridge.connectors.base import Connector, ConnectorError, JoinContext
 from bridge.connectors.janus import JanusAuth, server_key
@@ -234,8 +234,7 @@ async def join_call(request: web.Request) -> web.Response:
     try:
         req = cls.Request.model_validate(body)
     except ValidationError as exc:
-        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return _error(422, "invalid_request", reason)
+        return _error(422, "invalid_request", describe_errors(exc))
     ctx = request.app[JOIN]
     manager = request.app[MANAGER]
     try:

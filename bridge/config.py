@@ -37,7 +37,7 @@ from analyzers.windowing import WindowConfig
 from bridge.connectors.options import JanusJoinOptions
 
 __all__ = ["ConfigError", "OutboundSettings", "OutboxSettings", "Settings", "WebhookSettings",
-           "load_settings", "read_secret", "split_listen"]
+           "describe_errors", "load_settings", "read_secret", "split_listen"]
 
 
 class ConfigError(ValueError):
@@ -501,13 +501,16 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
             server.credentials()
         settings.metrics.token()
     except ValidationError as exc:
-        raise ConfigError("invalid configuration: " + _describe(exc)) from None
+        raise ConfigError("invalid configuration: " + describe_errors(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
     return settings
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
+    """A pydantic validation error as one line: ``where: what`` for each error, ``; ``-joined
+    (``where`` is the dotted path of the key, or ``(top level)``). Config errors and the
+    control API's 422 reasons both read like this."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
