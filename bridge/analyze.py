@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,30 +16,14 @@ from bridge.analysis import AnalysisEngine, SpeakerAnalysis
 from bridge.audio import AudioDecodeError, channel_count, read_file, require_audio
 from bridge.config import Settings
 from bridge.safe_text import terminal_safe
+from bridge.summary import SpeakerSummaries, SpeakerSummary
 
 __all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files", "describe", "format_table",
-           "record_event"]
+           "plan_sources", "print_errors"]
 
 log = logging.getLogger(__name__)
 
 READ_S = 1.0  # audio decoded per executor call
-
-
-@dataclass
-class SpeakerSummary:
-    speaker: str
-    source: str
-    audio_s: float = 0.0
-    speech_s: float = 0.0
-    mean_stress: float | None = None
-    peak_stress: float | None = None
-    spikes: int = 0
-    dominant_emotion: str | None = None
-    error: str | None = None
-    # For the HTML report: (offset_s, index, arousal, calibrating), and (start, end) of spikes.
-    series: list[tuple[float, float, float | None, bool]] = field(default_factory=list)
-    spike_spans: list[tuple[float, float | None]] = field(default_factory=list)
-    emotion_totals: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,10 +80,11 @@ async def analyze_files(
     sources = plan_sources(paths, per)
     call = ev.CallInfo(id="analyze:" + (paths[0].stem if paths else "none"), connector="file",
                        room=None)
-    summaries = {s.speaker_id: SpeakerSummary(s.speaker_id, s.display) for s in sources}
+    summaries = SpeakerSummaries({s.speaker_id: SpeakerSummary(s.speaker_id, s.display)
+                                  for s in sources})
 
     async def emit(event: Any) -> None:
-        record_event(summaries, event)
+        summaries.record(event)
         if out is not None:
             out.write(event.model_dump_json() + "\n")
         if on_event is not None:
@@ -123,7 +108,7 @@ async def analyze_files(
                                                               reason="end of input")))
     finally:
         await engine.aclose()
-    return AnalyzeResult(list(summaries.values()), dict(engine.degraded))
+    return AnalyzeResult(summaries.values(), dict(engine.degraded))
 
 
 async def _run_file(
@@ -132,7 +117,7 @@ async def _run_file(
     path: Path,
     sources: list[_Source],
     emit: Any,
-    summaries: dict[str, SpeakerSummary],
+    summaries: SpeakerSummaries,
     per_channel: bool,
 ) -> None:
     speakers = [
@@ -186,36 +171,6 @@ def _batched(frames: Iterator[list[AudioChunk]]) -> Generator[list[list[AudioChu
         close = getattr(frames, "close", None)
         if close is not None:
             close()
-
-
-def record_event(summaries: dict[str, SpeakerSummary], event: Any) -> None:
-    """Fold one event into the per-speaker summaries (a speaker.joined starts a new one)."""
-    if event.speaker is None:
-        return
-    if isinstance(event, ev.SpeakerJoined) and event.speaker.id not in summaries:
-        name = event.speaker.display or event.speaker.id
-        summaries[event.speaker.id] = SpeakerSummary(name, event.speaker.id)
-    if event.speaker.id not in summaries:
-        return
-    s = summaries[event.speaker.id]
-    data = event.data
-    if isinstance(event, ev.AffectSample):
-        s.series.append((data.offset_s, data.stress.index, data.arousal, data.stress.calibrating))
-        for label, p in (data.emotion or {}).items():
-            s.emotion_totals[label] = s.emotion_totals.get(label, 0.0) + p
-    elif isinstance(event, ev.SpikeStarted):
-        s.spike_spans.append((data.started_s, None))
-    elif isinstance(event, ev.SpikeEnded) and s.spike_spans:
-        s.spike_spans[-1] = (s.spike_spans[-1][0], data.offset_s)
-    elif isinstance(event, ev.SpeakerLeft):
-        s.speech_s = data.speech_s
-        s.spikes = data.spikes
-        indices = [x[1] for x in s.series]
-        if indices:
-            s.mean_stress = sum(indices) / len(indices)
-            s.peak_stress = max(indices)
-        if s.emotion_totals:
-            s.dominant_emotion = max(s.emotion_totals, key=s.emotion_totals.__getitem__)
 
 
 def format_table(result: AnalyzeResult) -> str:

@@ -18,7 +18,7 @@ from typing import IO, Any
 from aiohttp import web
 
 from bridge import events as ev
-from bridge.analyze import AnalyzeResult, SpeakerSummary, format_table, record_event
+from bridge.analyze import AnalyzeResult, format_table
 from bridge.app import metrics_app
 from bridge.config import Settings
 from bridge.connectors.whep import WhepConnector
@@ -27,6 +27,7 @@ from bridge.ice import restrict_host_addresses
 from bridge.metrics import Metrics
 from bridge.runtime import Runtime
 from bridge.sinks.console import ConsoleSink
+from bridge.summary import SpeakerSummaries
 
 __all__ = ["DEMO_SPEAKERS", "demo_clips", "demo_state_dir", "run_demo"]
 
@@ -51,11 +52,11 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
     Returns the per-speaker summary."""
     restrict_host_addresses(["127.0.0.1"])  # test traffic stays on loopback
     settings = _demo_outbox(settings)
-    summaries: dict[str, SpeakerSummary] = {}
+    summaries = SpeakerSummaries()
     console = ConsoleSink("jsonl" if json_out else "table", stream)
 
     async def record(event: Any) -> None:
-        record_event(summaries, event)
+        summaries.record(event)
 
     runtime = Runtime.build(settings, record, console.emit, silence_timeout_s=GONE_TIMEOUT_S,
                             gone_timeout_s=GONE_TIMEOUT_S)

@@ -11,28 +11,13 @@ import asyncio
 import contextlib
 import shutil
 import sys
-from dataclasses import dataclass, field
 from typing import IO, Any
 
-from bridge import events as ev
 from bridge.analyze import describe
 from bridge.safe_text import terminal_safe
+from bridge.summary import SpeakerSummaries
 
 __all__ = ["ConsoleSink"]
-
-
-@dataclass
-class _Row:
-    name: str
-    index: float | None = None
-    calibrating: bool = True
-    in_spike: bool = False
-    spikes: int = 0
-    speech_s: float = 0.0
-    emotion: str | None = None
-    left: str | None = None
-    idle: bool = False
-    emotion_totals: dict[str, float] = field(default_factory=dict)
 
 
 class ConsoleSink:
@@ -46,7 +31,7 @@ class ConsoleSink:
         self.stream = stream or sys.stdout
         self.live = mode == "table" and self.stream.isatty()
         self._refresh_s = refresh_s
-        self._rows: dict[str, _Row] = {}
+        self._speakers = SpeakerSummaries(keep_series=False)
         self._notes: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._drawn_lines = 0
@@ -60,7 +45,7 @@ class ConsoleSink:
             self.stream.write(event.model_dump_json() + "\n")
             self.stream.flush()
             return
-        self._update(event)
+        self._speakers.record(event)
         line = describe(event)
         if line is not None:
             if self.live:
@@ -68,40 +53,17 @@ class ConsoleSink:
             else:
                 print(line, file=self.stream, flush=True)
 
-    def _update(self, event: Any) -> None:
-        if event.speaker is None:
-            return
-        row = self._rows.setdefault(event.speaker.id,
-                                    _Row(terminal_safe(event.speaker.display or event.speaker.id)))
-        d = event.data
-        if isinstance(event, ev.AffectSample):
-            row.index = d.stress.index
-            row.calibrating = d.stress.calibrating
-            for label, p in (d.emotion or {}).items():
-                row.emotion_totals[label] = row.emotion_totals.get(label, 0.0) + p
-            if row.emotion_totals:
-                row.emotion = max(row.emotion_totals, key=row.emotion_totals.__getitem__)
-        elif isinstance(event, ev.SpikeStarted):
-            row.in_spike = True
-            row.spikes += 1
-        elif isinstance(event, ev.SpikeEnded):
-            row.in_spike = False
-        elif isinstance(event, ev.SpeakerIdle | ev.SpeakerResumed):
-            row.idle = isinstance(event, ev.SpeakerIdle)
-        elif isinstance(event, ev.SpeakerLeft):
-            row.left = d.reason
-            row.speech_s = d.speech_s
-
     def render(self) -> str:
         lines = [f"{'speaker':<16} {'stress':>6}  {'':<20} {'state':<12} {'spikes':>6} "
                  f"{'emotion':<9}"]
-        for row in self._rows.values():
-            index = "-" if row.index is None else f"{row.index:.2f}"
-            bar = "" if row.index is None else "#" * round(row.index * 20)
-            state = ("left" if row.left else "idle" if row.idle else "SPIKE" if row.in_spike
-                     else "calibrating" if row.calibrating else "listening")
-            lines.append(f"{row.name[:16]:<16} {index:>6}  {bar:<20} {state:<12} "
-                         f"{row.spikes:>6} {row.emotion or '-':<9}")
+        for s in self._speakers:
+            name = terminal_safe(s.speaker)
+            index = "-" if s.latest_index is None else f"{s.latest_index:.2f}"
+            bar = "" if s.latest_index is None else "#" * round(s.latest_index * 20)
+            state = ("left" if s.left else "idle" if s.idle else "SPIKE" if s.in_spike
+                     else "calibrating" if s.calibrating else "listening")
+            lines.append(f"{name[:16]:<16} {index:>6}  {bar:<20} {state:<12} "
+                         f"{s.spikes:>6} {s.dominant_emotion or '-':<9}")
         return "\n".join([*lines, "", *self._notes])
 
     async def _redraw(self) -> None:
