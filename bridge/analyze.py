@@ -1,4 +1,6 @@
-"""``affect-bridge analyze``: the live pipeline over recordings, one speaker per file or channel."""
+"""``affect-bridge analyze``: the analysis live calls get (one shared :class:`AnalysisEngine`, a
+:class:`SpeakerAnalysis` per speaker) over recordings, one speaker per file or channel; the
+per-speaker summaries (bridge/summary.py) are printed as a table at the end."""
 
 from __future__ import annotations
 
@@ -75,8 +77,10 @@ async def analyze_files(
     registry: dict[str, type] | None = None,
     on_event: Callable[[Any], None] | None = None,
 ) -> AnalyzeResult:
-    """Analyse ``paths`` concurrently through the shared engine; write JSON lines to ``out``
-    and hand each event to ``on_event``."""
+    """Analyse ``paths`` concurrently through the shared engine (``per``: "file" mixes each
+    file to one speaker, "channel" makes each channel one); write JSON lines to ``out`` and hand
+    each event to ``on_event``. Returns each speaker's summary; a file that fails to decode is
+    an ``error`` in its speakers' summaries, the other files go on."""
     sources = plan_sources(paths, per)
     call = ev.CallInfo(id="analyze:" + (paths[0].stem if paths else "none"), connector="file",
                        room=None)

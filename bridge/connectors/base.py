@@ -1,7 +1,8 @@
 """How a call is joined and its speakers found: the connector interface.
 
-A connector joins one call and reports speakers as they come and go; the call manager owns the
-per-speaker pipelines. Connectors are plugins (entry-point group ``affect_bridge.connectors``).
+A connector joins one call and reports speakers as they come and go (each with its audio track);
+the call manager runs a :class:`~bridge.speaker.LiveSpeaker` for each. Connectors are plugins
+(entry-point group ``affect_bridge.connectors``).
 pyee/aiortc string events stay inside the connector; what crosses this boundary is typed.
 """
 

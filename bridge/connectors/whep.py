@@ -1,8 +1,10 @@
 """WHEP (WebRTC-HTTP Egress Protocol, IETF wish WG): subscribe to a media server's session.
 
 POST an SDP offer (``application/sdp``, optional bearer token), read the answer and the session
-``Location``; DELETE that location on leave. Every audio track of the session is a speaker;
-display names come from config, in track order.
+``Location``; DELETE that location on leave (the token and the DELETE go to the endpoint's
+origin only). Every audio track of the session is a speaker; display names come from the join's
+``displays``, in track order (``track N`` past its end). Requests go through one
+:class:`~bridge.outbound.MediaServerClient`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class WhepJoin(BaseModel):
 
 
 class WhepConnector(Connector):
+    """One WHEP session with ``tracks`` receive-only audio transceivers. ``join`` raises
+    :class:`ConnectorError` when the endpoint refuses, cannot be reached, or answers with
+    something that is not a usable SDP answer."""
+
     name = "whep"
     Request = WhepJoin
 
