@@ -3,6 +3,7 @@
 Windows from all speakers go into one bounded queue; a single worker thread takes up to
 ``max_batch`` of them (waiting at most ``max_wait_ms`` for a batch to fill) and runs the model.
 Callers get a :class:`concurrent.futures.Future` (``asyncio.wrap_future`` makes it awaitable).
+Whoever wants to know how batches go passes an ``observer`` at construction; nothing is global.
 """
 
 from __future__ import annotations
@@ -22,34 +23,16 @@ import numpy.typing as npt
 
 from analyzers.types import SAMPLE_RATE, SpeechWindow
 
-__all__ = ["InferenceScheduler", "QueueFull", "SchedulerStats", "SpeechChunkAnalyzer",
-           "add_batch_observer", "infer", "remove_batch_observer"]
+__all__ = ["BatchObserver", "InferenceScheduler", "QueueFull", "SchedulerStats",
+           "SpeechChunkAnalyzer", "infer"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-# Called as observer(scheduler name, batch size, seconds) after every batch, and with size 0
-# and seconds 0 for every item dropped because the queue was full (metrics hook; thread-safe
-# callables only: they run on the inference thread).
+# Called as observer(analyzer name, batch size, seconds) after every batch, and with size 0 and
+# seconds 0 for every item turned away because the queue was full. It runs on the inference
+# thread: thread-safe callables only; one that raises is logged and never breaks inference.
 BatchObserver = Callable[[str, int, float], None]
-_OBSERVERS: list[BatchObserver] = []
-
-
-def add_batch_observer(observer: BatchObserver) -> None:
-    _OBSERVERS.append(observer)
-
-
-def remove_batch_observer(observer: BatchObserver) -> None:
-    if observer in _OBSERVERS:
-        _OBSERVERS.remove(observer)
-
-
-def _notify(name: str, size: int, seconds: float) -> None:
-    for observer in list(_OBSERVERS):
-        try:
-            observer(name, size, seconds)
-        except Exception:  # a broken metrics hook never breaks inference
-            logging.getLogger(__name__).exception("batch observer failed")
 
 
 class QueueFull(RuntimeError):
@@ -79,6 +62,7 @@ class InferenceScheduler(Generic[In, Out]):
         max_wait_ms: float = 20.0,
         queue_size: int = 64,
         name: str = "inference",
+        observer: BatchObserver | None = None,
     ) -> None:
         if max_batch < 1 or queue_size < 1:
             raise ValueError("max_batch and queue_size must be >= 1")
@@ -89,6 +73,7 @@ class InferenceScheduler(Generic[In, Out]):
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self.stats = SchedulerStats()
         self.name = name
+        self._observer = observer
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
         self._thread.start()
@@ -102,10 +87,18 @@ class InferenceScheduler(Generic[In, Out]):
             self._queue.put((item, fut), block=block, timeout=timeout)
         except queue.Full:
             self.stats.dropped += 1
-            _notify(self.name, 0, 0.0)
+            self._notify(0, 0.0)
             raise QueueFull("inference queue full") from None
         self.stats.submitted += 1
         return fut
+
+    def _notify(self, size: int, seconds: float) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(self.name.removesuffix("-inference"), size, seconds)
+        except Exception:  # a broken metrics hook never breaks inference
+            logging.getLogger(__name__).exception("batch observer failed")
 
     @property
     def pending(self) -> int:
@@ -162,7 +155,7 @@ class InferenceScheduler(Generic[In, Out]):
             error = exc
         # Stats first, so that whoever wakes on a result sees them up to date.
         elapsed = time.perf_counter() - started
-        _notify(self.name, len(live), elapsed)
+        self._notify(len(live), elapsed)
         self.stats.busy_s += elapsed
         self.stats.batches += 1
         self.stats.items += len(live)
@@ -198,6 +191,7 @@ class SpeechChunkAnalyzer(Generic[Out]):
 
     min_audio_s: float = 1.0
     _scheduler: InferenceScheduler[npt.NDArray[np.float32], Out] | None = None
+    on_batch: BatchObserver | None = None  # given to from_options; handed to the scheduler
 
     @property
     def scheduler(self) -> InferenceScheduler[npt.NDArray[np.float32], Out] | None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.batching import InferenceScheduler, SpeechChunkAnalyzer
+from analyzers.batching import BatchObserver, InferenceScheduler, SpeechChunkAnalyzer
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.precision import (
     DecisionCache,
@@ -370,14 +370,17 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
 
     name = "emotion"
 
-    def __init__(self, config: EmotionConfig | None = None) -> None:
+    def __init__(self, config: EmotionConfig | None = None, *,
+                 on_batch: BatchObserver | None = None) -> None:
         self.config = config or EmotionConfig()
+        self.on_batch = on_batch
         self.min_audio_s = self.config.min_audio_s
         self.model = EmotionModel(self.config)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> EmotionAnalyzer:
-        return cls(EmotionConfig(**options))
+    def from_options(cls, options: dict[str, Any], *,
+                     on_batch: BatchObserver | None = None) -> EmotionAnalyzer:
+        return cls(EmotionConfig(**options), on_batch=on_batch)
 
     def load(self) -> None:
         """Blocking. Raises :class:`ModelUnavailable`; the caller reports the degradation."""
@@ -389,4 +392,5 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
             max_wait_ms=self.config.max_wait_ms,
             queue_size=self.config.queue_size,
             name="emotion-inference",
+            observer=self.on_batch,
         )

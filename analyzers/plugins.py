@@ -3,14 +3,18 @@
 A plugin is a class with ``name``, ``from_options(dict)``, a blocking ``load()`` (raises
 :class:`~analyzers.loading.ModelUnavailable` when its model cannot be had), an async
 ``analyze(window, *, wait)`` and ``close()``. Only configured names are loaded; an unknown name
-or a plugin that fails to import stops start-up with a message naming it.
+or a plugin that fails to import stops start-up with a message naming it. A plugin whose
+``from_options`` takes an ``on_batch`` keyword gets the caller's batch observer there
+(:data:`~analyzers.batching.BatchObserver`: how its shared model's batches go, for metrics).
 """
 
 from __future__ import annotations
 
+import inspect
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
+from analyzers.batching import BatchObserver
 from analyzers.types import SpeechWindow
 
 __all__ = ["GROUP", "Analyzer", "PluginError", "available", "load_analyzers"]
@@ -42,8 +46,11 @@ def load_analyzers(
     names: list[str],
     options: dict[str, dict[str, Any]] | None = None,
     registry: dict[str, type] | None = None,
+    *,
+    on_batch: BatchObserver | None = None,
 ) -> list[Analyzer]:
-    """Build (not yet ``load()``) the named analyzers. ``registry`` adds explicit classes (tests)."""
+    """Build (not yet ``load()``) the named analyzers. ``registry`` adds explicit classes (tests);
+    ``on_batch`` goes to the plugins that take it."""
     options = options or {}
     found = {ep.name: ep for ep in entry_points(group=GROUP)}
     out: list[Analyzer] = []
@@ -61,10 +68,19 @@ def load_analyzers(
             known = sorted(set(found) | set(registry or {}))
             raise PluginError(f"unknown analyzer {name!r}; installed: {', '.join(known) or 'none'}")
         try:
-            plugin = cls.from_options(dict(options.get(name, {})))
+            opts = dict(options.get(name, {}))
+            plugin = (cls.from_options(opts, on_batch=on_batch)
+                      if on_batch is not None and _takes_on_batch(cls) else cls.from_options(opts))
         except (TypeError, ValueError) as exc:
             raise PluginError(f"bad options for analyzer {name!r}: {exc}") from exc
         if not isinstance(plugin, Analyzer):
             raise PluginError(f"analyzer {name!r} does not implement the Analyzer interface")
         out.append(plugin)
     return out
+
+
+def _takes_on_batch(cls: type) -> bool:
+    try:
+        return "on_batch" in inspect.signature(cls.from_options).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return False

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.batching import InferenceScheduler, SpeechChunkAnalyzer
+from analyzers.batching import BatchObserver, InferenceScheduler, SpeechChunkAnalyzer
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.types import SAMPLE_RATE, SemanticResult
 
@@ -185,15 +185,18 @@ class SemanticAnalyzer(SpeechChunkAnalyzer[SemanticResult]):
 
     name = "semantic"
 
-    def __init__(self, config: SemanticConfig | None = None) -> None:
+    def __init__(self, config: SemanticConfig | None = None, *,
+                 on_batch: BatchObserver | None = None) -> None:
         self.config = config or SemanticConfig()
+        self.on_batch = on_batch
         self.min_audio_s = self.config.min_audio_s
         self.asr = SpeechRecognizer(self.config)
         self.sentiment = SentimentModel(self.config)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> SemanticAnalyzer:
-        return cls(SemanticConfig(**options))
+    def from_options(cls, options: dict[str, Any], *,
+                     on_batch: BatchObserver | None = None) -> SemanticAnalyzer:
+        return cls(SemanticConfig(**options), on_batch=on_batch)
 
     def load(self, *, download: bool = False) -> None:
         self.sentiment.load(download=download)
@@ -206,6 +209,7 @@ class SemanticAnalyzer(SpeechChunkAnalyzer[SemanticResult]):
             max_wait_ms=self.config.max_wait_ms,
             queue_size=self.config.queue_size,
             name="semantic-inference",
+            observer=self.on_batch,
         )
         log.info("semantic stream on: ASR %s on %s, sentiment %s, transcripts %s",
                  self.config.asr_model, self.asr.device, self.config.sentiment,

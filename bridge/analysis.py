@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from analyzers.loading import ModelUnavailable
 from analyzers.plugins import Analyzer, load_analyzers
@@ -31,10 +31,8 @@ from analyzers.types import (
 )
 from analyzers.windowing import SpeechWindower
 from bridge import events as ev
+from bridge import stats
 from bridge.config import Settings
-
-if TYPE_CHECKING:
-    from bridge.metrics import Metrics
 
 __all__ = ["AnalysisEngine", "Emit", "SpeakerAnalysis"]
 
@@ -44,15 +42,19 @@ Emit = Callable[[Any], Awaitable[None]]
 
 
 class AnalysisEngine:
-    """Loads the configured analyzers once; every speaker of every call shares them."""
+    """Loads the configured analyzers once; every speaker of every call shares them.
 
-    def __init__(self, settings: Settings, registry: dict[str, type] | None = None) -> None:
+    ``record`` receives the statistics of every speaker's analysis and of the shared models
+    (:mod:`bridge.stats`; the metrics sink, or a worker's channel to its supervisor)."""
+
+    def __init__(self, settings: Settings, registry: dict[str, type] | None = None, *,
+                 record: stats.Record = stats.ignore) -> None:
         self.settings = settings
         self._registry = registry
+        self.record = record
         self.analyzers: list[Analyzer] = []
         self.degraded: dict[str, str] = {}
         self.started = False
-        self.metrics: Metrics | None = None  # set by the service to observe latency and drops
 
     async def start(self) -> None:
         """Build and load the analyzers (blocking loads run in an executor).
@@ -60,8 +62,13 @@ class AnalysisEngine:
         Raises :class:`~analyzers.plugins.PluginError` for an unknown or broken plugin (a
         configuration error). A model that cannot be loaded only degrades that analyzer.
         """
+        record = self.record
+
+        def on_batch(analyzer: str, size: int, seconds: float) -> None:
+            record(stats.InferenceBatch(analyzer, size, seconds))
+
         built = load_analyzers(self.settings.analyzers, self.settings.analyzer_options(),
-                               self._registry)
+                               self._registry, on_batch=on_batch)
         loop = asyncio.get_running_loop()
         for analyzer in built:
             try:
@@ -182,8 +189,7 @@ class SpeakerAnalysis:
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
-            if self.engine.metrics is not None:
-                self.engine.metrics.dropped.labels("window_queue").inc()
+            self.engine.record(stats.Dropped("window_queue"))
         self._queue.put_nowait(item)
 
     async def _run(self) -> None:
@@ -198,9 +204,7 @@ class SpeakerAnalysis:
                         await self._emit(self._spike_event(spike))
                     continue
                 await self._analyze(window)
-                if self.engine.metrics is not None:
-                    self.engine.metrics.pipeline_latency.observe(
-                        asyncio.get_running_loop().time() - cut_at)
+                self.engine.record(stats.WindowLatency(asyncio.get_running_loop().time() - cut_at))
             except asyncio.CancelledError:
                 raise
             except Exception:

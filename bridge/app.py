@@ -22,26 +22,29 @@ from pydantic import ValidationError
 
 from bridge.analysis import AnalysisEngine, Emit
 from bridge.autojoin import JanusAutoJoin
-from bridge.calls import Call, CallManager
+from bridge.calls import CallHost, JoinRequest
 from bridge.config import Settings, describe_errors
 from bridge.connectors import load_connectors
 from bridge.connectors.base import Connector, ConnectorError, JoinContext
 from bridge.connectors.janus import JanusAuth, server_key
 from bridge.logsafe import client_error
 from bridge.logsafe import install as install_log_hygiene
+from bridge.openapi import openapi_document
 from bridge.outbound import AllowList, OutboundLimits
-from bridge.routing import forward_to_owner
+from bridge.routing import ROUTER, Router, forward_to_owner
 from bridge.runtime import Runtime
 from bridge.sinks.webhook import WebhookSink
 from bridge.tasks import failures, recent_failures
+from bridge.workers import WorkerPool
 
 __all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "join_context",
-           "metrics_app", "openapi"]
+           "metrics_app"]
 
 log = logging.getLogger(__name__)
 
 ENGINE = web.AppKey("engine", AnalysisEngine)
-MANAGER = web.AppKey("manager", CallManager)
+MANAGER = web.AppKey("manager", CallHost)  # a CallManager, or a WorkerPool
+POOL = web.AppKey("pool", WorkerPool)
 TOKEN = web.AppKey("token", str)
 JOIN = web.AppKey("join_context", JoinContext)
 METRICS_TOKEN = web.AppKey("metrics_token", str)
@@ -157,38 +160,31 @@ def _depth(text: str) -> int:
     return deepest
 
 
-def _call_json(call: Call) -> dict[str, Any]:
-    return {
-        "id": call.info.id,
-        "connector": call.info.connector,
-        "room": call.info.room,
-        "state": call.state,
-        "speakers": [
-            {"id": p.speaker.id, "display": p.speaker.display,
-             "state": "idle" if p.idle else "active",
-             "stress_index": p.analysis.latest_index,
-             "speech_s": round(p.analysis.windower.speech_s, 3)}
-            for p in call.speakers.values()
-        ],
-    }
-
-
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    analyzers = {a.name: "ready" for a in engine.analyzers}
-    analyzers |= {name: f"degraded: {reason}" for name, reason in engine.degraded.items()}
+    pool = request.app.get(POOL)
+    extra: dict[str, Any] = {}
+    if pool is not None:  # worker processes: each loads the analyzers
+        analyzers = pool.analyzers()
+        extra = pool.readiness()
+        started = any(w["state"] == "ready" for w in extra["workers"])
+        all_up = all(w["state"] == "ready" for w in extra["workers"])
+    else:
+        engine = request.app[ENGINE]
+        analyzers = {a.name: "ready" for a in engine.analyzers}
+        analyzers |= {name: f"degraded: {reason}" for name, reason in engine.degraded.items()}
+        started = all_up = engine.started
     sinks = {"console": "started"}
     webhooks = request.app.get(WEBHOOKS)
     if webhooks is not None:
         sinks["webhooks"] = "started" if webhooks.started else "starting"
     since = time.time() - request.app[CREATED_AT]
     recent = recent_failures(min(FAILED_TASKS_WINDOW_S, since))
-    ready = engine.started and all(v == "started" for v in sinks.values())
-    status = "starting" if not ready else "degraded" if recent else "ready"
+    ready = started and all(v == "started" for v in sinks.values())
+    status = "starting" if not ready else "degraded" if recent or not all_up else "ready"
     manager = request.app[MANAGER]
     body = {"status": status, "analyzers": analyzers, "sinks": sinks,
             "calls": len(manager.joined()),
@@ -196,26 +192,26 @@ async def readyz(request: web.Request) -> web.Response:
             "failed_tasks": {"total": failures(),
                              "recent": [{"task": f.task, "error": f.error,
                                          "at": datetime.fromtimestamp(f.at, UTC).isoformat()}
-                                        for f in recent]}}
+                                        for f in recent]}, **extra}
     return web.json_response(body, status=200 if status == "ready" else 503)
 
 
 async def list_calls(request: web.Request) -> web.Response:
-    return web.json_response({"calls": [_call_json(c) for c in request.app[MANAGER].calls.values()]})
+    return web.json_response({"calls": [c.summary() for c in request.app[MANAGER].calls.values()]})
 
 
 async def get_call(request: web.Request) -> web.Response:
     call = request.app[MANAGER].calls.get(request.match_info["call_id"])
     if call is None:
         return _error(404, "not_found", f"no call {request.match_info['call_id']!r}")
-    return web.json_response(_call_json(call))
+    return web.json_response(call.summary())
 
 
 async def get_speakers(request: web.Request) -> web.Response:
     call = request.app[MANAGER].calls.get(request.match_info["call_id"])
     if call is None:
         return _error(404, "not_found", f"no call {request.match_info['call_id']!r}")
-    return web.json_response({"speakers": _call_json(call)["speakers"]})
+    return web.json_response({"speakers": call.summary()["speakers"]})
 
 
 async def join_call(request: web.Request) -> web.Response:
@@ -244,7 +240,7 @@ async def join_call(request: web.Request) -> web.Response:
         info, factory = cls.from_request(req, ctx)
         if info.id in manager.calls:
             return _error(409, "already_joined", f"already in call {info.id}")
-        await manager.join(info, factory)
+        await manager.join(info, factory, request=JoinRequest(name, req))
     except ConnectorError as exc:
         return _error(exc.status, exc.error, str(exc))
     except ValueError as exc:  # joined concurrently by another request or by auto-join
@@ -299,70 +295,7 @@ async def replay_webhook(request: web.Request) -> web.Response:
 
 
 async def openapi_doc(request: web.Request) -> web.Response:
-    return web.json_response(openapi(request.app[CONNECTORS]))
-
-
-def openapi(connectors: dict[str, type[Connector]] | None = None) -> dict[str, Any]:
-    """The OpenAPI document; ``POST /v1/calls`` takes any of ``connectors``' request bodies
-    (default: the installed connectors)."""
-    requests = [cls.Request for cls in
-                (load_connectors() if connectors is None else connectors).values()]
-    error = {"type": "object", "properties": {"error": {"type": "string"},
-                                              "reason": {"type": "string"}}}
-    err = {"description": "error", "content": {"application/json": {"schema": error}}}
-    ok = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
-    secured: list[dict[str, list[str]]] = [{"bearer": []}]
-    call_id = [{"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}]
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "affect-bridge control API", "version": "1"},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {cls.__name__: cls.model_json_schema() for cls in requests},
-        },
-        "paths": {
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": ok}}},
-            "/readyz": {"get": {"summary": "readiness: analyzers loaded or degraded",
-                                "responses": {"200": ok, "503": ok}}},
-            "/v1/calls": {
-                "get": {"summary": "calls with their speakers and latest stress index",
-                        "security": secured, "responses": {"200": ok, "401": err}},
-                "post": {"summary": "join a call", "security": secured,
-                         "requestBody": {"required": True, "content": {"application/json": {
-                             "schema": {"oneOf": [
-                                 {"$ref": f"#/components/schemas/{cls.__name__}"}
-                                 for cls in requests]}}}},
-                         "responses": {"201": ok, "400": err, "401": err, "403": err,
-                                       "409": err, "422": err}},
-            },
-            "/v1/calls/{call_id}": {
-                "get": {"summary": "one call", "security": secured, "parameters": call_id,
-                        "responses": {"200": ok, "401": err, "404": err}},
-                "delete": {"summary": "leave a call", "security": secured,
-                           "parameters": call_id,
-                           "responses": {"200": ok, "401": err, "404": err}},
-            },
-            "/metrics": {"get": {"summary": "Prometheus metrics (bearer token when "
-                                            "[metrics] sets one)",
-                                 "responses": {"200": {"description": "text exposition"},
-                                               "401": err}}},
-            "/v1/webhooks/failed": {
-                "get": {"summary": "webhook deliveries whose retries ran out",
-                        "security": secured, "responses": {"200": ok, "401": err}},
-            },
-            "/v1/webhooks/failed/{row_id}/replay": {
-                "post": {"summary": "send a failed delivery again (re-enables its endpoint)",
-                         "security": secured,
-                         "parameters": [{"name": "row_id", "in": "path", "required": True,
-                                         "schema": {"type": "integer"}}],
-                         "responses": {"202": ok, "400": err, "401": err, "404": err}},
-            },
-            "/v1/calls/{call_id}/speakers": {
-                "get": {"summary": "a call's speakers", "security": secured,
-                        "parameters": call_id, "responses": {"200": ok, "401": err, "404": err}},
-            },
-        },
-    }
+    return web.json_response(openapi_document(request.app[CONNECTORS]))
 
 
 def join_context(settings: Settings) -> JoinContext:
@@ -376,7 +309,7 @@ def join_context(settings: Settings) -> JoinContext:
         janus_auth={server_key(j.url): JanusAuth(*j.credentials()) for j in settings.janus})
 
 
-def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | None,
+def create_app(engine: AnalysisEngine | None, manager: CallHost, *, token: str | None,
                join: JoinContext | None = None, registry: CollectorRegistry | None = None,
                metrics_token: str | None = None, serve_metrics: bool = True,
                ) -> web.Application:
@@ -388,7 +321,10 @@ def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | Non
     app[REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[METRICS_TOKEN] = metrics_token or ""
     app[CREATED_AT] = time.time()
-    app[ENGINE] = engine
+    if engine is not None:
+        app[ENGINE] = engine
+    if isinstance(manager, WorkerPool):
+        app[POOL] = manager
     app[MANAGER] = manager
     app[TOKEN] = token or ""
     app[JOIN] = join if join is not None else JoinContext(allow=AllowList())
@@ -410,15 +346,16 @@ def create_app(engine: AnalysisEngine, manager: CallManager, *, token: str | Non
 
 
 def build_app(settings: Settings, *, token: str | None, emit: Emit,
-              registry: CollectorRegistry | None = None) -> web.Application:
+              registry: CollectorRegistry | None = None, workers: int = 1) -> web.Application:
     """The service: sinks, engine and call manager (a :class:`Runtime`) started and stopped with
     the app (cleanup_ctx); auto-join stops first, so stopping leaves every call (``call.left``)
     before the analyzers and then the sinks close."""
-    runtime = Runtime.build(settings, emit, registry=registry)
+    runtime = Runtime.build(settings, emit, registry=registry, workers=workers)
     join = join_context(settings)
     app = create_app(runtime.engine, runtime.manager, token=token, join=join,
                      registry=runtime.metrics.registry, metrics_token=settings.metrics.token(),
                      serve_metrics=settings.metrics.listen is None)
+    app[ROUTER] = Router(settings.shard)  # who owns which call (replicas forward to it)
     if runtime.webhooks is not None:
         app[WEBHOOKS] = runtime.webhooks
     autojoins = [JanusAutoJoin(runtime.manager, cfg, settings.shard, join)

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from bridge import events as ev
-from bridge.calls import CallManager
+from bridge.calls import CallHost, JoinRequest
 from bridge.config import JanusSettings, ShardSettings
 from bridge.connectors.base import Backoff, ConnectorError, JoinContext
 from bridge.connectors.janus import (
@@ -36,7 +36,7 @@ class JanusAutoJoin:
     """One per ``[[janus]]`` block; ``start`` spawns the poller, ``aclose`` stops it (the call
     manager leaves the calls)."""
 
-    def __init__(self, manager: CallManager, cfg: JanusSettings, shard: ShardSettings,
+    def __init__(self, manager: CallHost, cfg: JanusSettings, shard: ShardSettings,
                  join: JoinContext | None = None) -> None:
         self.manager = manager
         self.cfg = cfg
@@ -106,11 +106,11 @@ class JanusAutoJoin:
         if info.id in self.manager.calls:
             return
         try:
-            _, factory = JanusConnector.from_request(
-                JanusJoin(connector="janus", url=cfg.url, room=room,
-                          display_name=cfg.display_name, leave_when_empty=cfg.leave_when_empty),
-                self._ctx)
-            call = await self.manager.join(info, factory)
+            request = JanusJoin(connector="janus", url=cfg.url, room=room,
+                                display_name=cfg.display_name,
+                                leave_when_empty=cfg.leave_when_empty)
+            _, factory = JanusConnector.from_request(request, self._ctx)
+            call = await self.manager.join(info, factory, request=JoinRequest("janus", request))
         except (ConnectorError, ValueError) as exc:
             if self._failed.get(info.id) != str(exc):
                 log.warning("auto-join of room %s on %s failed: %s", room, self._shown, exc)
@@ -124,8 +124,8 @@ class JanusAutoJoin:
         self._not_before.pop(info.id, None)
         log.info("auto-joined room %s on %s as %s", room, self._shown, info.id)
         # Watch the call: one that ended in an error is joined again after a backoff.
-        await call.connector.ended.wait()
-        if call.connector.end_reason == "error":
+        await call.ended.wait()
+        if call.end_reason == "error":
             self.ended_in_error += 1
             self._failed_once(info.id)
             log.warning("room %s on %s: the call ended in an error; joining it again",

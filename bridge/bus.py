@@ -1,6 +1,7 @@
-"""The event bus: every event goes to every sink. Sinks queue and return at once (each has its
-own bounded queue and overflow policy), so no sink can slow analysis or another sink down; a
-sink that raises is logged and the others still get the event."""
+"""The event bus: every event goes to every sink, in the order they were given. The webhook
+sink comes first and returns only once the event is committed to its outbox, so nothing shown
+or exported can be lost by a crash; the metrics sink updates its series at once; the console
+writes the line. A sink that raises is logged and the others still get the event."""
 
 from __future__ import annotations
 

@@ -16,7 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from bridge import events as ev
 from bridge.analysis import AnalysisEngine, Emit
@@ -30,9 +34,45 @@ from bridge.connectors.base import (
 from bridge.speaker import LiveSpeaker
 from bridge.tasks import TaskSet
 
-__all__ = ["Call", "CallManager", "JoinCancelled"]
+__all__ = ["Call", "CallHost", "CallManager", "CallView", "JoinCancelled", "JoinRequest"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """What a connector's factory was made from: its name and validated request model, so a
+    worker process can make the same factory (``cls.from_request``)."""
+
+    connector: str
+    body: BaseModel
+
+
+class CallView(Protocol):
+    """What the control API and auto-join see of a call, in this process or in a worker."""
+
+    @property
+    def info(self) -> ev.CallInfo: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def ended(self) -> asyncio.Event: ...
+    @property
+    def end_reason(self) -> str: ...
+    def summary(self) -> dict[str, Any]: ...
+
+
+class CallHost(Protocol):
+    """Who holds the calls: a :class:`CallManager` (one process) or a worker pool
+    (:class:`bridge.workers.WorkerPool`)."""
+
+    @property
+    def calls(self) -> Mapping[str, CallView]: ...
+    def joined(self) -> list[Any]: ...
+    async def join(self, info: ev.CallInfo, factory: ConnectorFactory, *,
+                   request: JoinRequest | None = None) -> Any: ...
+    async def leave(self, call_id: str, reason: str) -> None: ...
+    async def aclose(self, reason: str = "shutting down") -> None: ...
 
 
 class JoinCancelled(ConnectorError):
@@ -62,6 +102,25 @@ class Call:
     def __post_init__(self) -> None:
         self.tasks = TaskSet(f"call:{self.info.id}")
 
+    @property
+    def ended(self) -> asyncio.Event:
+        """Set when the call ended by itself (room destroyed, room empty, supervision died)."""
+        return self.connector.ended
+
+    @property
+    def end_reason(self) -> str:
+        return self.connector.end_reason
+
+    def summary(self) -> dict[str, Any]:
+        """The control API's view of the call."""
+        return {"id": self.info.id, "connector": self.info.connector, "room": self.info.room,
+                "state": self.state,
+                "speakers": [{"id": p.speaker.id, "display": p.speaker.display,
+                              "state": "idle" if p.idle else "active",
+                              "stress_index": p.analysis.latest_index,
+                              "speech_s": round(p.analysis.windower.speech_s, 3)}
+                             for p in list(self.speakers.values())]}
+
 
 class CallManager:
     """Joins calls through connectors and runs a :class:`LiveSpeaker` per speaker; ``aclose``
@@ -75,19 +134,15 @@ class CallManager:
         self._gone_timeout = gone_timeout_s
         self.calls: dict[str, Call] = {}  # joining and joined
         self._tasks = TaskSet("calls")
-        self._frames_retired = 0  # frames of speakers that have left (metrics)
 
     def joined(self) -> list[Call]:
         return [c for c in list(self.calls.values()) if c.state == "joined"]
 
-    def frames_total(self) -> int:
-        """Audio frames received from every speaker so far, gone ones included."""
-        live = sum(p.frames for c in list(self.calls.values()) for p in list(c.speakers.values()))
-        return self._frames_retired + live
-
-    async def join(self, info: ev.CallInfo, factory: ConnectorFactory) -> Call:
+    async def join(self, info: ev.CallInfo, factory: ConnectorFactory, *,
+                   request: JoinRequest | None = None) -> Call:
         """Join a call; raises ConnectorError (and registers nothing) when that fails, and
-        :class:`JoinCancelled` when the call was left while joining."""
+        :class:`JoinCancelled` when the call was left while joining. (``request``, the join
+        request the factory was made from, is for worker pools; here the factory is used.)"""
         if info.id in self.calls:
             raise ValueError(f"already in call {info.id}")
         loop = asyncio.get_running_loop()
@@ -191,7 +246,6 @@ class CallManager:
         speaker = call.speakers.pop(speaker_id, None)
         if speaker is None:
             return
-        self._frames_retired += speaker.frames
         await speaker.aclose(reason)
         if speaker.track.readyState != "ended":
             call.tasks.spawn(discard_track(speaker.track, speaker.receiver),

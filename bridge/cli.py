@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.debug)
+    configure_logging(args.debug)
     from analyzers.plugins import PluginError
     from bridge.audio import AudioDecodeError
     from bridge.config import ConfigError
@@ -115,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
 PROJECT_LOGGERS = ("affect-bridge", "bridge", "analyzers")
 
 
-def _setup_logging(debug: bool) -> None:
+def configure_logging(debug: bool, *, prefix: str = "affect-bridge") -> None:
     """INFO for everything; ``--debug`` turns on this project's loggers only (a library's DEBUG,
-    numba's bytecode dumps for one, would flood the terminal)."""
+    numba's bytecode dumps for one, would flood the terminal). Worker processes log with their
+    own ``prefix``."""
     logging.basicConfig(
         level=logging.INFO,
-        format="affect-bridge: %(levelname)s: %(message)s",
+        format=f"{prefix}: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
     if debug:

@@ -458,10 +458,7 @@ class Settings(BaseSettings):
         """``workers`` as a number: ``auto`` is the cores this process may run on."""
         if self.workers != "auto":
             return self.workers
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not Linux
-            return max(1, os.cpu_count() or 1)
+        return usable_cpus()
 
     def listen_address(self) -> tuple[str, int]:
         """``listen`` as (host, port); an IPv6 host loses its brackets."""
@@ -474,6 +471,22 @@ class Settings(BaseSettings):
         options["emotion"] = self.emotion.model_dump()
         options["semantic"] = self.semantic.model_dump()
         return options
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU limit
+    (``cpu.max``, what a Kubernetes CPU limit sets), rounded up."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:

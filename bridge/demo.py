@@ -20,13 +20,14 @@ from aiohttp import web
 from bridge import events as ev
 from bridge.analyze import AnalyzeResult, format_table
 from bridge.app import metrics_app
+from bridge.calls import CallManager
 from bridge.config import Settings
 from bridge.connectors.whep import WhepConnector
 from bridge.contrib.media_source import DemoSource
 from bridge.ice import restrict_host_addresses
-from bridge.metrics import Metrics
 from bridge.runtime import Runtime
 from bridge.sinks.console import ConsoleSink
+from bridge.sinks.prometheus import PrometheusSink
 from bridge.summary import SpeakerSummaries
 
 __all__ = ["DEMO_SPEAKERS", "demo_clips", "demo_state_dir", "run_demo"]
@@ -61,6 +62,7 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
     runtime = Runtime.build(settings, record, console.emit, silence_timeout_s=GONE_TIMEOUT_S,
                             gone_timeout_s=GONE_TIMEOUT_S)
     manager = runtime.manager
+    assert isinstance(manager, CallManager)  # the demo is one process
     source = DemoSource(demo_clips(), loop=loop)
     info = ev.CallInfo(id="demo:local", connector="whep", room="demo")
     await console.start()
@@ -84,7 +86,8 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
             await metrics_site.cleanup()
         await console.aclose()
         restrict_host_addresses(None)
-    return AnalyzeResult(list(summaries.values()), dict(runtime.engine.degraded))
+    return AnalyzeResult(list(summaries.values()),
+                         dict(runtime.engine.degraded) if runtime.engine is not None else {})
 
 
 def demo_state_dir() -> Path:
@@ -105,7 +108,7 @@ def _demo_outbox(settings: Settings) -> Settings:
         update={"path": path})})
 
 
-async def _serve_metrics(metrics: Metrics, settings: Settings) -> web.AppRunner | None:
+async def _serve_metrics(metrics: PrometheusSink, settings: Settings) -> web.AppRunner | None:
     """``/metrics`` on ``listen`` (127.0.0.1:9464 by default); the demo goes on without it when
     the address is taken."""
 

@@ -233,8 +233,10 @@ EVENT_TYPES = ("call.joined", "call.left", "speaker.joined", "speaker.left", "sp
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 
 
-def parse_event(raw: str | bytes) -> Any:
-    """Validate one JSON event (any type) back into its model."""
+def parse_event(raw: str | bytes | dict[str, Any]) -> Any:
+    """Validate one event (any type; JSON text, or its decoded object) back into its model."""
+    if isinstance(raw, dict):
+        return _ADAPTER.validate_python(raw)
     return _ADAPTER.validate_json(raw)
 
 

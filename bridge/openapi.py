@@ -72,6 +72,8 @@ class Call(BaseModel):
     id: str
     connector: str
     room: str | None
+    worker: int | None = Field(None, description="the worker process holding the call "
+                                                 "(run --workers N > 1 only)")
     state: Literal["joining", "joined"]
     speakers: list[Speaker]
 

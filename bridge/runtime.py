@@ -1,8 +1,11 @@
-"""What `run` and `demo` share: metrics, the webhook sink, the event bus, the analysis engine and
-the call manager, wired once and started and stopped in the right order.
+"""What `run` and `demo` share: metrics, the webhook sink, the event bus, and who holds the
+calls (the analysis engine and call manager in this process, or a pool of worker processes),
+wired once and started and stopped in the right order.
 
-Start: webhooks first (so ``analyzer.degraded`` reaches them), then the analyzers. Stop: leave
-every call (``call.left``), close the analyzers, then the sinks, so the last events still get out.
+Start: webhooks first (so ``analyzer.degraded`` reaches them), then the analyzers (or the
+workers). Stop: leave every call (``call.left``), close the analyzers (stop the workers), then
+the sinks, so the last events still get out. The bus gives every event to the webhook sink
+first, then to the metrics sink, then to the sinks the caller adds (the console).
 """
 
 from __future__ import annotations
@@ -16,50 +19,58 @@ from bridge.analysis import AnalysisEngine
 from bridge.bus import EventBus, Sink
 from bridge.calls import CallManager
 from bridge.config import Settings
-from bridge.metrics import Metrics
+from bridge.sinks.prometheus import PrometheusSink
 from bridge.sinks.webhook import WebhookSink
+from bridge.workers import WorkerPool
 
 __all__ = ["Runtime"]
 
 
 @dataclass
 class Runtime:
-    metrics: Metrics
+    metrics: PrometheusSink
     webhooks: WebhookSink | None
     bus: EventBus
-    engine: AnalysisEngine
-    manager: CallManager
+    engine: AnalysisEngine | None  # None with worker processes (each has its own)
+    manager: CallManager | WorkerPool
 
     @classmethod
     def build(cls, settings: Settings, *sinks: Sink, registry: CollectorRegistry | None = None,
               silence_timeout_s: float | None = None,
-              gone_timeout_s: float | None = None) -> Runtime:
-        """Raises ConfigError for an unusable webhook secret."""
-        metrics = Metrics(registry, max_speakers=settings.metrics.max_speakers)
+              gone_timeout_s: float | None = None, workers: int = 1) -> Runtime:
+        """``workers`` > 1: calls are held by that many worker processes. Raises ConfigError
+        for an unusable webhook secret."""
+        metrics = PrometheusSink(registry, max_speakers=settings.metrics.max_speakers)
         webhooks = (WebhookSink(settings.webhooks, settings.outbox, metrics=metrics)
                     if settings.webhooks else None)
         # Webhooks first: their emit returns once the event is durable, so nothing is printed
         # or exported that a crash right then could lose.
-        bus = EventBus(*([webhooks.emit] if webhooks is not None else []), *sinks)
-        engine = AnalysisEngine(settings)
-        engine.metrics = metrics
+        bus = EventBus(*([webhooks.emit] if webhooks is not None else []), metrics.emit, *sinks)
+        if workers > 1:
+            pool = WorkerPool(settings, workers, bus.emit, record=metrics.record)
+            return cls(metrics, webhooks, bus, None, pool)
+        engine = AnalysisEngine(settings, record=metrics.record)
         timeout = settings.live.silence_timeout_s if silence_timeout_s is None else silence_timeout_s
         gone = settings.live.gone_timeout_s if gone_timeout_s is None else gone_timeout_s
         manager = CallManager(engine, bus.emit, silence_timeout_s=timeout, gone_timeout_s=gone)
-        metrics.watch(manager)
         return cls(metrics, webhooks, bus, engine, manager)
 
     async def start(self, call: ev.CallInfo | None = None) -> None:
         """Start the sinks and load the analyzers; report degraded ones (for ``call``, if any)."""
         if self.webhooks is not None:
             await self.webhooks.start()
+        if isinstance(self.manager, WorkerPool):
+            await self.manager.start()  # each worker reports its degraded analyzers
+            return
+        assert self.engine is not None
         await self.engine.start()
         for event in self.engine.degraded_events(call):
             await self.bus.emit(event)
 
     async def aclose(self, reason: str = "shutting down") -> None:
         await self.manager.aclose(reason)
-        await self.engine.aclose()
+        if self.engine is not None:
+            await self.engine.aclose()
         if self.webhooks is not None:
             await self.webhooks.aclose()
         self.metrics.close()

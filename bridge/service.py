@@ -45,7 +45,8 @@ async def serve(settings: Settings) -> None:
     restrict_host_addresses(settings.live.ice_host_addresses)
 
     console = ConsoleSink("jsonl")
-    app = build_app(settings, token=token, emit=console.emit)
+    workers = settings.worker_count()
+    app = build_app(settings, token=token, emit=console.emit, workers=workers)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     metrics_runner: web.AppRunner | None = None
@@ -62,10 +63,11 @@ async def serve(settings: Settings) -> None:
             await metrics_runner.cleanup()
         await runner.cleanup()
         raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
-    log.info("control API on http://%s/ (token %s); metrics on http://%s/metrics (%s)",
+    log.info("control API on http://%s/ (token %s); metrics on http://%s/metrics (%s); %s",
              settings.listen, "set" if token else "NOT set: /v1/* refuses every request",
              settings.metrics.listen or settings.listen,
-             "bearer token required" if settings.metrics.token() else "no token")
+             "bearer token required" if settings.metrics.token() else "no token",
+             f"{workers} worker processes" if workers > 1 else "one process")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -33,6 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from analyzers.types import SAMPLE_RATE, AudioChunk
 from bridge import events as ev
+from bridge import stats
 from bridge.analysis import AnalysisEngine, Emit, SpeakerAnalysis
 from bridge.audio import FrameConverter, MediaClock
 from bridge.tasks import report_failure
@@ -77,6 +78,7 @@ class LiveSpeaker:
         self._last_frame = 0.0
         self.clock: MediaClock | None = None
         self.frames = 0
+        self._reported = (0, 0.0)  # frames and speech seconds already in stats
         self.idle = False
         self.ended = asyncio.Event()
         self.reason = "left"
@@ -99,6 +101,7 @@ class LiveSpeaker:
         loop = asyncio.get_running_loop()
         gone = self._gone_timeout
         while not drain.done():
+            self._report()
             silent = loop.time() - self._last_frame
             if gone is not None and silent >= gone:
                 self.reason = "silent"
@@ -169,6 +172,17 @@ class LiveSpeaker:
         finally:
             self.ended.set()
 
+    def _report(self) -> None:
+        """Frames and speech since the last report, as statistics (about once a second)."""
+        frames, speech = self._reported
+        now = (self.frames, self.analysis.windower.speech_s)
+        if now[0] > frames:
+            self.analysis.engine.record(stats.FramesReceived(now[0] - frames))
+        if now[1] > speech:
+            self.analysis.engine.record(stats.SpeechHeard(self.call.id, self.speaker.id,
+                                                          now[1] - speech))
+        self._reported = now
+
     async def aclose(self, reason: str | None = None) -> None:
         """Stop draining, emit ``speaker.left``; idempotent."""
         if reason is not None and not self.ended.is_set():
@@ -184,6 +198,7 @@ class LiveSpeaker:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        self._report()
         await self.analysis.finish(self.reason, at_s=round(self._now(), 3))
 
 

@@ -17,7 +17,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TaskFailure", "TaskSet", "failures", "recent_failures", "report_failure"]
+__all__ = ["TaskFailure", "TaskSet", "failures", "recent_failures", "record_failure",
+           "report_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ def report_failure(task: str, exc: BaseException) -> None:
     first = (str(exc).strip().splitlines() or [""])[0][:200]
     _COUNTS[task] += 1
     _RECENT.append(TaskFailure(task, f"{type(exc).__name__}: {first}".rstrip(": "), time.time()))
+
+
+def record_failure(task: str, error: str, *, at: float | None = None) -> None:
+    """Count a failure that happened elsewhere (a worker process's task, a worker's exit)."""
+    _COUNTS[task] += 1
+    _RECENT.append(TaskFailure(task, error[:300], time.time() if at is None else at))
 
 
 def failures() -> dict[str, int]:

@@ -27,11 +27,11 @@ class Bridge:
     """``affect-bridge run`` in a subprocess, its stdout (JSON lines) collected as it comes."""
 
     def __init__(self, tmp: Path, *, webhook: bool = False, live: str = "",
-                 extra: str = "") -> None:
+                 extra: str = "", workers: int = 1) -> None:
         self.port = free_port()
         self.outbox = tmp / "outbox.sqlite3"
         self.config = tmp / "run.toml"
-        text = ('analyzers = ["prosody"]\n'
+        text = (f'analyzers = ["prosody"]\nworkers = {workers}\n'
                 f'[live]\nice_host_addresses = ["127.0.0.1"]\n{live}\n'
                 f'[outbound]\nallow = ["127.0.0.1"]\n'
                 f'[outbox]\npath = "{self.outbox}"\n{extra}\n')
@@ -49,7 +49,8 @@ class Bridge:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config),
             "--listen", f"127.0.0.1:{self.port}", cwd=ROOT, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None if os.environ.get("AFFECT_BRIDGE_TEST_STDERR") else asyncio.subprocess.DEVNULL)
         self._reader = asyncio.create_task(self._read())
         async with aiohttp.ClientSession() as http:
             for _ in range(300):  # start-up

@@ -331,12 +331,12 @@ def test_debug_turns_on_this_projects_loggers_only() -> None:
     among them) flooded the terminal."""
     import logging
 
-    from bridge.cli import _setup_logging
+    from bridge.cli import configure_logging
 
     root = logging.getLogger()
     saved = root.level, root.handlers[:]
     try:
-        _setup_logging(True)
+        configure_logging(True)
         assert logging.getLogger("bridge.calls").isEnabledFor(logging.DEBUG)
         assert logging.getLogger("analyzers.emotion").isEnabledFor(logging.DEBUG)
         for library in ("numba.core.byteflow", "transformers", "aiohttp.client", "some.lib"):

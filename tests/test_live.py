@@ -22,13 +22,20 @@ from bridge.contrib.media_source import DemoSource
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
-async def _manager() -> tuple[CallManager, list[Any]]:
-    engine = AnalysisEngine(load_settings(None, analyzers=["prosody"]))
+async def _manager(metrics: Any = None) -> tuple[CallManager, list[Any]]:
+    """A call manager over a prosody-only engine; its events are collected (and, with
+    ``metrics``, given to that Prometheus sink, as the service's bus does)."""
+    from bridge import stats
+
+    engine = AnalysisEngine(load_settings(None, analyzers=["prosody"]),
+                            record=metrics.record if metrics is not None else stats.ignore)
     await engine.start()
     got: list[Any] = []
 
     async def emit(e: Any) -> None:
         got.append(e)
+        if metrics is not None:
+            await metrics.emit(e)
 
     return CallManager(engine, emit, silence_timeout_s=2.0), got
 
@@ -160,9 +167,9 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
 
     from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
-    from bridge.metrics import Metrics
+    from bridge.sinks.prometheus import PrometheusSink
 
-    metrics = Metrics()
+    metrics = PrometheusSink()
 
     def series() -> int:
         """Per-speaker metric series exported now."""
@@ -182,8 +189,7 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
             "peer_connections": sum(type(o) is RTCPeerConnection for o in objects),
         }
 
-    manager, got = await _manager()
-    metrics.watch(manager)
+    manager, got = await _manager(metrics)
     info = ev.CallInfo(id="whep:cycle", connector="whep")
     peak_series = 0
 

@@ -1,48 +1,113 @@
-"""Prometheus metrics: per-speaker series follow the live speakers, capped per process."""
+"""Prometheus metrics, a sink of the event bus: per-speaker series are made from events
+(created on speaker.joined, removed on speaker.left), capped per process; statistics come as
+typed stats. The dependency direction holds."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import ast
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import generate_latest
 
-from analyzers.types import EmotionScores
-from bridge.metrics import Metrics
+from bridge import events as ev
+from bridge import stats
+from bridge.sinks.prometheus import PrometheusSink
+
+ROOT = Path(__file__).resolve().parents[1]
+CALL = ev.CallInfo(id="janus:1", connector="janus", room="1")
 
 
-def _speaker(sid: str, index: float | None, emotion: EmotionScores | None = None) -> Any:
-    analysis = SimpleNamespace(latest_index=index, last_emotion=emotion,
-                               windower=SimpleNamespace(speech_s=12.5),
-                               stress=SimpleNamespace(spikes=2))
-    return SimpleNamespace(speaker=SimpleNamespace(id=sid), analysis=analysis, frames=100,
-                           idle=False)
+def _speaker(sid: str) -> ev.SpeakerInfo:
+    return ev.SpeakerInfo(id=sid, display=sid.upper())
 
 
-def _manager(*speakers: Any) -> Any:
-    call = SimpleNamespace(info=SimpleNamespace(id="janus:1"),
-                           speakers={s.speaker.id: s for s in speakers})
-    manager = SimpleNamespace(calls={"janus:1": call})
-    manager.joined = lambda: list(manager.calls.values())
-    manager.frames_total = lambda: 100 * len(call.speakers)
-    return manager
+def _sample(sid: str, index: float, emotion: dict[str, float] | None = None) -> ev.AffectSample:
+    prosody = ev.ProsodyData(f0_hz=None, f0_range_st=None, jitter=None, shimmer=None,
+                             hnr_db=None, energy_db=None, speech_rate=None, pause_ratio=0.5)
+    return ev.AffectSample(call=CALL, speaker=_speaker(sid), data=ev.AffectSampleData(
+        offset_s=4.0, window_start_s=0.0, window_end_s=4.0, voiced_s=2.0, emotion=emotion,
+        arousal=0.2 if emotion else None, valence=-0.1 if emotion else None, prosody=prosody,
+        stress=ev.StressData(index=index, components={}, calibrating=False)))
 
 
-def test_series_follow_speakers_and_the_cap_counts_what_is_left_out() -> None:
-    emotion = EmotionScores({"neutral": 0.7, "angry": 0.3}, arousal=0.2, valence=-0.1, audio_s=4.0)
-    manager = _manager(_speaker("a", 0.4, emotion), _speaker("b", None), _speaker("c", 0.9))
-    metrics = Metrics(max_speakers=2)
-    metrics.watch(manager)
-    value = metrics.registry.get_sample_value
-    assert value("affect_stress_index", {"call": "janus:1", "speaker": "a"}) == 0.4
-    assert value("affect_stress_index", {"call": "janus:1", "speaker": "b"}) is None  # no index yet
+def _feed(sink: PrometheusSink, *events: Any) -> None:
+    for event in events:
+        sink.on_event(event)
+
+
+def test_series_follow_events_and_the_cap_counts_what_is_left_out() -> None:
+    sink = PrometheusSink(max_speakers=2)
+    value = sink.registry.get_sample_value
+    joined = [ev.SpeakerJoined(call=CALL, speaker=_speaker(s), data=ev.SpeakerJoinedData(
+        offset_s=0.0)) for s in "abc"]
+    _feed(sink, ev.CallJoined(call=CALL, data=ev.CallJoinedData()), *joined,
+          _sample("a", 0.4, {"neutral": 0.7, "angry": 0.3}), _sample("c", 0.9))
+    sink.record(stats.SpeechHeard("janus:1", "b", 12.5))
+    sink.record(stats.FramesReceived(300))
+    a = {"call": "janus:1", "speaker": "a"}
+    assert value("affect_stress_index", a) == 0.4
+    assert value("affect_arousal", a) == 0.2
+    assert value("affect_stress_index", {"call": "janus:1", "speaker": "b"}) is None  # no sample
     assert value("affect_speech_seconds_total", {"call": "janus:1", "speaker": "b"}) == 12.5
-    assert value("affect_emotion_probability", {"call": "janus:1", "speaker": "a",
-                                                "emotion": "angry"}) == 0.3
+    assert value("affect_emotion_probability", {**a, "emotion": "angry"}) == 0.3
     assert value("affect_stress_index", {"call": "janus:1", "speaker": "c"}) is None  # capped
     assert value("affect_dropped_total", {"stage": "metrics"}) == 1
-    assert value("affect_speakers_active") == 3 and value("affect_audio_frames_total") == 300
-    del manager.calls["janus:1"].speakers["a"]  # a speaker leaves: its series go
-    text = generate_latest(metrics.registry).decode()
-    assert 'speaker="a"' not in text and 'speaker="c"' in text
-    metrics.close()
+    assert value("affect_speakers_active") == 3 and value("affect_calls_active") == 1
+    assert value("affect_audio_frames_total") == 300
+    spike = ev.SpikeStarted(call=CALL, speaker=_speaker("a"), data=ev.SpikeStartedData(
+        offset_s=9.0, started_s=6.0, index=0.7, peak=0.7, components=["f0"]))
+    idle = ev.SpeakerIdle(call=CALL, speaker=_speaker("b"), data=ev.SpeakerIdleData(
+        offset_s=10.0, silent_s=10.0))
+    _feed(sink, spike, idle)
+    assert value("affect_stress_spikes_total", a) == 1 and value("affect_speakers_idle") == 1
+    _feed(sink, ev.SpeakerLeft(call=CALL, speaker=_speaker("a"), data=ev.SpeakerLeftData(
+        offset_s=11.0, reason="left", speech_s=3.0, spikes=1)))
+    text = generate_latest(sink.registry).decode()
+    assert 'speaker="a"' not in text and 'speaker="b"' in text
+    _feed(sink, ev.CallLeft(call=CALL, data=ev.CallLeftData(offset_s=12.0, reason="left")))
+    text = generate_latest(sink.registry).decode()
+    assert 'speaker="' not in text and value("affect_calls_active") == 0
+    sink.close()
+
+
+def test_statistics_land_in_their_series() -> None:
+    sink = PrometheusSink()
+    value = sink.registry.get_sample_value
+    sink.record(stats.WindowLatency(0.03))
+    sink.record(stats.Dropped("window_queue", 2))
+    sink.record(stats.InferenceBatch("emotion", 4, 0.2))
+    sink.record(stats.InferenceBatch("emotion", 0, 0.0))  # turned away: a drop
+    assert value("affect_pipeline_latency_seconds_count") == 1
+    assert value("affect_dropped_total", {"stage": "window_queue"}) == 2
+    assert value("affect_inference_batch_size_sum", {"analyzer": "emotion"}) == 4
+    assert value("affect_dropped_total", {"stage": "inference_emotion"}) == 1
+    for stat in (stats.SpeechHeard("c", "s", 1.5), stats.Dropped("x"), stats.FramesReceived(3)):
+        assert stats.from_wire(stats.to_wire(stat)) == stat
+    sink.close()
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_dependency_direction() -> None:
+    """analyzers imports nothing of bridge; the metrics sink imports no pipeline module (it is
+    fed events and stats, it never reads pipeline state)."""
+    for path in (ROOT / "analyzers").rglob("*.py"):
+        bad = {n for n in _imports(path) if n == "bridge" or n.startswith("bridge.")}
+        assert not bad, f"{path.name} imports {sorted(bad)}"
+    pipeline = ("bridge.analysis", "bridge.speaker", "bridge.calls", "bridge.runtime",
+                "bridge.connectors", "analyzers")
+    for path in (ROOT / "bridge" / "sinks").glob("*.py"):
+        bad = {n for n in _imports(path) if n.startswith(pipeline)}
+        assert not bad, f"{path.name} imports {sorted(bad)}"
+    assert not (ROOT / "bridge" / "metrics.py").exists()

@@ -15,8 +15,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bridge.config import ConfigError, OutboxSettings, WebhookSettings
-from bridge.metrics import Metrics
 from bridge.sinks.outbox import OutboxRow
+from bridge.sinks.prometheus import PrometheusSink
 from bridge.sinks.webhook import WebhookSink, endpoint_label
 from tests.conftest import ROOT
 from tests.webhook_helpers import (
@@ -43,7 +43,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 def make_sink(tmp_path: Path, *endpoints: dict[str, object], max_rows: int = 100_000,
-              metrics: Metrics | None = None) -> WebhookSink:
+              metrics: PrometheusSink | None = None) -> WebhookSink:
     return WebhookSink([WebhookSettings(**e) for e in endpoints],  # type: ignore[arg-type]
                        OutboxSettings(path=tmp_path / "outbox.sqlite3", max_rows=max_rows),
                        metrics=metrics)
@@ -135,7 +135,7 @@ def _only_row(sink: WebhookSink) -> OutboxRow:
 
 async def test_500s_until_the_schedule_runs_out_leave_a_failed_row(tmp_path: Path) -> None:
     receiver = await Receiver(respond=lambda n: (500, {})).start()
-    metrics = Metrics()
+    metrics = PrometheusSink()
     sink = make_sink(tmp_path, endpoint(receiver.url, retry_schedule_s=[0.05, 0.05]),
                      metrics=metrics)
     await sink.start()
@@ -180,7 +180,7 @@ async def test_outbox_over_its_cap_drops_oldest_samples_never_spikes(tmp_path: P
     down = await Receiver().start()
     url = down.url
     await down.stop()
-    metrics = Metrics()
+    metrics = PrometheusSink()
     sink = make_sink(tmp_path, endpoint(url, retry_schedule_s=[60.0]), max_rows=10,
                      metrics=metrics)
     await sink.start()

@@ -43,8 +43,8 @@ from standardwebhooks.webhooks import Webhook
 
 from bridge import events as ev
 from bridge.config import ConfigError, OutboxSettings, WebhookSettings
-from bridge.metrics import Metrics
 from bridge.sinks.outbox import Outbox, OutboxRow
+from bridge.sinks.prometheus import PrometheusSink
 from bridge.tasks import TaskSet
 
 __all__ = ["WebhookSink", "load_secrets"]
@@ -109,7 +109,7 @@ class _Endpoint:
 
 class WebhookSink:
     def __init__(self, endpoints: list[WebhookSettings], outbox: OutboxSettings, *,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: PrometheusSink | None = None) -> None:
         labels = [endpoint_label(cfg) for cfg in endpoints]
         if len(set(labels)) != len(labels):
             raise ConfigError("two webhooks share a name/URL; give them distinct names")
