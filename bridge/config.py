@@ -34,7 +34,7 @@ from analyzers.prosody import ProsodyConfig
 from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, StressConfig
 from analyzers.vad import VadConfig
 from analyzers.windowing import WindowConfig
-from bridge.connectors.options import JanusJoinOptions
+from bridge.connectors.options import HttpUrl, JanusJoinOptions
 
 __all__ = ["ConfigError", "OutboundSettings", "OutboxSettings", "Settings", "WebhookSettings",
            "describe_errors", "load_settings", "read_secret", "split_listen"]
@@ -309,7 +309,7 @@ DEFAULT_RETRY_SCHEDULE_S = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.
 class WebhookSettings(_Section):
     """One webhook endpoint (``[[webhooks]]`` blocks). Secrets only from env or a file."""
 
-    url: str = Field(pattern=r"^https?://", max_length=2048)
+    url: HttpUrl
     secret_env: str | None = Field(
         "AFFECT_BRIDGE_WEBHOOK_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="variable holding whsec_<base64> secret(s), space-separated for rotation")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from bridge.demo import demo_clips
 from bridge.ice import restrict_host_addresses
 from tests.conftest import until
 from tests.janus_net import JanusNetns, janus_available
+from tests.webhook_helpers import SECRET_A, Receiver
 
 # Skipped only off CI (no root, no janus); in CI (.ci/setup installs janus) a missing part fails.
 pytestmark = pytest.mark.skipif(janus_available() is not None and not os.environ.get("CI"),
@@ -157,10 +159,11 @@ async def bridge(janus: JanusNetns, monkeypatch: pytest.MonkeyPatch,
 
 
 @contextlib.asynccontextmanager
-async def served(settings: Any) -> AsyncIterator[tuple[web.Application, Recorder, str]]:
+async def served(settings: Any, *, workers: int = 1,
+                 ) -> AsyncIterator[tuple[web.Application, Recorder, str]]:
     """The service for ``settings`` on 127.0.0.1: its app, the events it emits, its base URL."""
     recorder = Recorder()
-    app = build_app(settings, token=TOKEN, emit=recorder.emit)
+    app = build_app(settings, token=TOKEN, emit=recorder.emit, workers=workers)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -404,3 +407,76 @@ async def test_a_protected_janus_with_an_api_secret_and_room_pins(
     text = "\n".join(r.getMessage() for r in caplog.records)
     for value in (secret, pin, other_pin):
         assert value not in text
+
+
+async def test_two_workers_share_the_rooms_and_a_killed_worker_loses_no_spike(
+        janus: JanusNetns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run --workers 2 (the supervisor in this process, two worker processes): rooms spread over
+    both, one /metrics with every speaker's series (gone when they leave), every event delivered
+    once to one webhook from one outbox; the worker holding the stressed speaker is SIGKILLed
+    right after her spike: the spike is delivered, she is back on the other worker."""
+    monkeypatch.setenv("AFFECT_BRIDGE_WEBHOOK_SECRET", SECRET_A)
+    receiver = await Receiver().start()
+    settings = load_settings(
+        analyzers=["prosody"],
+        janus=[{"url": janus.url, "rooms": "*", "poll_s": 1.0, "leave_when_empty": 3.0}],
+        live={"silence_timeout_s": 60.0, "ice_host_addresses": [janus.host_ip]},
+        webhooks=[{"url": receiver.url, "events": ["*"]}],
+        outbox={"path": str(tmp_path / "outbox.sqlite3")})
+    alice_clip, bob_clip, carol_clip = demo_clips()
+    alice = Publisher(janus.url, 101, "Alice", alice_clip)
+    bob = Publisher(janus.url, 102, "Bob", bob_clip)
+    carol = Publisher(janus.url, 201, "Carol", carol_clip, room=OTHER_ROOM)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    loop = asyncio.get_running_loop()
+    try:
+        async with served(settings, workers=2) as (_, rec, api), ClientSession() as http:
+            for pub in (alice, bob, carol):
+                await pub.publish()
+            for name in ("Alice", "Bob", "Carol"):
+                await rec.wait_for(f"{name} joined", _is("speaker.joined", name), limit_s=60)
+            async with http.get(f"{api}/v1/calls", headers=auth) as resp:
+                calls = {c["id"]: c for c in (await resp.json())["calls"]}
+            assert {c["worker"] for c in calls.values()} == {0, 1}  # one room on each
+            await rec.wait_for("Bob's samples", _is("affect.sample", "Bob"), limit_s=60)
+            async with http.get(f"{api}/metrics") as resp:
+                text = await resp.text()
+            for e in rec.events:
+                if e.type == "speaker.joined" and e.call is not None and e.speaker is not None:
+                    assert (f'affect_speech_seconds_total{{call="{e.call.id}",'
+                            f'speaker="{e.speaker.id}"}}') in text
+            await bob.leave()
+            await rec.wait_for("Bob left", _is("speaker.left", "Bob"), limit_s=30)
+            async with http.get(f"{api}/metrics") as resp:
+                assert f'speaker="janus:{ROOM}:102"' not in await resp.text()
+
+            # Alice turns stressed ~45 s into her clip; her worker dies right after the spike.
+            spike = await rec.wait_for("Alice's spike", _is("stress.spike.started", "Alice"),
+                                       limit_s=150)
+            async with http.get(f"{api}/readyz") as resp:
+                workers = {w["index"]: w for w in (await resp.json())["workers"]}
+            victim = workers[calls[f"janus:{ROOM}"]["worker"]]
+            mark, killed_at = len(rec.events), loop.time()
+            os.kill(victim["pid"], signal.SIGKILL)
+            back = await rec.wait_for("Alice back", _is("speaker.joined", "Alice"), after=mark,
+                                      limit_s=60)
+            log.warning("Alice back %.1f s after her worker was killed", loop.time() - killed_at)
+            left = [e for e in rec.since(mark) if e.type == "speaker.left"]
+            assert [(e.speaker.display if e.speaker else None, getattr(e.data, "reason", None))
+                    for e in left] == [("Alice", "worker failed")]
+            assert back.call is not None and back.call.id == f"janus:{ROOM}"
+            await rec.wait_for("Alice's samples", _is("affect.sample", "Alice"), after=mark,
+                               limit_s=60)
+            async with http.get(f"{api}/v1/calls", headers=auth) as resp:
+                now = {c["id"]: c for c in (await resp.json())["calls"]}
+            assert now[f"janus:{ROOM}"]["worker"] != victim["index"]
+            assert not [e for e in rec.since(mark) if e.type in ("call.joined", "call.left")]
+            published = {e.id for e in rec.events}
+            await receiver.wait_for(lambda r: published <= r.delivered_ids(), limit_s=60)
+            assert spike.id in receiver.delivered_ids()
+    finally:
+        for pub in (alice, bob, carol):
+            await pub.drop()
+        await receiver.stop()
+    ids = [r.id for r in receiver.delivered]
+    assert len(ids) == len(set(ids))  # once per event id

@@ -632,6 +632,237 @@ def run_one(children: Children, logs: Path, n: int, args: argparse.Namespace, op
     return result
 
 
+# --------------------------------------------------------------------------------------------
+# --workers: the service as deployed (`affect-bridge run --workers W`), measured from outside
+# --------------------------------------------------------------------------------------------
+
+SERVICE_TOKEN = "bench-token"
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of ``name`` whose label set contains ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _tree(root: Any) -> list[Any]:
+    import psutil
+
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return [root]
+
+
+def _tree_cpu(root: Any) -> float:
+    total = 0.0
+    for p in _tree(root):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except Exception:
+            pass
+    return total
+
+
+def _tree_mem_mb(root: Any) -> tuple[float, float]:
+    """(RSS, PSS) of the process tree in MB (PSS shares pages fairly between the workers)."""
+    rss = pss = 0.0
+    for p in _tree(root):
+        try:
+            m = p.memory_full_info()
+            rss += m.rss
+            pss += m.pss
+        except Exception:
+            pass
+    return rss / 2**20, pss / 2**20
+
+
+def run_service(children: Children, logs: Path, n: int, workers: int, args: argparse.Namespace,
+                opus: list[Path]) -> dict[str, Any]:
+    """One source child + ``affect-bridge run --workers W`` joining it over the control API
+    (``--per-call`` speakers per WHEP session). Kept up: every frame the source sent arrived
+    (>= 0.95 x 50/s per speaker on average), no analysis window dropped, nothing dropped on a
+    worker channel, and the pipeline latency's mean under 1 s."""
+    import psutil
+    import requests
+
+    tag = f"{n}-workers{workers}"
+    src_log, br_log = logs / f"source-{tag}.log", logs / f"service-{tag}.log"
+    src_argv = ["--_source", "--speakers", str(n), "--_parent", str(os.getpid()),
+                "--_opus", *map(str, opus)]
+    source = children.start(src_argv, src_log)
+    service: subprocess.Popen[str] | None = None
+    try:
+        urls = json.loads(_read_line(source, 60, "the source", src_log))
+        port = _free_port()
+        cfg = logs / f"service-{tag}.toml"
+        cfg.write_text(f'analyzers = ["prosody"]\nworkers = {workers}\nlog_level = "WARNING"\n'
+                       f'[live]\nice_host_addresses = ["{LOOPBACK}"]\n'
+                       f'[outbound]\nallow = ["{LOOPBACK}"]\n', encoding="utf-8")
+        with open(br_log, "w", encoding="utf-8") as err:
+            service = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg), "--listen",
+                 f"{LOOPBACK}:{port}"], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT,
+                env={**os.environ, "HF_HUB_OFFLINE": "1",
+                     "AFFECT_BRIDGE_API_TOKEN": SERVICE_TOKEN})
+        children.procs.append(service)  # type: ignore[arg-type]
+        base = f"http://{LOOPBACK}:{port}"
+        auth = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+        deadline = time.monotonic() + 120
+        while True:  # ready: every worker up and its analyzers loaded
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline or service.poll() is not None:
+                raise RuntimeError("the service never became ready; its log ends:\n"
+                                   + br_log.read_text()[-3000:])
+            time.sleep(0.2)
+        root = psutil.Process(service.pid)
+        time.sleep(2.0)
+        base_rss, base_pss = _tree_mem_mb(root)
+        sizes = [min(args.per_call, n - i) for i in range(0, n, args.per_call)]
+        for c, tracks in enumerate(sizes):
+            r = requests.post(base + "/v1/calls", headers=auth, timeout=60, json={
+                "connector": "whep", "url": f"{urls['whep']}?call={c}", "tracks": tracks})
+            if r.status_code != 201:
+                raise RuntimeError(f"join {c} failed: {r.status_code} {r.text[:300]}")
+
+        def metrics() -> str:
+            return requests.get(base + "/metrics", timeout=10).text
+
+        deadline = time.monotonic() + FLOW_TIMEOUT_S
+        while _metric(metrics(), "affect_speakers_active") < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not all {n} speakers joined in {FLOW_TIMEOUT_S:.0f} s")
+            time.sleep(0.5)
+        time.sleep(1.0 + args.settle)
+        placed = Counter(c.get("worker") for c in requests.get(
+            base + "/v1/calls", headers=auth, timeout=10).json()["calls"])
+        src = psutil.Process(source.pid)
+        m0, cpu0, src0, t0 = metrics(), _tree_cpu(root), _tree_cpu(src), time.monotonic()
+        busy0 = machine_busy_s()
+        time.sleep(args.seconds)
+        m1, cpu1, src1, t1 = metrics(), _tree_cpu(root), _tree_cpu(src), time.monotonic()
+        busy1 = machine_busy_s()
+        rss, pss = _tree_mem_mb(root)
+        wall = t1 - t0
+
+        def delta(name: str, labels: str = "") -> float:
+            return _metric(m1, name, labels) - _metric(m0, name, labels)
+
+        frames = delta("affect_audio_frames_total")
+        windows = delta("affect_dropped_total", 'stage="window_queue"')
+        channel = delta("affect_dropped_total", 'stage="worker_channel"')
+        lat_n = delta("affect_pipeline_latency_seconds_count")
+        lat_mean = delta("affect_pipeline_latency_seconds_sum") / lat_n if lat_n else None
+        slow = lat_n - delta("affect_pipeline_latency_seconds_bucket", 'le="1.0"')
+        rate = frames / (n * wall)
+        cpu = cpu1 - cpu0
+        kept = (rate >= KEPT_UP_RATE * FRAME_RATE and windows == 0 and channel == 0
+                and lat_mean is not None and lat_mean < 1.0)
+        return {"speakers": n, "workers": workers, "wall_s": round(wall, 2),
+                "frames_per_speaker_s": round(rate, 2), "dropped_windows": int(windows),
+                "dropped_channel": int(channel), "latency_mean_s": lat_mean,
+                "windows_over_1s": int(slow), "cpu_s": round(cpu, 2),
+                "cores": round(cpu / wall, 3),
+                "cpu_ms_per_speaker_s": round(1000 * cpu / (n * wall), 3),
+                "source_cores": round((src1 - src0) / wall, 3),
+                "machine_cores": round((busy1 - busy0) / wall, 3),
+                "rss_mb": round(rss, 1), "pss_mb": round(pss, 1),
+                "rss_mb_per_speaker": round((rss - base_rss) / n, 2),
+                "pss_mb_per_speaker": round((pss - base_pss) / n, 2),
+                "base_rss_mb": round(base_rss, 1), "base_pss_mb": round(base_pss, 1),
+                "calls_per_worker": dict(sorted((str(k), v) for k, v in placed.items())),
+                "kept_up": kept}
+    finally:
+        if service is not None:
+            with contextlib.suppress(Exception):
+                service.terminate()
+                service.wait(60)
+            if service.poll() is None:
+                service.kill()
+                service.wait()
+            if service in children.procs:
+                children.procs.remove(service)  # type: ignore[arg-type]
+        children.stop(source)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def orchestrate_workers(args: argparse.Namespace) -> int:
+    """--workers 1,2: for each worker count, the largest N (of --speakers, ascending) the
+    service keeps up with; side by side in one run."""
+    counts = [int(x) for x in args.workers.split(",")]
+    speakers = ([int(x) for x in args.speakers.split(",")] if args.speakers
+                else [24, 32, 40, 48, 56, 64, 72, 80, 88, 96])
+    cores = os.cpu_count() or 1
+    print(f"affect-bridge live benchmark, the service: `affect-bridge run --workers W` for W in "
+          f"{counts}; Python {platform.python_version()}, {cores} cores; analyzers=['prosody']; "
+          f"N={speakers}; {args.per_call} speakers per WHEP session; window {args.seconds:.0f} s "
+          f"after {args.settle:.0f} s settling; fresh source + service per run; source: "
+          f"{SOURCE_WORDS['opus']}", flush=True)
+    children = Children()
+    best: dict[int, dict[str, Any] | None] = {}
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
+        logs = Path(tmp)
+        opus = build_opus(logs, FLOW_TIMEOUT_S + args.settle + args.seconds + 60)
+        try:
+            for w in counts:
+                best[w] = None
+                for n in speakers:
+                    print(f"  workers={w} N={n} ...", end=" ", flush=True)
+                    try:
+                        r = run_service(children, logs, n, w, args, opus)
+                    except RuntimeError as exc:
+                        print(f"failed: {str(exc)[:300]}")
+                        break
+                    runs.append(r)
+                    print(f"{r['frames_per_speaker_s']:.1f} frames/spk-s, dropped "
+                          f"{r['dropped_windows']}+{r['dropped_channel']}, latency "
+                          f"{fmt(r['latency_mean_s'], 3)} s, {r['cores']:.2f} cores "
+                          f"({r['cpu_ms_per_speaker_s']:.1f} ms/spk-s), source "
+                          f"{r['source_cores']:.2f}, machine {r['machine_cores']:.2f}, "
+                          f"{r['pss_mb_per_speaker']:.1f} MB PSS/spk, calls per worker "
+                          f"{r['calls_per_worker']}: "
+                          f"{'kept up' if r['kept_up'] else 'NOT kept up'}", flush=True)
+                    if not r["kept_up"]:
+                        break
+                    best[w] = r
+        finally:
+            children.kill_all()
+    print("\nlargest N kept up in real time:")
+    for w, r in best.items():
+        if r is None:
+            print(f"  workers={w}: none of {speakers}")
+            continue
+        print(f"  workers={w}: {r['speakers']} speakers, {r['cpu_ms_per_speaker_s']:.1f} CPU-ms "
+              f"per speaker-second, {r['rss_mb_per_speaker']:.1f} MB RSS "
+              f"({r['pss_mb_per_speaker']:.1f} MB PSS) per speaker, base {r['base_rss_mb']:.0f} "
+              f"MB RSS / {r['base_pss_mb']:.0f} MB PSS")
+    if len(counts) >= 2 and all(best.get(w) for w in counts[:2]):
+        a, b = best[counts[0]], best[counts[1]]
+        assert a is not None and b is not None
+        ratio = b["speakers"] / a["speakers"]
+        print(f"workers={counts[1]} / workers={counts[0]}: {ratio:.2f}x the speakers (target "
+              f">= 1.6x on 2 cores: {'PASS' if ratio >= 1.6 else 'FAIL'}; N steps of "
+              f"{speakers[1] - speakers[0]} bound the resolution)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, "best": best}, indent=2) + "\n",
+                                   encoding="utf-8")
+    return 0
+
+
 def fmt(x: float | None, nd: int = 1) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -925,6 +1156,9 @@ def main() -> int:
                         "with --quick)")
     p.add_argument("--keep-going", action="store_true",
                    help="do not skip larger N after one fails to keep up")
+    p.add_argument("--workers", metavar="W,W", help="measure `affect-bridge run --workers W` "
+                   "as a whole (control API joins, /metrics, process-tree CPU and memory) for "
+                   "each W: the largest N of --speakers kept up, side by side")
     # Internal: the children.
     p.add_argument("--_source", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--_bridge", action="store_true", help=argparse.SUPPRESS)
@@ -960,6 +1194,8 @@ def main() -> int:
         raise SystemExit(128 + signum)  # unwinds through the finally that kills the children
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.workers:
+        return orchestrate_workers(args)
     return orchestrate(args)
 
 
