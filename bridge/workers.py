@@ -130,6 +130,7 @@ class WorkerPool:
         self._next_req = 0
         self._announced_degraded: set[str] = set()
         self._closing = False
+        self._all_started = asyncio.Event()  # every worker was ready once
         self.started = False
 
     # --- the call-manager face the control API and auto-join use -----------------------------
@@ -175,7 +176,12 @@ class WorkerPool:
 
     async def _pick(self) -> _Worker:
         """The ready worker with the fewest speakers, then calls; waits (up to 30 s) while
-        none is ready."""
+        none is ready. While the pool is starting it waits (up to 60 s) for every worker, so
+        the first calls are spread instead of all going to whichever loaded first."""
+        if not self._all_started.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(60):
+                    await self._all_started.wait()
         async with asyncio.timeout(30):
             while True:
                 ready = [w for w in self.workers if w.state == "ready"]
@@ -335,6 +341,8 @@ class WorkerPool:
             worker.state = "ready"
             worker.last_pong = time.monotonic()
             worker.ready.set()
+            if all(w.state == "ready" for w in self.workers):
+                self._all_started.set()
             log.info("worker %d ready (pid %s)", worker.index, msg.get("pid"))
             for name, reason in worker.degraded.items():
                 if name not in self._announced_degraded:
