@@ -194,6 +194,21 @@ class ProsodyAnalyzer:
     def load(self) -> None:
         """Nothing to load; present so every analyzer plugin has the same life cycle."""
 
+    def warm_up(self) -> None:
+        """Blocking: analyse one synthetic voiced window, so the lazy imports and the JIT
+        compilation of the pitch tracker (about 2 CPU-s, once per process) happen now and not
+        in a live call's first windows."""
+        n = int(4.0 * SAMPLE_RATE)
+        t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
+        f0 = 140.0 + 20.0 * np.sin(2 * np.pi * 0.5 * t)
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+        samples = (0.3 * voiced / np.max(np.abs(voiced))).astype(np.float32)
+        frames = int(4.0 / 0.03)
+        window = SpeechWindow(samples, 0.0, 4.0, np.ones(frames, dtype=bool), 0.03,
+                              samples[:SAMPLE_RATE])
+        analyze_prosody(window, self.config, FrameCache())
+
     async def analyze(self, window: SpeechWindow, *, wait: bool = False) -> ProsodyFeatures:
         """numpy work runs in the default executor: the event loop never blocks on it."""
         loop = asyncio.get_running_loop()

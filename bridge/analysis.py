@@ -56,8 +56,10 @@ class AnalysisEngine:
         self.degraded: dict[str, str] = {}
         self.started = False
 
-    async def start(self) -> None:
-        """Build and load the analyzers (blocking loads run in an executor).
+    async def start(self, *, warm_up: bool = False) -> None:
+        """Build and load the analyzers (blocking loads run in an executor). ``warm_up`` (live
+        service): analyzers with a ``warm_up()`` run it too, so a call's first windows do not
+        pay for lazy imports and JIT compilation.
 
         Raises :class:`~analyzers.plugins.PluginError` for an unknown or broken plugin (a
         configuration error). A model that cannot be loaded only degrades that analyzer.
@@ -79,6 +81,12 @@ class AnalysisEngine:
                             analyzer.name, exc)
                 continue
             self.analyzers.append(analyzer)
+            warm = getattr(analyzer, "warm_up", None)
+            if warm_up and callable(warm):
+                try:
+                    await loop.run_in_executor(None, warm)
+                except Exception:  # a warm-up is an optimisation: never fatal
+                    log.exception("analyzer %s: warm-up failed", analyzer.name)
         self.started = True
 
     def degraded_events(self, call: ev.CallInfo | None = None) -> list[ev.AnalyzerDegraded]:

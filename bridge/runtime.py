@@ -63,7 +63,7 @@ class Runtime:
             await self.manager.start()  # each worker reports its degraded analyzers
             return
         assert self.engine is not None
-        await self.engine.start()
+        await self.engine.start(warm_up=True)
         for event in self.engine.degraded_events(call):
             await self.bus.emit(event)
 

@@ -117,7 +117,7 @@ class Worker:
         self.ctx = join_context(settings)
         self.connectors = load_connectors()
         engine = AnalysisEngine(settings, record=self.stats.record)
-        await engine.start()
+        await engine.start(warm_up=True)
         self.manager = CallManager(engine, self.emit,
                                    silence_timeout_s=settings.live.silence_timeout_s,
                                    gone_timeout_s=settings.live.gone_timeout_s)
