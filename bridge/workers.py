@@ -164,7 +164,12 @@ class WorkerPool:
         reply = await self._ask(worker, {"op": "join", "connector": call.request.connector,
                                          "body": body, "call": call.info.id})
         if reply["op"] == "joined":
-            if call.leaving:  # left while the worker was joining: the join was cancelled
+            if call.leaving or self.calls.get(call.info.id) is not call:
+                # Left while the worker was joining (a rejoin after the call was given up):
+                # the worker must not keep it.
+                with contextlib.suppress(ConnectorError):
+                    await self._ask(worker, {"op": "leave", "call": call.info.id,
+                                             "reason": "left on request"})
                 raise JoinCancelled(call.info.id)
             call.state = "joined"
             return
@@ -356,8 +361,8 @@ class WorkerPool:
 
     async def _on_event(self, worker: _Worker, event: Any) -> None:
         call = self.calls.get(event.call.id) if event.call is not None else None
-        if call is not None and call.worker is not worker:
-            return  # a late event of a call that has moved on
+        if event.call is not None and (call is None or call.worker is not worker):
+            return  # a late event of a call that has moved on or was given up
         kind = event.type
         if call is not None:
             if kind == "call.joined":
