@@ -38,7 +38,7 @@ from bridge import events as ev
 from bridge import stats
 from bridge.calls import JoinCancelled, JoinRequest
 from bridge.channel import MAX_LINE, OutChannel, read_message
-from bridge.config import Settings
+from bridge.config import Settings, usable_cpus
 from bridge.connectors.base import Backoff, ConnectorError, ConnectorFactory
 from bridge.tasks import TaskSet, record_failure
 
@@ -245,6 +245,8 @@ class WorkerPool:
     async def _launch(self, worker: _Worker) -> None:
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS: one thread per worker
+        env.setdefault("OMP_NUM_THREADS", "1")
         if logging.getLogger("bridge").isEnabledFor(logging.DEBUG):
             env["AFFECT_BRIDGE_DEBUG"] = "1"
         try:
@@ -262,10 +264,21 @@ class WorkerPool:
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_LINE)
         worker.out = OutChannel(writer)
         level = logging.getLevelName(logging.getLogger().level)
-        await worker.out.send({"op": "settings", "settings": self.settings.model_dump(mode="json"),
+        await worker.out.send({"op": "settings", "settings": self._worker_settings(),
                                "log_level": level if isinstance(level, str) else None})
         self._tasks.spawn(self._read(worker, reader), name=f"read:{worker.index}")
         self._tasks.spawn(self._reap(worker), name=f"reap:{worker.index}")
+
+    def _worker_settings(self) -> dict[str, Any]:
+        """The configuration a worker gets: this one, with the models' CPU threads shared out
+        (``threads = 0`` means half the cores for one process; with N workers each gets half
+        of its share, at least one, so N workers do not start N times as many threads)."""
+        dump = self.settings.model_dump(mode="json")
+        share = max(1, usable_cpus() // (2 * self.count))
+        for section in ("emotion", "semantic"):
+            if dump.get(section, {}).get("threads") == 0:
+                dump[section]["threads"] = share
+        return dump
 
     async def _reap(self, worker: _Worker) -> None:
         assert worker.proc is not None

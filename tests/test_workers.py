@@ -179,3 +179,22 @@ async def test_two_workers_share_the_calls_and_a_killed_worker_loses_nothing(
     assert set(ids) <= set(printed)
     # One outbox: every event was delivered from it or still waits in it for the next start.
     assert set(printed) <= set(ids) | bridge.outbox_ids()
+
+
+def test_workers_share_the_model_threads_out() -> None:
+    """threads = 0 is half the cores for one process; N workers each get half of their share
+    (at least 1); a number set in config is kept."""
+    from bridge import stats
+    from bridge.config import load_settings, usable_cpus
+    from bridge.workers import WorkerPool
+
+    async def emit(_: Any) -> None:
+        return None
+
+    pool = WorkerPool(load_settings(None), 2, emit, record=stats.ignore)
+    dump = pool._worker_settings()
+    assert dump["emotion"]["threads"] == dump["semantic"]["threads"] == max(
+        1, usable_cpus() // 4)
+    assert dump["workers"] == "auto" and dump["analyzers"] == ["prosody", "emotion"]
+    fixed = WorkerPool(load_settings(None, emotion={"threads": 3}), 8, emit, record=stats.ignore)
+    assert fixed._worker_settings()["emotion"]["threads"] == 3
