@@ -161,8 +161,14 @@ class WorkerPool:
         worker = await self._pick()
         call.worker = worker
         body = _reveal(call.request.body.model_dump())
-        reply = await self._ask(worker, {"op": "join", "connector": call.request.connector,
-                                         "body": body, "call": call.info.id})
+        try:
+            reply = await self._ask(worker, {"op": "join", "connector": call.request.connector,
+                                             "body": body, "call": call.info.id})
+        except asyncio.CancelledError:  # whoever asked went away: the worker must not keep it
+            self._tasks.spawn(self._ask(worker, {"op": "leave", "call": call.info.id,
+                                                 "reason": "join abandoned"}),
+                              name=f"abandon:{call.info.id}")
+            raise
         if reply["op"] == "joined":
             if call.leaving or self.calls.get(call.info.id) is not call:
                 # Left while the worker was joining (a rejoin after the call was given up):
@@ -187,6 +193,13 @@ class WorkerPool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(60):
                     await self._all_started.wait()
+        try:
+            return await self._ready_worker()
+        except TimeoutError:
+            raise ConnectorError("no worker process is ready to take the call",
+                                 error="unavailable", status=503) from None
+
+    async def _ready_worker(self) -> _Worker:
         async with asyncio.timeout(30):
             while True:
                 ready = [w for w in self.workers if w.state == "ready"]
@@ -458,7 +471,7 @@ class WorkerPool:
             await self._place(call)
             log.info("call %s moved to worker %d", call.info.id,
                      call.worker.index if call.worker else -1)
-        except (ConnectorError, TimeoutError) as exc:
+        except ConnectorError as exc:
             log.warning("call %s could not be joined again: %s", call.info.id, exc)
             if self.calls.get(call.info.id) is call:
                 await self._left(call, "error")
