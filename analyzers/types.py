@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -111,15 +112,25 @@ class ProsodyFeatures:
 
 @dataclass(frozen=True, slots=True)
 class EmotionScores:
-    """Canonical emotion probabilities and the arousal/valence derived from them."""
+    """One emotion estimate: canonical emotion probabilities (a categorical model; empty for a
+    dimensional one) and arousal/valence (and dominance), each -1..1.
+
+    ``source`` says where the dimensions come from: ``"labels"`` (derived from the probabilities
+    through the circumplex table) or ``"model"`` (a dimensional model's own outputs).
+    """
 
     probabilities: dict[str, float]
     arousal: float  # -1 (calm) .. 1 (excited)
     valence: float  # -1 (negative) .. 1 (positive)
     audio_s: float  # seconds of voiced audio the model saw
+    dominance: float | None = None  # -1 (submissive) .. 1 (dominant); dimensional models only
+    source: Literal["labels", "model"] = "labels"
 
     @property
-    def dominant(self) -> str:
+    def dominant(self) -> str | None:
+        """The most probable emotion; None for a dimensional model (no categories)."""
+        if not self.probabilities:
+            return None
         return max(self.probabilities, key=self.probabilities.__getitem__)
 
 

@@ -263,9 +263,12 @@ class SpeakerAnalysis:
                 window_end_s=round(window.end_s, 3),
                 voiced_s=round(window.voiced_s, 3),
                 emotion=({k: round(v, 4) for k, v in emotion.probabilities.items()}
-                         if emotion else None),
+                         if emotion and emotion.probabilities else None),
                 arousal=round(emotion.arousal, 4) if emotion else None,
                 valence=round(emotion.valence, 4) if emotion else None,
+                dominance=(round(emotion.dominance, 4) if emotion and emotion.dominance is not None
+                           else None),
+                affect_source=emotion.source if emotion else None,
                 prosody=_prosody_data(prosody, window),
                 stress=ev.StressData(index=round(estimate.index, 4),
                                      score=round(estimate.score, 4),

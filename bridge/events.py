@@ -128,8 +128,16 @@ class AffectSampleData(_SpeakerData):
         description="Canonical emotion -> probability; null when no emotion model is loaded, "
         "or before the speaker's first estimate (made once emotion_chunk_s of speech gathered)."
     )
-    arousal: float | None
-    valence: float | None
+    arousal: float | None = Field(description="-1 (calm) .. 1 (excited); null without an "
+                                  "estimate. From the model itself or the labels: affect_source.")
+    valence: float | None = Field(description="-1 (negative) .. 1 (positive); null without an "
+                                  "estimate.")
+    dominance: float | None = Field(None, description="-1 (submissive) .. 1 (dominant); only "
+                                    "from a dimensional model that gives it, else null.")
+    affect_source: Literal["model", "labels"] | None = Field(
+        None, description="Where arousal/valence come from: 'model' (a dimensional model's own "
+        "outputs, mapped linearly onto -1..1) or 'labels' (the categorical probabilities "
+        "through the circumplex table); null without an estimate.")
     prosody: ProsodyData
     stress: StressData
     extra: dict[str, Any] = Field(default_factory=dict,
