@@ -120,8 +120,15 @@ def _base(uid: str, title: str, description: str) -> dashboard.Dashboard:
             .with_variable(_datasource_variable()))
 
 
+def dimension(title: str, metric: str, description: str) -> timeseries.Panel:
+    """One affect dimension per speaker, -1..1; three fit side by side."""
+    return (graph(title, [query(f"{metric}{{{SPEAKERS}}}", "{{speaker}} ({{call}})")], width=8,
+                  description=description).min(-1).max(1).decimals(2))
+
+
 def call_monitor() -> dashboard.Dashboard:
-    """Per-call, per-speaker affect: stress, arousal, valence, emotion mix, speech, spikes."""
+    """Per-call, per-speaker affect: stress, arousal, valence, dominance, emotion mix, speech,
+    spikes."""
     spikes = (dashboard.AnnotationQuery().name("Stress spikes").datasource(DATASOURCE).enable(True)
               .icon_color("red").expr(f"changes(affect_stress_spikes_total{{{SPEAKERS}}}[1m]) > 0")
               .step("1m").title_format("Stress spike").text_format("{{speaker}} in call {{call}}")
@@ -153,12 +160,13 @@ def call_monitor() -> dashboard.Dashboard:
             .min(0).max(1).decimals(2)
             .thresholds(_thresholds((None, "green"), (STRESS_SPIKE_ON, "red")))
             .thresholds_style(common.GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.DASHED)))
-        .with_panel(graph("Arousal", [query(f"affect_arousal{{{SPEAKERS}}}", "{{speaker}} ({{call}})")],
-                          description="Arousal from the emotion model, -1 (calm) to 1 (excited).")
-                    .min(-1).max(1).decimals(2))
-        .with_panel(graph("Valence", [query(f"affect_valence{{{SPEAKERS}}}", "{{speaker}} ({{call}})")],
-                          description="Valence from the emotion model, -1 (negative) to 1 (positive).")
-                    .min(-1).max(1).decimals(2))
+        .with_panel(dimension("Arousal", "affect_arousal",
+                              "Arousal from the emotion model, -1 (calm) to 1 (excited)."))
+        .with_panel(dimension("Valence", "affect_valence",
+                              "Valence from the emotion model, -1 (negative) to 1 (positive)."))
+        .with_panel(dimension("Dominance", "affect_dominance",
+                              "Dominance from a dimensional emotion model, -1 (submissive) to 1 "
+                              "(dominant). Empty with a categorical model, which gives none."))
         .with_panel(bars("Emotion mix", query(
             f"avg by (emotion) (affect_emotion_probability{{{SPEAKERS}}})", "{{emotion}}", instant=True),
             unit="percentunit", max_value=1,

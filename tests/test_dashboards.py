@@ -195,6 +195,24 @@ def test_call_monitor_variables_annotation_and_stress_panel() -> None:
     assert "cortisol" in stress["description"]
 
 
+def test_call_monitor_shows_arousal_valence_and_dominance_side_by_side() -> None:
+    dashboard = _load(generate.CALL_MONITOR_UID)
+    panels = {p["title"]: p for p in dashboard["panels"]}
+    row = [panels[title] for title in ("Arousal", "Valence", "Dominance")]
+    for panel, metric in zip(row, ("affect_arousal", "affect_valence", "affect_dominance"), strict=True):
+        assert panel["type"] == "timeseries"
+        [target] = panel["targets"]
+        assert target["expr"] == f'{metric}{{call=~"$call",speaker=~"$speaker"}}'
+        defaults = panel["fieldConfig"]["defaults"]
+        assert (defaults["min"], defaults["max"]) == (-1, 1)
+    assert "dimensional" in panels["Dominance"]["description"]
+    # One row, left to right, filling the 24-column grid.
+    grid = [p["gridPos"] for p in row]
+    assert len({(g["y"], g["h"]) for g in grid}) == 1
+    assert [g["x"] for g in grid] == [0, grid[0]["w"], grid[0]["w"] + grid[1]["w"]]
+    assert sum(g["w"] for g in grid) == 24
+
+
 def test_operations_has_only_the_datasource_variable() -> None:
     dashboard = _load(generate.OPERATIONS_UID)
     assert list(_variables(dashboard)) == ["datasource"]

@@ -5,6 +5,7 @@ typed stats. The dependency direction holds."""
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from prometheus_client import generate_latest
 from bridge import events as ev
 from bridge import stats
 from bridge.sinks.prometheus import PrometheusSink
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL = ev.CallInfo(id="janus:1", connector="janus", room="1")
@@ -22,13 +24,18 @@ def _speaker(sid: str) -> ev.SpeakerInfo:
     return ev.SpeakerInfo(id=sid, display=sid.upper())
 
 
-def _sample(sid: str, index: float, emotion: dict[str, float] | None = None) -> ev.AffectSample:
+def _sample(sid: str, index: float, emotion: dict[str, float] | None = None, *,
+            dimensions: tuple[float, float, float] | None = None) -> ev.AffectSample:
+    """A categorical estimate (``emotion``: arousal 0.2, valence -0.1 from its labels), a
+    dimensional one (``dimensions``: arousal, valence, dominance; no emotion) or none."""
     prosody = ev.ProsodyData(f0_hz=None, f0_range_st=None, jitter=None, shimmer=None,
                              hnr_db=None, energy_db=None, speech_rate=None, pause_ratio=0.5)
+    arousal, valence, dominance = dimensions or ((0.2, -0.1, None) if emotion else (None,) * 3)
+    source = "model" if dimensions else "labels" if emotion else None
     return ev.AffectSample(call=CALL, speaker=_speaker(sid), data=ev.AffectSampleData(
         offset_s=4.0, window_start_s=0.0, window_end_s=4.0, voiced_s=2.0, emotion=emotion,
-        arousal=0.2 if emotion else None, valence=-0.1 if emotion else None, prosody=prosody,
-        stress=ev.StressData(index=index, components={}, calibrating=False)))
+        arousal=arousal, valence=valence, dominance=dominance, affect_source=source,
+        prosody=prosody, stress=ev.StressData(index=index, components={}, calibrating=False)))
 
 
 def _feed(sink: PrometheusSink, *events: Any) -> None:
@@ -68,6 +75,38 @@ def test_series_follow_events_and_the_cap_counts_what_is_left_out() -> None:
     _feed(sink, ev.CallLeft(call=CALL, data=ev.CallLeftData(offset_s=12.0, reason="left")))
     text = generate_latest(sink.registry).decode()
     assert 'speaker="' not in text and value("affect_calls_active") == 0
+    sink.close()
+
+
+def test_dimensional_and_categorical_estimates() -> None:
+    """A dimensional model's sample (no emotion dict) sets arousal, valence and dominance; a
+    categorical one sets arousal, valence and the emotion mix and no dominance; a sample without
+    an estimate leaves the last one standing."""
+    sink = PrometheusSink()
+    value = sink.registry.get_sample_value
+    _feed(sink, ev.CallJoined(call=CALL, data=ev.CallJoinedData()),
+          *(ev.SpeakerJoined(call=CALL, speaker=_speaker(s), data=ev.SpeakerJoinedData(
+              offset_s=0.0)) for s in "dc"),
+          _sample("d", 0.3, dimensions=(0.5, -0.25, 0.75)),
+          _sample("c", 0.4, {"neutral": 0.6, "happy": 0.4}))
+    d, c = ({"call": "janus:1", "speaker": s} for s in "dc")
+    assert (value("affect_arousal", d), value("affect_valence", d)) == (0.5, -0.25)
+    assert value("affect_dominance", d) == 0.75
+    assert (value("affect_arousal", c), value("affect_valence", c)) == (0.2, -0.1)
+    assert value("affect_dominance", c) is None
+    assert value("affect_emotion_probability", {**c, "emotion": "happy"}) == 0.4
+    text = generate_latest(sink.registry).decode()
+    mixes = [line for line in text.splitlines() if line.startswith("affect_emotion_probability{")]
+    assert len(mixes) == 2 and all('speaker="c"' in line for line in mixes)  # none for d
+    assert "# HELP affect_dominance Dominance from a dimensional emotion model, -1..1." in text
+    lint = subprocess.run([require_tool("promtool"), "check", "metrics"], input=text,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert lint.returncode == 0 and not lint.stdout + lint.stderr, lint.stdout + lint.stderr
+    _feed(sink, _sample("d", 0.35))  # no estimate in this window: the last one stands
+    assert value("affect_dominance", d) == 0.75 and value("affect_stress_index", d) == 0.35
+    _feed(sink, ev.SpeakerLeft(call=CALL, speaker=_speaker("d"), data=ev.SpeakerLeftData(
+        offset_s=11.0, reason="left", speech_s=3.0, spikes=0)))
+    assert "affect_dominance{" not in generate_latest(sink.registry).decode()
     sink.close()
 
 

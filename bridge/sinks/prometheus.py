@@ -52,6 +52,7 @@ class _Speaker:
     emotion: dict[str, float] | None = None
     arousal: float | None = None
     valence: float | None = None
+    dominance: float | None = None
     speech_s: float = 0.0
     spikes: int = 0
     idle: bool = False
@@ -130,8 +131,13 @@ class PrometheusSink:
             elif kind == "affect.sample":
                 d = event.data
                 s.index = d.stress.index
-                if d.emotion is not None:
-                    s.emotion, s.arousal, s.valence = d.emotion, d.arousal, d.valence
+                # An emotion estimate: categorical (emotion, arousal, valence) or dimensional
+                # (arousal, valence, maybe dominance; no emotion). It replaces the last one; a
+                # sample without one (before the speaker's first) leaves the series as they are.
+                dims = (d.arousal, d.valence, d.dominance)
+                if d.emotion is not None or any(v is not None for v in dims):
+                    s.emotion, s.arousal, s.valence, s.dominance = (
+                        d.emotion, d.arousal, d.valence, d.dominance)
             elif kind == "stress.spike.started":
                 s.spikes += 1
             elif kind == "speaker.idle":
@@ -189,6 +195,9 @@ class _LiveCollector(Collector):
                                     labels=labels)
         valence = GaugeMetricFamily("affect_valence", "Valence from the emotion model, -1..1.",
                                     labels=labels)
+        dominance = GaugeMetricFamily("affect_dominance",
+                                      "Dominance from a dimensional emotion model, -1..1.",
+                                      labels=labels)
         emotion = GaugeMetricFamily("affect_emotion_probability",
                                     "Emotion class probability.", labels=[*labels, "emotion"])
         speech = CounterMetricFamily("affect_speech_seconds", "Voiced seconds heard.",
@@ -212,14 +221,15 @@ class _LiveCollector(Collector):
             k = list(key)
             if s.index is not None:
                 stress.add_metric(k, s.index)
-            if s.emotion is not None:
-                if s.arousal is not None:
-                    arousal.add_metric(k, s.arousal)
-                if s.valence is not None:
-                    valence.add_metric(k, s.valence)
-                for name, p in s.emotion.items():
-                    emotion.add_metric([*k, name], p)
+            if s.arousal is not None:
+                arousal.add_metric(k, s.arousal)
+            if s.valence is not None:
+                valence.add_metric(k, s.valence)
+            if s.dominance is not None:
+                dominance.add_metric(k, s.dominance)
+            for name, p in (s.emotion or {}).items():
+                emotion.add_metric([*k, name], p)
             speech.add_metric(k, s.speech_s)
             spikes.add_metric(k, s.spikes)
-        yield from (calls, speakers, idle, failed, stress, arousal, valence, emotion, speech,
-                    spikes)
+        yield from (calls, speakers, idle, failed, stress, arousal, valence, dominance, emotion,
+                    speech, spikes)
