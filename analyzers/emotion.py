@@ -1,8 +1,11 @@
-"""Speech emotion with any ``AutoModelForAudioClassification`` checkpoint (hub id or local path).
+"""Speech emotion from the checkpoint families people use, loaded by what they are.
 
-Labels from ``config.id2label`` are mapped onto a canonical set; arousal and valence are the
-probability-weighted means of the per-emotion coordinates in :data:`CIRCUMPLEX` (positions on
-Russell's circumplex, as commonly used to place categorical emotions; documented in the README).
+:mod:`analyzers.checkpoint` says what a checkpoint is (transformers audio sequence classifiers,
+Whisper-encoder classifiers, dimensional regression heads of the audEERING form, opted-in remote
+code) and refuses the rest; :mod:`analyzers.heads` turns outputs into :class:`EmotionScores`
+(categorical labels through the circumplex, or the model's own arousal/valence/dominance). Here
+the model is loaded, brought to its precision (measured, :mod:`analyzers.precision`), kept
+prepared for the next start (:mod:`analyzers.prepared`) and run in batches of equal length.
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzers.batching import BatchObserver, InferenceScheduler, SpeechChunkAnalyzer
+from analyzers.checkpoint import (
+    CheckpointInfo,
+    ModelRefused,
+    fetch_checkpoint,
+    inspect_checkpoint,
+    local_root,
+    missing_after_load,
+)
+from analyzers.encoder import has_convertible_encoder
+from analyzers.heads import CANONICAL, CIRCUMPLEX, Head, canonical_label, scores_from_probabilities
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.precision import (
     DecisionCache,
@@ -27,7 +40,7 @@ from analyzers.precision import (
     probe_signals,
     to_precision,
 )
-from analyzers.prepared import eligible, load_prepared, normalize, save_prepared
+from analyzers.prepared import Prepared, eligible, load_prepared, normalize, save_prepared
 from analyzers.types import SAMPLE_RATE, EmotionScores
 
 __all__ = [
@@ -41,44 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# (arousal, valence), each in -1..1.
-CIRCUMPLEX: dict[str, tuple[float, float]] = {
-    "neutral": (0.0, 0.0),
-    "calm": (-0.6, 0.3),
-    "happy": (0.5, 0.8),
-    "surprised": (0.7, 0.2),
-    "sad": (-0.5, -0.7),
-    "angry": (0.8, -0.6),
-    "fearful": (0.7, -0.7),
-    "disgusted": (0.3, -0.7),
-    "other": (0.0, 0.0),
-}
-CANONICAL = tuple(CIRCUMPLEX)
-
-_ALIASES = {
-    "neu": "neutral", "neutral": "neutral",
-    "calm": "calm",
-    "hap": "happy", "happy": "happy", "happiness": "happy", "joy": "happy", "exc": "happy",
-    "sur": "surprised", "surprise": "surprised", "surprised": "surprised", "ps": "surprised",
-    "sad": "sad", "sadness": "sad",
-    "ang": "angry", "anger": "angry", "angry": "angry",
-    "fea": "fearful", "fear": "fearful", "fearful": "fearful",
-    "dis": "disgusted", "disgust": "disgusted", "disgusted": "disgusted",
-}
-
-
-def canonical_label(label: str) -> str:
-    """Map a checkpoint's label ("ang", "Anger", "angry") to the canonical set, else "other"."""
-    return _ALIASES.get(label.strip().lower(), "other")
-
-
-def scores_from_probabilities(
-    probabilities: dict[str, float], audio_s: float
-) -> EmotionScores:
-    arousal = sum(p * CIRCUMPLEX[label][0] for label, p in probabilities.items())
-    valence = sum(p * CIRCUMPLEX[label][1] for label, p in probabilities.items())
-    return EmotionScores(probabilities, float(arousal), float(valence), audio_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +71,11 @@ class EmotionConfig:
     precision: str = "auto"
     tolerance: float = 0.05  # most mean total variation from fp32 a precision may show
     quantize: str | None = None  # deprecated: "auto" | "int8" | "none" (= precision fp32)
+    # Checkpoints with their own model code (config.json auto_map) are refused unless this is
+    # on: it runs the checkpoint's Python code.
+    trust_remote_code: bool = False
+    # A dimensional model's output range, mapped linearly onto -1..1 (audEERING's: 0..1).
+    dimension_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "int8", "fp16"):
@@ -103,6 +83,10 @@ class EmotionConfig:
                              f"{self.precision!r}")
         if self.quantize not in (None, "auto", "int8", "none"):
             raise ValueError(f"emotion quantize must be auto, int8 or none, got {self.quantize!r}")
+        lo, hi = self.dimension_range
+        if not lo < hi:
+            raise ValueError(f"emotion dimension_range must be (low, high) with low < high, got "
+                             f"{self.dimension_range!r}")
 
     @property
     def wanted_precision(self) -> str:
@@ -114,26 +98,13 @@ class EmotionConfig:
 
 def checkpoint_files(model: str) -> list[Path]:
     """The files that make up a checkpoint (config, weights, feature extractor): a local
-    directory's, or the local HuggingFace cache's snapshot of a hub id."""
-    root = Path(model)
-    if not root.is_dir():
-        from huggingface_hub import snapshot_download
-
-        root = Path(snapshot_download(model, local_files_only=True))
+    directory's, or the local HuggingFace cache's snapshot of a hub id; none when not local."""
+    root = local_root(model)
+    if root is None:
+        return []
     return sorted(p for p in root.iterdir() if p.is_file() and (
         p.suffix in (".safetensors", ".bin") or p.name in ("config.json",
                                                           "preprocessor_config.json")))
-
-
-def in_local_cache(model: str) -> bool:
-    """Whether the local HuggingFace cache holds hub id ``model`` (its config at least)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(model, "config.json")
-    except Exception:  # not a valid hub id: nothing can be cached under it
-        return False
-    return isinstance(found, str)
 
 
 def fold_weight_norm(model: Any) -> int:
@@ -153,17 +124,34 @@ def fold_weight_norm(model: Any) -> int:
     return folded
 
 
+def _model_class(info: CheckpointInfo) -> Any:
+    """The class that holds every weight of ``info``'s family (never transformers' guess)."""
+    import transformers
+
+    if info.family == "dimensional":
+        from analyzers.dimensional import Wav2Vec2ForSpeechClassification
+
+        return Wav2Vec2ForSpeechClassification
+    if info.family == "remote-code":
+        return transformers.AutoModelForAudioClassification
+    return getattr(transformers, str(info.architecture))
+
+
 class EmotionModel:
     """A loaded checkpoint: ``predict`` takes a batch of 16 kHz waveforms (blocking)."""
 
     def __init__(self, config: EmotionConfig) -> None:
         self.config = config
-        self._extractor: Any = None
-        self._model: Any = None
-        self._labels: list[str] = []
+        self.info: CheckpointInfo | None = None  # None when loaded prepared (checked when made)
+        self.head: Head | None = None
+        self.family = ""
         self.device = "cpu"
         self.precision = "fp32"
         self.decision: Any = None  # the precision Decision when one was measured or cached
+        self._extractor: Any = None
+        self._input_name = "input_values"
+        self._labels: list[str] = []  # the checkpoint's own labels (id2label, in order)
+        self._model: Any = None
         self._dtype: Any = None
         self._normalize: bool | None = None  # set when inputs are made without transformers
         self._cache = DecisionCache()
@@ -172,99 +160,130 @@ class EmotionModel:
     def loaded(self) -> bool:
         return self._model is not None
 
-    def load(self, *, download: bool = False) -> None:
-        """Blocking: load the model. Raises :class:`ModelUnavailable`.
+    def describe(self) -> str:
+        """What is loaded, e.g. "dimensional (wav2vec2; dimensions arousal, dominance, valence)
+        in bf16+matmul on cpu"."""
+        what = self.head.describe() if self.head else "not loaded"
+        return f"{self.family} ({what}) in {self.precision} on {self.device}"
 
-        On a CPU a model prepared earlier on this machine (analyzers/prepared.py) loads with
-        torch alone; otherwise ``from_pretrained`` reads the checkpoint, which is converted to
-        its precision and kept prepared for the next start. Without ``download`` only local
-        paths and the local HuggingFace cache are used: weights are fetched ahead of time
-        (``affect-bridge download-models``), never on a first call.
+    def load(self, *, download: bool = False) -> None:
+        """Blocking: load the model. Raises :class:`ModelUnavailable` (:class:`ModelRefused`
+        for a checkpoint this product will not run, see :mod:`analyzers.checkpoint`).
+
+        On a CPU a model prepared earlier on this machine loads with torch alone; otherwise the
+        checkpoint is inspected, loaded with its family's class, converted to its precision and
+        kept prepared for the next start. Without ``download`` only local paths and the local
+        HuggingFace cache are read: weights are fetched ahead of time (``affect-bridge
+        download-models``), never on a first call. ``download`` fetches, inspects and loads, but
+        measures nothing and prepares nothing (it runs at image build, not where it serves).
         """
         started = time.perf_counter()
+        self.device = self._resolve_device()
+        key = None
+        if self.device == "cpu":
+            self.configure_thread()
+            key = self._key()
+            if not download and self._use_prepared(key):
+                self._finish(f"prepared, {time.perf_counter() - started:.1f} s")
+                return
+        if download:
+            fetch_checkpoint(self.config.model, trust_remote_code=self.config.trust_remote_code)
+        model = self._from_checkpoint()
+        if download:
+            self._model, self.precision = model, "fp32"
+            self._finish("downloaded")
+            return
+        if self.device == "cpu" and key is None:
+            key = self._key()
+        self._model = self._in_precision(model.to(self.device), key)
+        self._keep_prepared(key)
+        self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
+
+    def _resolve_device(self) -> str:
         device = resolve_device(self.config.device)
         wanted = self.config.wanted_precision
         if device == "cpu" and wanted == "fp16":
             raise ModelUnavailable("fp16 is a CUDA precision; on CPU use auto, fp32, bf16 or int8")
         if device != "cpu" and wanted == "int8":
             raise ModelUnavailable("int8 is a CPU precision; on CUDA use auto, bf16, fp16 or fp32")
-        self.device = device
-        key = None
-        if device == "cpu":
-            self.configure_thread()
-            key = self._key()
-            variant = wanted if wanted != "auto" else self._cached_variant(key)
-            prepared = load_prepared(key, variant) if key and variant and not download \
-                else None
-            if prepared is not None:
-                self._model, self._normalize = prepared.module, prepared.normalize
-                self.precision = prepared.precision
-                self._finish(prepared.labels, f"prepared, {time.perf_counter() - started:.1f} s")
-                return
-        if not download and not Path(self.config.model).exists() \
-                and not in_local_cache(self.config.model):
-            # Known without importing transformers' model code (seconds of CPU for nothing).
-            raise ModelUnavailable(
-                f"cannot load emotion model {self.config.model!r}: it is not in the local model "
-                "cache (weights are only read locally: run 'affect-bridge download-models' first)")
+        return device
+
+    def _use_prepared(self, key: str | None) -> bool:
+        """Load the model prepared earlier for ``key`` (and the cached precision), if any."""
+        wanted = self.config.wanted_precision
+        variant = wanted if wanted != "auto" else self._cached_variant(key)
+        prepared: Prepared | None = load_prepared(key, variant) if key and variant else None
+        if prepared is None:
+            return False
+        self._model, self._normalize = prepared.module, prepared.normalize
+        self.precision, self.family = prepared.precision, prepared.family
+        self._labels = list(prepared.labels)
+        self.head = Head.from_labels(self._labels, dimensional=prepared.kind == "dimensional",
+                                     value_range=prepared.value_range)
+        return True
+
+    def _from_checkpoint(self) -> Any:
+        """Inspect the checkpoint, load it with its family's class (fp32, eval, weight norm
+        folded) and its feature extractor; refuse it when a weight would be random."""
+        info = inspect_checkpoint(self.config.model,
+                                  trust_remote_code=self.config.trust_remote_code)
+        if info.refusal:
+            raise ModelRefused(info.refusal)
+        name = self.config.model
+        if info.sampling_rate not in (None, SAMPLE_RATE):
+            raise ModelRefused(f"emotion model {name!r} refused: it expects {info.sampling_rate} "
+                               f"Hz audio; only {SAMPLE_RATE} Hz models are supported")
         try:
-            from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
-        except ImportError as exc:  # pragma: no cover - torch/transformers are core deps
-            raise ModelUnavailable(f"emotion needs torch and transformers: {exc}") from exc
-        try:
-            local_only = not download
-            extractor = AutoFeatureExtractor.from_pretrained(self.config.model,
-                                                             local_files_only=local_only)
-            model = AutoModelForAudioClassification.from_pretrained(self.config.model,
-                                                                    local_files_only=local_only)
-        except Exception as exc:  # hub/offline/path/format errors all mean "unavailable"
-            raise ModelUnavailable(
-                f"cannot load emotion model {self.config.model!r}: {first_sentence(exc)}"
-                + ("" if download or Path(self.config.model).exists() else
-                   " (weights are only read locally: run 'affect-bridge download-models' first)")
-            ) from exc
-        if getattr(extractor, "sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
-            raise ModelUnavailable(
-                f"emotion model {self.config.model!r} expects {extractor.sampling_rate} Hz audio; "
-                f"only {SAMPLE_RATE} Hz models are supported"
-            )
+            from transformers import AutoFeatureExtractor
+
+            remote = info.family == "remote-code"
+            extractor = AutoFeatureExtractor.from_pretrained(info.root, trust_remote_code=remote)
+            model, loading = _model_class(info).from_pretrained(
+                info.root, output_loading_info=True, trust_remote_code=remote)
+        except Exception as exc:  # format errors, a remote code that fails: "unavailable"
+            raise ModelUnavailable(f"cannot load emotion model {name!r}: "
+                                   f"{first_sentence(exc)}") from exc
+        missing = missing_after_load(loading)
+        if missing:
+            raise ModelRefused(f"emotion model {name!r} refused: loading it as "
+                               f"{type(model).__name__} would leave {len(missing)} weights "
+                               f"initialised at random ({', '.join(missing[:6])}"
+                               f"{', ...' if len(missing) > 6 else ''})")
         model.eval()
         fold_weight_norm(model)
+        self.info, self.family = info, str(info.family)
         self._extractor, self._normalize = extractor, None
-        if download:  # fetching weights (image builds): no measuring, nothing prepared here
-            self._model, self.precision = model.to(device), "fp32"
-            self._finish([str(model.config.id2label[i]) for i in range(len(model.config.id2label))],
-                         "downloaded")
-            return
-        if device == "cpu" and key is None:
-            key = self._key()  # the checkpoint is in the local cache now
-        self._model = self._in_precision(model.to(device), key)
-        id2label = model.config.id2label
-        labels = [str(id2label[i]) for i in range(len(id2label))]
-        if key is not None and eligible(extractor):
-            saved = save_prepared(self._model, key, self.precision, labels,
-                                  bool(getattr(extractor, "do_normalize", False)),
-                                  probe_signals()[1])
-            if saved is not None:
-                log.info("emotion model kept prepared in %s", saved)
-        self._finish(labels, f"from the checkpoint, {time.perf_counter() - started:.1f} s")
+        self._input_name = extractor.model_input_names[0]
+        self._labels = list(info.labels)
+        self.head = Head.from_labels(self._labels, dimensional=info.dimensional,
+                                     value_range=self.config.dimension_range)
+        return model
 
-    def _finish(self, labels: list[str], how: str) -> None:
+    def _keep_prepared(self, key: str | None) -> None:
+        if key is None or self.head is None or not eligible(self._extractor):
+            return
+        saved = save_prepared(self._model, key, self.precision, self._labels,
+                              bool(getattr(self._extractor, "do_normalize", False)),
+                              probe_signals()[1], kind=self.head.kind,
+                              value_range=self.head.value_range, family=self.family)
+        if saved is not None:
+            log.info("emotion model kept prepared in %s", saved)
+
+    def _finish(self, how: str) -> None:
+        assert self.head is not None
         self._dtype = next(p.dtype for p in self._model.parameters() if p.is_floating_point())
-        self._labels = [canonical_label(label) for label in labels]
-        unknown = [raw for raw, c in zip(labels, self._labels, strict=True) if c == "other"]
-        if unknown:
-            log.warning("emotion labels %s have no canonical name; reported as 'other'", unknown)
-        log.info("emotion model %s loaded on %s in %s (%d labels; %s)", self.config.model,
-                 self.device, self.precision, len(self._labels), how)
+        if self.head.kind == "categorical":
+            unknown = [raw for raw, c in zip(self._labels, self.head.labels, strict=True)
+                       if c == "other" and raw.strip().lower() != "other"]
+            if unknown:
+                log.warning("emotion labels %s have no canonical name; reported as 'other'",
+                            unknown)
+        log.info("emotion model %s loaded: %s (%s)", self.config.model, self.describe(), how)
 
     def _key(self) -> str | None:
         """The precision decision's key (checkpoint content, processor, torch version), or None
         when the checkpoint's files are not found locally."""
-        try:
-            files = checkpoint_files(self.config.model)
-        except Exception:  # not local (yet): from_pretrained says why, if it fails
-            return None
+        files = checkpoint_files(self.config.model)
         if not files:
             return None
         return decision_key(files_digest(files, self._cache), self.config.tolerance)
@@ -296,9 +315,13 @@ class EmotionModel:
         if wanted != "auto":
             self.precision = wanted
             return to_precision(model, wanted)
+        assert self.head is not None
+        options = candidates()
+        if not has_convertible_encoder(model):  # "+matmul" would measure the same model twice
+            options = [o for o in options if "+" not in o]
         started = time.perf_counter()
-        model, decision = choose(model, self._probabilities, candidates(),
-                                 tolerance=self.config.tolerance)
+        model, decision = choose(model, self._outputs, options, tolerance=self.config.tolerance,
+                                 distance=self.head.distance)
         log.info("emotion precision %s, measured in %.1f s (%s)%s", decision.precision,
                  time.perf_counter() - started, decision.describe(),
                  f"; cached in {self._cache.path}" if key else "")
@@ -311,22 +334,25 @@ class EmotionModel:
         """Run in the thread that calls ``predict``."""
         set_cpu_threads(self.device, self.config.threads)
 
-    def _probabilities(self, model: Any, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    def _outputs(self, model: Any, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """``model``'s output row for one waveform (probabilities or dimensions): the precision
+        probe's run."""
         import torch
 
-        inputs = self._extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        assert self.head is not None
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         with torch.inference_mode():
-            logits = model(inputs["input_values"].to(dtype)).logits
-        return torch.softmax(logits.double(), dim=-1)[0].numpy()
+            out = self.head.outputs(model(self._inputs([audio]).to(dtype))["logits"])
+        return out.double()[0].numpy()
 
     def _inputs(self, waveforms: list[npt.NDArray[np.float32]]) -> Any:
-        """The model's input values for waveforms of one length."""
+        """The model's inputs (input values, or Whisper's log-mel features) for waveforms of
+        one length."""
         import torch
 
         if self._normalize is None:
             return self._extractor(waveforms, sampling_rate=SAMPLE_RATE,
-                                   return_tensors="pt")["input_values"]
+                                   return_tensors="pt")[self._input_name]
         return torch.from_numpy(np.stack([normalize(w) if self._normalize else
                                           np.asarray(w, np.float32) for w in waveforms]))
 
@@ -340,29 +366,23 @@ class EmotionModel:
         """Blocking inference on a batch; call from the scheduler thread only."""
         import torch
 
-        if self._model is None:
+        if self._model is None or self.head is None:
             raise ModelUnavailable("emotion model is not loaded")
         # Only waveforms of equal length share a forward pass: zero-padding (even with an
         # attention mask, which group-norm checkpoints like the default ignore in their first
         # layer) would make a speaker's result depend on who it was batched with.
-        probs: list[Any] = [None] * len(waveforms)
+        rows: list[Any] = [None] * len(waveforms)
         by_length: dict[int, list[int]] = {}
         for i, wave in enumerate(waveforms):
             by_length.setdefault(len(wave), []).append(i)
         for group in by_length.values():
             values = self._inputs([waveforms[i] for i in group]).to(self.device, self._dtype)
             with torch.inference_mode():
-                logits = self._model(values)["logits"]
-            for i, row in zip(group, torch.softmax(logits.float(), dim=-1).cpu().numpy(),
-                              strict=True):
-                probs[i] = row
-        out = []
-        for wave, row in zip(waveforms, probs, strict=True):
-            merged: dict[str, float] = {}
-            for label, p in zip(self._labels, row, strict=True):
-                merged[label] = merged.get(label, 0.0) + float(p)
-            out.append(scores_from_probabilities(merged, len(wave) / SAMPLE_RATE))
-        return out
+                out = self.head.outputs(self._model(values)["logits"]).cpu().numpy()
+            for i, row in zip(group, out, strict=True):
+                rows[i] = row
+        return [self.head.scores(row, len(wave) / SAMPLE_RATE)
+                for wave, row in zip(waveforms, rows, strict=True)]
 
 
 class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MatmulFeatureEncoder", "use_matmul_encoder"]
+__all__ = ["MatmulFeatureEncoder", "has_convertible_encoder", "use_matmul_encoder"]
 
 
 class _ConvAsMatmul(nn.Module):
@@ -112,3 +112,10 @@ def use_matmul_encoder(model: nn.Module) -> bool:
             parent.feature_extractor = MatmulFeatureEncoder(encoder).eval()
             swapped = True
     return swapped
+
+
+def has_convertible_encoder(model: nn.Module) -> bool:
+    """Whether :func:`use_matmul_encoder` would swap anything in ``model`` (Whisper's encoder,
+    for one, is not a wav2vec2-style convolution stack)."""
+    return any(isinstance(enc := getattr(m, "feature_extractor", None), nn.Module)
+               and _convertible(enc) for m in model.modules())

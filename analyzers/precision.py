@@ -3,7 +3,8 @@
 Candidates: ``fp32`` (always), ``bf16`` (only where the processor computes bf16 natively, AMX or
 AVX512-BF16: elsewhere torch emulates it and it is slower than fp32) and ``int8`` (dynamic
 quantisation of the linear layers). :func:`choose` runs each candidate on probe signals: it must
-agree with fp32 (mean total-variation distance of the class probabilities at most ``tolerance``),
+agree with fp32 (mean total-variation distance of the class probabilities, or for a dimensional model
+the mean absolute difference on the -1..1 scale, at most ``tolerance``),
 and the fastest that agrees wins. Machines differ (the developer's, CI's and production's CPUs
 are not the same), so nothing is assumed: the decision is measured where the model runs.
 
@@ -38,7 +39,7 @@ from analyzers.types import SAMPLE_RATE
 
 __all__ = ["PRECISIONS", "Decision", "DecisionCache", "cache_dir", "candidates", "choose",
            "cpu_flags", "decision_key", "files_digest", "native_bf16", "probe_signals",
-           "to_precision"]
+           "to_precision", "total_variation"]
 
 log = logging.getLogger(__name__)
 
@@ -266,14 +267,21 @@ def _measure(run: Run, model: Any, probes: list[npt.NDArray[np.float32]],
     return outputs, audio_s / busy if busy > 0 else float("inf")
 
 
+def total_variation(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
+    return float(0.5 * np.abs(a - b).sum())
+
+
 def choose(model: Any, run: Run, options: list[str], *, tolerance: float = 0.05,
-           min_gain: float = 1.05) -> tuple[Any, Decision]:
+           min_gain: float = 1.05,
+           distance: Callable[[npt.NDArray[np.float64], npt.NDArray[np.float64]], float]
+           = total_variation) -> tuple[Any, Decision]:
     """Measure ``options`` (variants: a precision, ``+matmul`` for the matrix-product feature
     encoder) on ``model`` (fp32): each runs the probe signals once, which gives both its
-    agreement with fp32 and its speed. The fastest variant that agrees within ``tolerance`` and
-    beats fp32 by ``min_gain`` wins (within measurement noise fp32, the exact one, stays).
-    Candidates are built one at a time and dropped when beaten. Returns the model converted
-    and the decision."""
+    agreement with fp32 (mean ``distance`` of the output rows: total variation of
+    probabilities, or a dimensional head's own) and its speed. The fastest variant that agrees
+    within ``tolerance`` and beats fp32 by ``min_gain`` wins (within measurement noise fp32,
+    the exact one, stays). Candidates are built one at a time and dropped when beaten. Returns
+    the model converted and the decision."""
     probes = probe_signals()
     reference, fp32_rate = _measure(run, model, probes)
     rates = {"fp32": fp32_rate}
@@ -288,7 +296,7 @@ def choose(model: Any, run: Run, options: list[str], *, tolerance: float = 0.05,
         except Exception as exc:  # an unsupported layer or backend: fp32 is always correct
             log.info("precision %s unusable here (%s: %s)", name, type(exc).__name__, exc)
             continue
-        agreement[name] = float(np.mean([0.5 * np.abs(out - ref).sum()
+        agreement[name] = float(np.mean([distance(out, ref)
                                          for out, ref in zip(outputs, reference, strict=True)]))
         if agreement[name] > tolerance:
             continue

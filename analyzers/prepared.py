@@ -28,7 +28,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +42,7 @@ __all__ = ["Prepared", "eligible", "load_prepared", "normalize", "prepared_path"
 log = logging.getLogger(__name__)
 
 META = "affect_bridge.json"
-FORMAT = 1
+FORMAT = 2  # 2: the head's kind, value range and family are kept too
 
 
 def normalize(wave: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -65,6 +65,9 @@ class Prepared:
     labels: list[str]  # the checkpoint's id2label, in index order
     normalize: bool
     precision: str
+    kind: Literal["categorical", "dimensional"] = "categorical"
+    value_range: tuple[float, float] = (0.0, 1.0)  # a dimensional head's output range
+    family: str = "classifier"  # analyzers/checkpoint.py's family name
 
 
 def prepared_path(key: str, precision: str) -> Path:
@@ -72,14 +75,17 @@ def prepared_path(key: str, precision: str) -> Path:
 
 
 def save_prepared(model: Any, key: str, precision: str, labels: list[str], do_normalize: bool,
-                  example: npt.NDArray[np.float32]) -> Path | None:
+                  example: npt.NDArray[np.float32], *, kind: str = "categorical",
+                  value_range: tuple[float, float] = (0.0, 1.0),
+                  family: str = "classifier") -> Path | None:
     """Trace ``model`` (converted, eval) on ``example`` and save it; None (logged) on failure."""
     import torch
 
     path = prepared_path(key, precision)
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     meta = {"format": FORMAT, "labels": labels, "normalize": do_normalize,
-            "precision": precision}
+            "precision": precision, "kind": kind, "value_range": list(value_range),
+            "family": family}
     tmp = None
     try:
         x = torch.from_numpy(normalize(example) if do_normalize else example)[None].to(dtype)
@@ -116,7 +122,11 @@ def load_prepared(key: str, precision: str) -> Prepared | None:
         if meta.get("format") != FORMAT or meta.get("precision") != precision:
             raise ValueError("made by another version")
         labels = [str(label) for label in meta["labels"]]
-        return Prepared(module.eval(), labels, bool(meta["normalize"]), precision)
+        if meta["kind"] not in ("categorical", "dimensional"):
+            raise ValueError(f"unknown head kind {meta['kind']!r}")
+        lo, hi = (float(v) for v in meta["value_range"])
+        return Prepared(module.eval(), labels, bool(meta["normalize"]), precision,
+                        meta["kind"], (lo, hi), str(meta["family"]))
     except Exception as exc:
         log.warning("prepared emotion model %s is unreadable (%s); preparing it again", path,
                     type(exc).__name__)

@@ -51,7 +51,8 @@ from analyzers.types import (
     StressSpike,
 )
 
-__all__ = ["DEFAULT_FLOORS", "DEFAULT_WEIGHTS", "StressConfig", "StressEngine", "stress_features"]
+__all__ = ["DEFAULT_FLOORS", "DEFAULT_WEIGHTS", "DIMENSIONAL_EMOTION", "StressConfig", "StressEngine",
+           "stress_features"]
 
 # Feature weights in the window score. "energy" is not averaged in: it is the corroboration
 # factor (see the module docstring).
@@ -84,6 +85,8 @@ DEFAULT_FLOORS: dict[str, float] = {
 }
 CORROBORATING = "energy"
 HIGH_AROUSAL_NEGATIVE = ("angry", "fearful", "disgusted")
+#: The emotion term from a dimensional model: weight per dimension (each -1..1).
+DIMENSIONAL_EMOTION: dict[str, float] = {"arousal": 0.5, "valence": -0.5}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,9 @@ class StressConfig:
     adapt_rate: float = 0.02
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     floors: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FLOORS))
+    # How a dimensional emotion model's outputs make the emotion term (see stress_features).
+    dimensional_emotion: dict[str, float] = field(
+        default_factory=lambda: dict(DIMENSIONAL_EMOTION))
 
     def __post_init__(self) -> None:
         if not 0 < self.off < self.on <= 1:
@@ -121,6 +127,10 @@ class StressConfig:
         if unknown:
             raise ValueError(f"unknown stress features {sorted(unknown)}; "
                              f"known: {sorted(DEFAULT_WEIGHTS)}")
+        if not self.dimensional_emotion or \
+                set(self.dimensional_emotion) - {"arousal", "valence", "dominance"}:
+            raise ValueError("stress dimensional_emotion needs weights for arousal, valence "
+                             f"and/or dominance, got {sorted(self.dimensional_emotion)}")
         if any(w < 0 for w in self.weights.values()) or any(f <= 0 for f in self.floors.values()):
             raise ValueError("stress weights must be >= 0 and floors > 0")
 
@@ -134,14 +144,20 @@ def stress_features(
     prosody: ProsodyFeatures | None,
     emotion: EmotionScores | None,
     semantic: SemanticResult | None = None,
+    dimensional: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """The raw per-window values the index is built from (NaN-free; missing ones left out).
 
     F0 is in semitones re 100 Hz so that its scale is perceptual; the baseline takes it from there.
+    The emotion term is the probability of high-arousal negative emotions (angry, fearful,
+    disgusted) for a categorical model, and for a dimensional one the weighted sum of its own
+    dimensions (``dimensional``, default :data:`DIMENSIONAL_EMOTION`: 0.5 x arousal - 0.5 x
+    valence, -1..1, high when the voice is aroused and negative).
     Sentiment enters as negativity (minus the -1..1 score): more negative than this speaker's
     baseline raises the index, and so does plainly negative speech against a neutral baseline.
     """
     out: dict[str, float] = {}
+    dimensional = DIMENSIONAL_EMOTION if dimensional is None else dimensional
     if prosody is not None:
         raw = {
             "f0": 12 * math.log2(prosody.f0_hz / 100.0) if prosody.f0_hz > 0 else math.nan,
@@ -153,7 +169,11 @@ def stress_features(
             "hnr": prosody.hnr_db,
         }
         out.update({k: float(v) for k, v in raw.items() if math.isfinite(v)})
-    if emotion is not None:
+    if emotion is not None and emotion.source == "model":
+        values = {"arousal": emotion.arousal, "valence": emotion.valence,
+                  "dominance": emotion.dominance}
+        out["emotion"] = float(sum(w * (values[k] or 0.0) for k, w in dimensional.items()))
+    elif emotion is not None:
         out["emotion"] = float(sum(emotion.probabilities.get(k, 0.0) for k in HIGH_AROUSAL_NEGATIVE))
     if semantic is not None and math.isfinite(semantic.sentiment_score):
         out["sentiment"] = -float(semantic.sentiment_score)

@@ -252,7 +252,9 @@ class SpeakerAnalysis:
         if semantic is not None:
             extra["semantic"] = _semantic_data(semantic, fresh=fresh_semantic is not None)
 
-        estimate = self.stress.update(stress_features(prosody, emotion, semantic),
+        features = stress_features(prosody, emotion, semantic,
+                                   self.stress.config.dimensional_emotion)
+        estimate = self.stress.update(features,
                                       window.new_voiced_s, window.end_s)
         self.latest_index = estimate.index
         await self._emit(ev.AffectSample(

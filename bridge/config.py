@@ -31,7 +31,7 @@ from pydantic_settings import (
 
 from analyzers.emotion import EmotionConfig
 from analyzers.prosody import ProsodyConfig
-from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, StressConfig
+from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, DIMENSIONAL_EMOTION, StressConfig
 from analyzers.vad import VadConfig
 from analyzers.windowing import WindowConfig
 from bridge.connectors.options import HttpUrl, JanusJoinOptions
@@ -136,6 +136,12 @@ class EmotionSettings(_Section):
                              "fp32 an automatically chosen precision may show")
     quantize: Literal["auto", "int8", "none"] | None = Field(
         None, description="deprecated: use precision (none = fp32)")
+    trust_remote_code: bool = Field(
+        False, description="load checkpoints that bring their own model code (config.json "
+        "auto_map): this runs the checkpoint's Python code; refused when off")
+    dimension_range: tuple[float, float] = Field(
+        (0.0, 1.0), description="a dimensional model's output range, mapped linearly onto "
+        "-1..1 (audEERING's models: 0..1)")
 
     def build(self) -> EmotionConfig:
         return EmotionConfig(**self.model_dump())
@@ -409,6 +415,10 @@ class StressSettings(_Section):
     adapt_rate: float = Field(0.02, ge=0, le=1)
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     floors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FLOORS))
+    dimensional_emotion: dict[str, float] = Field(
+        default_factory=lambda: dict(DIMENSIONAL_EMOTION),
+        description="with a dimensional emotion model, the emotion term is the sum of these "
+        "weights times its dimensions (-1..1): default 0.5 x arousal - 0.5 x valence")
 
     def build(self) -> StressConfig:
         return StressConfig(**self.model_dump())

@@ -238,7 +238,7 @@ def no_transformers_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the checkpoint was loaded through transformers again")
 
-    monkeypatch.setattr(transformers.AutoModelForAudioClassification, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "auto"])
@@ -251,8 +251,8 @@ def test_a_prepared_model_loads_with_torch_alone_and_gives_the_same_results(
     expected = [first.predict([w])[0] for w in waves]
     import transformers
 
-    monkeypatch.setattr(transformers.AutoModelForAudioClassification, "from_pretrained",
-                        lambda *a, **k: pytest.fail("loaded through transformers again"))
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("loaded through transformers again")))
     second = _load(tiny_emotion_model, precision=precision)
     assert second.precision == first.precision and second._extractor is None
     alone = [second.predict([w])[0] for w in waves]

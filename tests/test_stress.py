@@ -270,6 +270,20 @@ def test_features_skip_nan_and_add_emotion() -> None:
     assert stress_features(None, None) == {}
 
 
+def test_a_dimensional_model_gives_the_emotion_term_from_its_own_dimensions() -> None:
+    tense = EmotionScores({}, 0.8, -0.6, 2.0, dominance=0.2, source="model")
+    calm = EmotionScores({}, -0.4, 0.5, 2.0, dominance=0.0, source="model")
+    assert stress_features(None, tense)["emotion"] == pytest.approx(0.5 * 0.8 + 0.5 * 0.6)
+    assert stress_features(None, calm)["emotion"] == pytest.approx(0.5 * -0.4 - 0.5 * 0.5)
+    custom = {"arousal": 1.0, "dominance": -1.0}  # weights from [stress] dimensional_emotion
+    assert stress_features(None, tense, None, custom)["emotion"] == pytest.approx(0.8 - 0.2)
+    # Labels-derived arousal/valence keep the categorical term (probability of tense emotions).
+    labelled = EmotionScores({"angry": 0.4, "neutral": 0.6}, 0.32, -0.24, 2.0)
+    assert stress_features(None, labelled)["emotion"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="dimensional_emotion"):
+        StressConfig(dimensional_emotion={"pitch": 1.0})
+
+
 @pytest.mark.parametrize("kw", [{"on": 0.3, "off": 0.5}, {"weights": {"pitch": 1.0}},
                                 {"floors": {"f0": 0.0}}, {"saturation": 0.0},
                                 {"step_max": 8.0, "saturation": 5.0},  # one window would do
