@@ -190,6 +190,8 @@ def _classify(model: str, root: Path, config: dict[str, Any], shapes: dict[str, 
     model_type = config.get("model_type")
     id2label = config.get("id2label") or {}
     labels = tuple(str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k)))
+    if not labels:  # transformers leaves default names (LABEL_0, ...) out of config.json
+        labels = tuple(f"LABEL_{i}" for i in range(int(config.get("num_labels") or 2)))
     base = CheckpointInfo(model, root, arch, model_type, None, labels)
 
     def refuse(reason: str, heads: dict[str, bool] | None = None) -> CheckpointInfo:

@@ -312,10 +312,10 @@ class EmotionModel:
             wanted = self.decision.precision
             log.info("emotion precision %s (cached measurement: %s)", wanted,
                      self.decision.describe())
+        assert self.head is not None
         if wanted != "auto":
             self.precision = wanted
-            return to_precision(model, wanted)
-        assert self.head is not None
+            return self._runs(to_precision(model, wanted))
         options = candidates()
         if not has_convertible_encoder(model):  # "+matmul" would measure the same model twice
             options = [o for o in options if "+" not in o]
@@ -328,6 +328,19 @@ class EmotionModel:
         if key is not None:
             self._cache.put(key, decision)
         self.decision, self.precision = decision, decision.precision
+        return model
+
+    def _runs(self, model: Any) -> Any:
+        """``model`` after one probe ran through it: a precision some layer cannot run in
+        (WavLM's attention reads its projections' weights, which int8 layers do not have) is
+        unavailable here at load, not a failure on every window later."""
+        try:
+            self._outputs(model, probe_signals(1.0)[0])
+        except Exception as exc:
+            raise ModelUnavailable(
+                f"emotion model {self.config.model!r} does not run in {self.precision} "
+                f"({type(exc).__name__}: {first_sentence(exc)}); use precision auto or fp32"
+            ) from exc
         return model
 
     def configure_thread(self) -> None:

@@ -72,6 +72,78 @@ def build_tiny_emotion_model(path: Path, labels: tuple[str, ...] = ("neu", "hap"
     return path
 
 
+TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+                    num_conv_pos_embedding_groups=2)
+CLASSIFIER_FAMILIES = {  # family -> (config class, model class), all in transformers
+    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2ForSequenceClassification"),
+    "hubert": ("HubertConfig", "HubertForSequenceClassification"),
+    "wavlm": ("WavLMConfig", "WavLMForSequenceClassification"),
+    "data2vec-audio": ("Data2VecAudioConfig", "Data2VecAudioForSequenceClassification"),
+}
+RAVDESS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+
+
+def _labels(labels: tuple[str, ...]) -> dict[str, Any]:
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)}}
+
+
+def _save_extractor(path: Path) -> None:
+    from transformers import Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0,
+                             do_normalize=True, return_attention_mask=False).save_pretrained(path)
+
+
+def build_tiny_classifier(path: Path, family: str = "wav2vec2", *, weighted: bool = False,
+                          labels: tuple[str, ...] = RAVDESS) -> Path:
+    """A tiny audio sequence classifier of ``family`` (random weights), saved like a hub
+    checkpoint; ``weighted``: superb-style weighted layer sum."""
+    import transformers
+
+    config_name, model_name = CLASSIFIER_FAMILIES[family]
+    cfg = getattr(transformers, config_name)(**TINY_ENCODER, classifier_proj_size=16,
+                                             use_weighted_layer_sum=weighted, **_labels(labels))
+    getattr(transformers, model_name)(cfg).save_pretrained(path)
+    _save_extractor(path)
+    return path
+
+
+def build_tiny_whisper_classifier(path: Path, labels: tuple[str, ...] = RAVDESS) -> Path:
+    """A tiny ``WhisperForAudioClassification`` (the class of the whisper-large-v3 emotion
+    checkpoints), random weights, with Whisper's feature extractor (log-mel input_features)."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    cfg = WhisperConfig(num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, max_source_positions=1500, classifier_proj_size=16,
+                        **_labels(labels))
+    WhisperForAudioClassification(cfg).save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
+    return path
+
+
+def build_tiny_dimensional(path: Path, *, size: dict[str, Any] | None = None) -> Path:
+    """A tiny dimensional model of the audEERING form (``Wav2Vec2ForSpeechClassification``:
+    arousal, dominance, valence), random weights with the output bias at 0.5 (the middle of
+    its 0..1 range, so that no output sits at the edge of -1..1)."""
+    import torch
+    from transformers import Wav2Vec2Config
+
+    from analyzers.dimensional import Wav2Vec2ForSpeechClassification
+
+    cfg = Wav2Vec2Config(**(size or TINY_ENCODER), final_dropout=0.1,
+                         architectures=["Wav2Vec2ForSpeechClassification"],
+                         **_labels(("arousal", "dominance", "valence")))
+    model = Wav2Vec2ForSpeechClassification(cfg)
+    with torch.no_grad():
+        model.classifier.out_proj.bias.fill_(0.5)
+    model.save_pretrained(path)
+    _save_extractor(path)
+    return path
+
+
 WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>",
                     "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
                     "<|notimestamps|>")
@@ -147,6 +219,11 @@ def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_text_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_text_classifier(tmp_path_factory.mktemp("models") / "tiny-sentiment")
+
+
+@pytest.fixture(scope="session")
+def tiny_dimensional_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_dimensional(tmp_path_factory.mktemp("models") / "tiny-dim")
 
 
 @pytest.fixture(scope="session")
