@@ -178,6 +178,10 @@ def inspect_checkpoint(model: str, *, trust_remote_code: bool = False) -> Checkp
                                f"({exc})") from exc
     shapes = weight_shapes(root)
     info = _classify(model, root, config, shapes, trust_remote_code)
+    if info.family is not None and not extractor:
+        info = replace(info, family=None, refusal=_refused(
+            model, "it has no preprocessor_config.json, so its feature extractor (sampling "
+            "rate, normalisation) is unknown"))
     rate = extractor.get("sampling_rate")
     return replace(info, sampling_rate=rate if isinstance(rate, int) else None,
                    parameters=sum(_numel(s) for s in shapes.values()))

@@ -38,7 +38,7 @@ import numpy.typing as npt
 from analyzers.types import SAMPLE_RATE
 
 __all__ = ["PRECISIONS", "Decision", "DecisionCache", "cache_dir", "candidates", "choose",
-           "cpu_flags", "decision_key", "files_digest", "native_bf16", "probe_signals",
+           "cpu_flags", "decision_key", "files_digest", "native_bf16", "probe_signals", "processor",
            "to_precision", "total_variation"]
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ def native_bf16(flags: Iterable[str] | None = None) -> bool:
     return bool(have & {"amx_bf16", "avx512_bf16"})
 
 
-def _processor() -> str:
+def processor() -> str:
+    """The processor: its name, vector and matrix extensions, and core count."""
     name = _cpuinfo().get("model name") or platform.processor() or platform.machine()
     relevant = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
     return f"{name} [{' '.join(relevant)}] x{os.cpu_count() or 1}"
@@ -182,7 +183,7 @@ def files_digest(files: Iterable[Path], cache: DecisionCache) -> str:
 def decision_key(checkpoint_digest: str, tolerance: float) -> str:
     import torch
 
-    raw = f"{checkpoint_digest}|{_processor()}|torch {torch.__version__}|tol {tolerance}"
+    raw = f"{checkpoint_digest}|{processor()}|torch {torch.__version__}|tol {tolerance}"
     return hashlib.sha256(raw.encode()).hexdigest()
 
 

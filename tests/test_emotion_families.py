@@ -323,6 +323,13 @@ def test_a_dimensional_head_with_other_labels_is_refused(
     assert "arousal, valence (and dominance)" in _refusal(path)
 
 
+def test_a_checkpoint_without_its_feature_extractor_is_refused(
+        checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    path = _copy(checkpoints["wav2vec2"], tmp_path / "m")
+    (path / "preprocessor_config.json").unlink()
+    assert "no preprocessor_config.json" in _refusal(path)
+
+
 def test_inspection_reads_weight_names_without_loading_tensors(
         checkpoints: dict[str, Path]) -> None:
     info = inspect_checkpoint(str(checkpoints["whisper"]))
