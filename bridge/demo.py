@@ -3,7 +3,8 @@
 The demo's media source (a WHEP endpoint playing the recordings) is the other side of the call;
 the bridge joins it through the same WHEP connector production uses, drains each track, and
 analyses each speaker live. It ends when every speaker has left (their clips ended), unless
-``loop`` keeps the clips playing.
+``loop`` keeps the clips playing. The analyzers are loaded before the live table is first
+drawn, so what loading logs stands above the table.
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
     assert isinstance(manager, CallManager)  # the demo is one process
     source = DemoSource(demo_clips(), loop=loop)
     info = ev.CallInfo(id="demo:local", connector="whep", room="demo")
-    await console.start()
     metrics_site: web.AppRunner | None = None
     try:
+        # Models load before the table's first frame: their log lines (loaded on which device,
+        # in which precision; or unavailable) stand above the table, and an analyzer.degraded
+        # event is shown among the table's event lines.
+        log.info("loading the analyzers: %s", ", ".join(settings.analyzers))
         await runtime.start(info)
         metrics_site = await _serve_metrics(runtime.metrics, settings)
+        await console.start()  # from here on, log lines are printed above the live table
         url = await source.start()
         call = await manager.join(info, lambda i, on_sp, on_left: WhepConnector(
             i, on_sp, on_left, url=url, tracks=len(DEMO_SPEAKERS), displays=list(DEMO_SPEAKERS)))

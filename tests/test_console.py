@@ -1,3 +1,4 @@
+import asyncio
 import io
 
 import pytest
@@ -68,3 +69,144 @@ async def test_hostile_display_names_cannot_drive_the_terminal() -> None:
     raw = io.StringIO()
     await ConsoleSink("jsonl", raw).emit(joined)
     assert ev.parse_event(raw.getvalue()).speaker.display == hostile.display
+
+
+class FakeTerminal(io.StringIO):
+    """What a terminal receives; ``isatty`` as a terminal's. ``frame()`` waits for the next
+    flush (the console flushes once a frame)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._flushed: asyncio.Event | None = None
+
+    def isatty(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        if self._flushed is not None:
+            self._flushed.set()
+
+    async def frame(self) -> None:
+        self._flushed = asyncio.Event()
+        await self._flushed.wait()
+
+
+def screen(raw: str, width: int) -> list[str]:
+    """The rows a terminal ``width`` columns wide shows after ``raw``: text wraps at the width,
+    ``ESC [ n F`` moves the cursor up n rows to their start, ``ESC [ J`` clears below it."""
+    import re
+
+    rows: list[str] = []
+    row = 0
+    for token in re.split(r"(\x1b\[\d*[FJ])", raw):
+        if token.startswith("\x1b["):
+            if token.endswith("F"):
+                row = max(0, row - int(token[2:-1] or 1))
+            else:
+                del rows[row:]
+            continue
+        for i, line in enumerate(token.split("\n")):
+            if i:
+                row += 1
+            chunks = [line[k:k + width] for k in range(0, len(line), width)] or [""]
+            for j, chunk in enumerate(chunks):
+                while len(rows) <= row + j:
+                    rows.append("")
+                rows[row + j] = chunk
+            row += len(chunks) - 1
+    return rows
+
+
+async def test_log_records_print_above_the_live_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's screen: stdout and stderr are one terminal. A warning logged while the table
+    is on screen (from the event loop or another thread) ends up above the table, whole; an
+    analyzer.degraded event is one of the table's event lines."""
+    import logging
+
+    monkeypatch.setenv("COLUMNS", "100")
+    term = FakeTerminal()
+    handler = logging.StreamHandler(term)
+    handler.setFormatter(logging.Formatter("affect-bridge: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("tests.console.terminal")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    warning = ("analyzer emotion unavailable, continuing without it: cannot load emotion model "
+               "'superb/wav2vec2-base-superb-er': it is not in the local model cache")
+    try:
+        sink = ConsoleSink("table", term, refresh_s=0.01)
+        assert sink.live
+        await sink.start()
+        await sink.emit(ev.SpeakerJoined(call=CALL, speaker=ALICE,
+                                         data=ev.SpeakerJoinedData(offset_s=0)))
+        await sink.emit(ev.AnalyzerDegraded(call=CALL, data=ev.AnalyzerDegradedData(
+            analyzer="emotion", reason="not in the local model cache")))
+        while "Alice joined" not in term.getvalue():  # the table is on screen
+            await term.frame()
+        logger.warning(warning)
+        await asyncio.to_thread(logger.info, "emotion model m loaded on cpu in int8 (a thread)")
+        await sink.emit(sample(0.3, True))
+        await term.frame()  # one more frame
+        await sink.aclose()
+        logger.warning("after the table")  # the handler writes to the terminal again
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    assert handler.stream is term
+    shown = screen(term.getvalue(), 100)
+    header = next(i for i, row in enumerate(shown) if row.startswith("speaker "))
+    alice = next(i for i, row in enumerate(shown) if row.startswith("Alice "))
+    assert alice == header + 1  # nothing between the table's header and its rows
+    text = "".join(shown)
+    assert text.count("continuing without it") == 1  # whole, once, not lost in a redraw
+    warned = next(i for i, row in enumerate(shown) if "continuing without it" in row)
+    loaded = next(i for i, row in enumerate(shown) if "loaded on cpu in int8" in row)
+    assert warned < loaded < header
+    assert "".join(shown[warned:loaded]).endswith("local model cache")  # wrapped, not cut
+    note = next(i for i, row in enumerate(shown) if "analyzer emotion unavailable:" in row)
+    assert note > alice  # the degraded event: an event line below the rows
+    assert shown[-2] == "affect-bridge: WARNING: after the table" and shown[-1] == ""
+
+
+async def test_log_handlers_stay_put_off_a_terminal() -> None:
+    """Not a terminal: event lines, and no handler is touched. On a terminal, a handler whose
+    stream is a file or a pipe (stderr redirected) is not touched either."""
+    import logging
+
+    term, redirected = FakeTerminal(), io.StringIO()
+    to_term, to_file = logging.StreamHandler(term), logging.StreamHandler(redirected)
+    logger = logging.getLogger("tests.console.handlers")
+    logger.addHandler(to_term)
+    logger.addHandler(to_file)
+    try:
+        plain = ConsoleSink("table", io.StringIO())
+        await plain.start()
+        assert to_term.stream is term
+        await plain.emit(ev.AnalyzerDegraded(call=CALL, data=ev.AnalyzerDegradedData(
+            analyzer="emotion", reason="weights refused")))
+        assert "analyzer emotion unavailable: weights refused" in plain.stream.getvalue()
+        await plain.aclose()
+
+        live = ConsoleSink("table", FakeTerminal(), refresh_s=60)
+        await live.start()
+        assert to_term.stream is not term and to_file.stream is redirected
+        await live.aclose()
+        assert to_term.stream is term
+    finally:
+        logger.removeHandler(to_term)
+        logger.removeHandler(to_file)
+
+
+async def test_a_degraded_analyzer_stays_among_the_event_lines() -> None:
+    """Unavailable or refused: the model's state stays on the table, above the latest events,
+    however many come after it."""
+    sink = ConsoleSink("table", FakeTerminal())
+    await sink.emit(ev.AnalyzerDegraded(call=CALL, data=ev.AnalyzerDegradedData(
+        analyzer="emotion", reason="checkpoint refused: pickled weights")))
+    for i in range(10):
+        await sink.emit(ev.SpeakerJoined(call=CALL, speaker=ev.SpeakerInfo(
+            id=f"c:{i}", display=f"S{i}"), data=ev.SpeakerJoinedData(offset_s=i)))
+    notes = sink.render().split("\n\n", 1)[1].splitlines()
+    assert notes[0].endswith("analyzer emotion unavailable: checkpoint refused: pickled weights")
+    assert [n.split()[1] for n in notes[1:]] == [f"S{i}" for i in range(4, 10)]

@@ -1,18 +1,26 @@
 """Console sink: JSON lines, or a live table of speakers redrawn in place on a terminal.
 
 The table shows each speaker's latest stress index (with a bar), whether the baseline is still
-being calibrated, spikes so far, speech seconds and dominant emotion. Where stdout is not a
-terminal, the table mode prints one readable line per notable event instead.
+being calibrated, spikes so far, speech seconds and dominant emotion, and below it the latest
+event lines (an ``analyzer.degraded`` line stays there, first, for as long as the table). Where
+stdout is not a terminal, the table mode prints one readable line per notable event instead.
+
+While the table is on screen, log records that would be written to the terminal (the logging
+handlers whose stream is a TTY) are held and printed above the table at its next redraw, so a
+warning never lands across it. The handlers get their streams back on ``aclose``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import sys
+import threading
 from typing import IO, Any
 
+from bridge import events as ev
 from bridge.analyze import describe
 from bridge.safe_text import terminal_safe
 from bridge.summary import SpeakerSummaries
@@ -33,11 +41,16 @@ class ConsoleSink:
         self._refresh_s = refresh_s
         self._speakers = SpeakerSummaries(keep_series=False)
         self._notes: list[str] = []
+        self._degraded: dict[str, str] = {}  # analyzer -> its line, pinned above the notes
         self._task: asyncio.Task[None] | None = None
         self._drawn_lines = 0
+        self._log_lines = _LogLines()
+        self._diverted: list[tuple[logging.StreamHandler[Any], Any]] = []
 
     async def start(self) -> None:
-        if self.live:
+        """On a terminal: draw the table from now on, with log lines printed above it."""
+        if self.live and self._task is None:
+            self._divert_logging()
             self._task = asyncio.create_task(self._redraw(), name="console-table")
 
     async def emit(self, event: Any) -> None:
@@ -48,7 +61,9 @@ class ConsoleSink:
         self._speakers.record(event)
         line = describe(event)
         if line is not None:
-            if self.live:
+            if self.live and isinstance(event, ev.AnalyzerDegraded):
+                self._degraded[event.data.analyzer] = line
+            elif self.live:
                 self._notes = [*self._notes, line][-6:]
             else:
                 print(line, file=self.stream, flush=True)
@@ -64,7 +79,7 @@ class ConsoleSink:
                      else "calibrating" if s.calibrating else "listening")
             lines.append(f"{name[:16]:<16} {index:>6}  {bar:<20} {state:<12} "
                          f"{s.spikes:>6} {s.dominant_emotion or '-':<9}")
-        return "\n".join([*lines, "", *self._notes])
+        return "\n".join([*lines, "", *self._degraded.values(), *self._notes])
 
     async def _redraw(self) -> None:
         while True:
@@ -75,11 +90,25 @@ class ConsoleSink:
         # Lines cut to the terminal's width: a wrapped line would throw off the redraw.
         width = max(20, shutil.get_terminal_size().columns - 1)
         text = "\n".join(line[:width] for line in self.render().splitlines())
+        # Log lines held since the last frame go where that frame was, whole (they may wrap:
+        # they are above the table, never moved over again); the table is drawn below them.
+        above = "".join(terminal_safe(line, limit=sys.maxsize) + "\n"
+                        for line in self._log_lines.take(partial=not self._diverted))
         # Move up over the previous frame and clear it, then draw the new one.
         prefix = f"\x1b[{self._drawn_lines}F\x1b[J" if self._drawn_lines else ""
-        self.stream.write(prefix + text + "\n")
+        self.stream.write(prefix + above + text + "\n")
         self.stream.flush()
         self._drawn_lines = text.count("\n") + 1
+
+    def _divert_logging(self) -> None:
+        """Point every logging handler that writes to a terminal at the held log lines."""
+        for handler in _terminal_handlers():
+            self._diverted.append((handler, handler.setStream(self._log_lines)))
+
+    def _restore_logging(self) -> None:
+        for handler, stream in reversed(self._diverted):
+            handler.setStream(stream)
+        self._diverted = []
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -87,4 +116,55 @@ class ConsoleSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-            self._draw()
+            self._restore_logging()  # records from here on go to the terminal again
+            self._draw()  # the last frame, with the log lines still held above it
+
+
+class _LogLines:
+    """The stream of the diverted logging handlers: complete lines are held until the next
+    frame takes them. Handlers write from any thread (executor threads, the inference thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *done, self._partial = (self._partial + text).split("\n")
+            self._lines.extend(done)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self, *, partial: bool = False) -> list[str]:
+        """The complete lines written so far (and, with ``partial``, an unfinished one)."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            if partial and self._partial:
+                lines.append(self._partial)
+                self._partial = ""
+        return lines
+
+
+def _terminal_handlers() -> list[logging.StreamHandler[Any]]:
+    """The logging handlers (of the root logger and every logger made so far) that write to a
+    terminal; file handlers, and streams redirected to a file or a pipe, are left alone."""
+    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    found: dict[int, logging.StreamHandler[Any]] = {}
+    for logger in loggers:
+        for handler in logger.handlers:
+            if (isinstance(handler, logging.StreamHandler)
+                    and not isinstance(handler, logging.FileHandler)
+                    and _isatty(handler.stream)):
+                found.setdefault(id(handler), handler)
+    return list(found.values())
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
