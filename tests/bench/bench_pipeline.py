@@ -21,7 +21,7 @@ Emotion inference (bench_inference.py): every precision side by side on one thre
 against the previous one, per-operator profiles; and start-up in fresh processes.
 
     .venv/bin/python tests/bench/bench_pipeline.py [--quick] [--json OUT.json]
-        [--speed | --memory | --precision | --startup] [--repeat N] [--seconds S]
+        [--speed | --memory | --precision | --startup | --families] [--repeat N] [--seconds S]
         [--long-seconds S]
 """
 
@@ -105,6 +105,32 @@ def build_model(directory: Path) -> Path:
                             "label2id": {v: k for k, v in LABELS.items()}}
     cfg = Wav2Vec2Config(**head)  # every other field: the defaults, i.e. wav2vec2-base
     Wav2Vec2ForSequenceClassification(cfg).save_pretrained(directory)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=False).save_pretrained(directory)
+    return directory
+
+
+#: wav2vec2-large-robust pruned to 12 layers, the shape of audEERING's dimensional model
+#: (audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim's config.json).
+LARGE_12 = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16,
+                intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True,
+                conv_bias=True, final_dropout=0.1)
+
+
+def build_dimensional_large(directory: Path) -> Path:
+    """Random-init dimensional model of the audEERING form at its real size (12 layers, hidden
+    1024): ``Wav2Vec2ForSpeechClassification`` with arousal, dominance, valence."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
+
+    from analyzers.dimensional import Wav2Vec2ForSpeechClassification
+
+    torch.manual_seed(0)
+    dims = ("arousal", "dominance", "valence")
+    cfg = Wav2Vec2Config(**LARGE_12, architectures=["Wav2Vec2ForSpeechClassification"],
+                         num_labels=3, id2label=dict(enumerate(dims)),
+                         label2id={d: i for i, d in enumerate(dims)})
+    Wav2Vec2ForSpeechClassification(cfg).save_pretrained(directory)
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True,
                              return_attention_mask=False).save_pretrained(directory)
     return directory
@@ -539,6 +565,44 @@ def memory_part(conv_short: Conversation, conv_loop: Conversation, long_s: float
             "difference_mb": b.peak_rss_mb - a.peak_rss_mb}
 
 
+def families_part(conv: Conversation, workdir: Path) -> dict[str, Any]:
+    """wav2vec2-base (categorical) and the dimensional large model, side by side in one run:
+    ``affect-bridge analyze`` of the conversation (prosody + emotion, precision auto) in fresh
+    children, each model's first run on this machine (it measures the precisions and prepares
+    the model) and a later run (prepared). Audio-seconds per CPU-second, start-up included,
+    and peak RSS."""
+    wav = write_wav(workdir / "conversation-families.wav", conv.audio)
+    models = {"wav2vec2-base (categorical)": build_model(workdir / "family-base"),
+              "wav2vec2-large-12 (dimensional)": build_dimensional_large(workdir / "family-large")}
+    print(f"\n== emotion families: analyze of {conv.seconds:.0f} s ({conv.speech_fraction:.0%} "
+          "speech), prosody + emotion, precision auto, fresh children", flush=True)
+    out: dict[str, Any] = {}
+    rows = []
+    for name, model_dir in models.items():
+        config = workdir / f"{model_dir.name}.toml"
+        config.write_text(f'[emotion]\nmodel = "{model_dir}"\n', encoding="utf-8")
+        env = {"AFFECT_BRIDGE_CACHE_DIR": str(workdir / f"cache-{model_dir.name}")}
+        first = run_cli_child(wav, config, conv.seconds, workdir, env)
+        later = run_cli_child(wav, config, conv.seconds, workdir, env)
+        chosen = _chosen_precision(workdir / f"{wav.stem}.err")
+        out[name] = {"first": asdict(first) | {"audio_s_per_cpu_s": first.per_cpu},
+                     "later": asdict(later) | {"audio_s_per_cpu_s": later.per_cpu},
+                     "precision": chosen}
+        for label, run in (("first run", first), ("later run", later)):
+            rows.append([f"{name}, {label}", chosen, f"{run.cpu_s:.1f}", f"{run.per_cpu:.1f}",
+                         f"{run.peak_rss_mb:.0f}"])
+    print(table(rows, ["model", "precision", "CPU s", "audio s/CPU s", "peak RSS MB"]))
+    return out
+
+
+def _chosen_precision(stderr: Path) -> str:
+    """The precision the child's log line names ("emotion model ... loaded: ... in P on cpu")."""
+    for line in stderr.read_text(errors="replace").splitlines():
+        if "emotion model" in line and " loaded: " in line and " in " in line:
+            return line.rsplit(" in ", 1)[1].split(" on ", 1)[0]
+    return "?"
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
@@ -578,6 +642,7 @@ class Options:
     memory: bool
     precision: bool
     startup: bool
+    families: bool
     json_out: Path | None
 
 
@@ -597,16 +662,18 @@ def parse_args(argv: list[str] | None) -> Options:
                       help="only the emotion precisions, side by side (bench_inference.py)")
     only.add_argument("--startup", action="store_true",
                       help="only what start-up costs, in fresh processes (bench_inference.py)")
+    only.add_argument("--families", action="store_true",
+                      help="only wav2vec2-base beside the dimensional large model, analyze in "
+                           "fresh children (speed and peak RSS, first and later runs)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write every figure as JSON")
     a = p.parse_args(argv)
+    parts = ("speed", "memory", "precision", "startup", "families")
+    chosen = [part for part in parts if getattr(a, part)]
     return Options(
         seconds=a.seconds or (60.0 if a.quick else 180.0),
         long_s=a.long_seconds or (600.0 if a.quick else 7200.0),
         repeat=max(1, a.repeat or (1 if a.quick else 3)),
-        speed=not (a.memory or a.precision or a.startup),
-        memory=not (a.speed or a.precision or a.startup),
-        precision=not (a.speed or a.memory or a.startup),
-        startup=not (a.speed or a.memory or a.precision),
+        **{part: not chosen or part in chosen for part in parts},
         json_out=a.json,
     )
 
@@ -649,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
                 wav = write_wav(workdir / "conversation-startup.wav", conv.audio)
                 report["startup"] = startup_part(model_dir, clip, wav, conv.seconds, workdir,
                                                  run_child)
+        if opts.families:
+            report["families"] = families_part(build_conversation(pools, opts.seconds), workdir)
         if opts.memory:
             print("\n== memory: peak RSS of `affect-bridge analyze` (prosody only), fresh children")
             short = build_conversation(pools, 60.0)
