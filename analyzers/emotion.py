@@ -187,7 +187,12 @@ class EmotionModel:
                 self._finish(f"prepared, {time.perf_counter() - started:.1f} s")
                 return
         if download:
-            fetch_checkpoint(self.config.model, trust_remote_code=self.config.trust_remote_code)
+            try:
+                fetch_checkpoint(self.config.model,
+                                 trust_remote_code=self.config.trust_remote_code)
+            except Exception as exc:  # the hub unreachable, a repository that is not there
+                raise ModelUnavailable(f"cannot download emotion model {self.config.model!r}: "
+                                       f"{first_sentence(exc)}") from exc
         model = self._from_checkpoint()
         if download:
             self._model, self.precision = model, "fp32"
