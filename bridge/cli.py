@@ -1,4 +1,5 @@
-"""``affect-bridge`` command line: analyze, evaluate, demo, run, schema, download-models."""
+"""``affect-bridge`` command line: analyze, evaluate, demo, run, schema, download-models,
+models check."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from analyzers.emotion import EmotionModel
+    from analyzers.semantic import SentimentModel, SpeechRecognizer
     from bridge.config import Settings
+    from bridge.hub import ConfiguredModel
+
+    ModelLoader = EmotionModel | SpeechRecognizer | SentimentModel
 
 __all__ = ["main"]
 
@@ -43,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="measure detection on your own labelled recordings")
     e.add_argument("labels", type=Path, metavar="LABELS",
-                   help="CSV or TSV: file, start_s, end_s, label (calm/stressed, or emotions)")
+                   help="CSV or TSV: file, start_s, end_s, label (calm/stressed, or emotions); "
+                        "or a header file,start_s,end_s then any of arousal, valence, dominance "
+                        "(numeric labels, scored by CCC)")
+    e.add_argument("--label-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="scale of dimensional labels, mapped onto -1..1 (default: -1 1)")
     e.add_argument("--format", choices=["table", "json"], default="table")
     e.add_argument("--out", type=Path, help="also write the figures as JSON here")
     e.add_argument("--config", type=Path, help="TOML configuration file")
@@ -71,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("download-models", help="fetch the configured model weights into the "
                                                "HuggingFace cache (for image builds)")
     m.add_argument("--config", type=Path, help="TOML configuration file")
+    models = sub.add_parser("models", help="inspect emotion checkpoints").add_subparsers(
+        dest="models_command", required=True)
+    c = models.add_parser("check", help="what a checkpoint is and how it would run here (the "
+                          "check the service runs at start); exit 2 when it would be refused")
+    c.add_argument("model", help="a local checkpoint directory, or a hub id in the local cache")
+    c.add_argument("--trust-remote-code", action="store_true",
+                   help="accept a checkpoint with its own model code (runs that code)")
+    c.add_argument("--precision", default="auto",
+                   choices=["auto", "fp32", "bf16", "int8"], help="as [emotion] precision")
+    c.add_argument("--json", action="store_true", help="the report as JSON")
     return p
 
 
@@ -94,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "download-models":
             return _download(args)
+        if args.command == "models":
+            return _models_check(args)
     except (AudioDecodeError, ConfigError, PluginError) as exc:
         print(f"affect-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -118,19 +142,21 @@ PROJECT_LOGGERS = ("affect-bridge", "bridge", "analyzers")
 def configure_logging(debug: bool, *, prefix: str = "affect-bridge") -> None:
     """INFO for everything; ``--debug`` turns on this project's loggers only (a library's DEBUG,
     numba's bytecode dumps for one, would flood the terminal). Worker processes log with their
-    own ``prefix``."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"{prefix}: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    own ``prefix``. Every line goes through one handler, once: huggingface_hub's own handler is
+    dropped (bridge/hub.py), and an HTTP library's line already shown is not shown again."""
+    from bridge.hub import ShownOnceFilter, adopt_hub_logger
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ShownOnceFilter())
+    logging.basicConfig(level=logging.INFO, format=f"{prefix}: %(levelname)s: %(message)s",
+                        handlers=[handler])
     if debug:
         for name in PROJECT_LOGGERS:
             logging.getLogger(name).setLevel(logging.DEBUG)
     # Third-party chatter (transformers' own warnings, numba) stays out of normal output.
-    for name in ("transformers", "numba", "urllib3", "filelock", "huggingface_hub", "aioice",
-                 "aiortc"):
+    for name in ("transformers", "numba", "urllib3", "filelock", "aioice", "aiortc"):
         logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
+    adopt_hub_logger(logging.WARNING if debug else logging.ERROR)
     # Read by transformers / huggingface_hub when (and only if) they are imported.
     if not debug:
         # torch's C++ warnings (e.g. int8 tensor creation being deprecated) go to stderr
@@ -190,7 +216,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from bridge.evaluate import LabelError, evaluate, format_report, read_labels
 
     try:
-        labels = read_labels(args.labels)  # bad labels fail before any model is loaded
+        label_range = tuple(args.label_range) if args.label_range else None
+        labels = read_labels(args.labels, label_range)  # bad labels fail before any model loads
         settings = _settings(args)
         report = asyncio.run(evaluate(labels, settings))
     except LabelError as exc:
@@ -220,35 +247,81 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _download(args: argparse.Namespace) -> int:
-    """Fetch the weights of every configured model into the HuggingFace cache (image builds)."""
-    from analyzers.emotion import EmotionModel
+def _models_check(args: argparse.Namespace) -> int:
+    import json
+
     from analyzers.loading import ModelUnavailable
+    from bridge.model_check import check, format_check
+
+    try:
+        report = check(args.model, trust_remote_code=args.trust_remote_code,
+                       precision=args.precision)
+    except ModelUnavailable as exc:
+        print(f"affect-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report, indent=2) if args.json else format_check(report))
+    return EXIT_USAGE if report["refused"] else EXIT_OK
+
+
+def _download(args: argparse.Namespace) -> int:
+    """Fetch the weights of every configured model into the HuggingFace cache (image builds).
+
+    The hub library's retry warnings show, one line each, while it waits. When the hub was not
+    reached (or HF_HUB_OFFLINE kept it from being asked), the last line says so and what to do;
+    the other hub models are then not tried (each would wait through the same retries)."""
+    from analyzers.emotion import EmotionModel
     from analyzers.semantic import SemanticConfig, SentimentModel, SpeechRecognizer
+    from bridge.hub import ConfiguredModel
 
     settings = _settings(args)
-    loaders: list[tuple[str, EmotionModel | SpeechRecognizer | SentimentModel]] = []
+    loaders: list[tuple[ConfiguredModel, EmotionModel | SpeechRecognizer | SentimentModel]] = []
     if "emotion" in settings.analyzers:
-        loaders.append((f"emotion model {settings.emotion.model}",
+        loaders.append((ConfiguredModel("emotion model", "[emotion] model",
+                                        settings.emotion.model),
                         EmotionModel(settings.emotion.build())))
     if "semantic" in settings.analyzers:
         semantic = SemanticConfig(**settings.semantic.model_dump())
-        loaders.append((f"speech recognition model {semantic.asr_model}",
-                        SpeechRecognizer(semantic)))
+        loaders.append((ConfiguredModel("speech recognition model", "[semantic] asr_model",
+                                        semantic.asr_model), SpeechRecognizer(semantic)))
         if semantic.sentiment != "vader":
-            loaders.append((f"sentiment model {semantic.sentiment}", SentimentModel(semantic)))
+            loaders.append((ConfiguredModel("sentiment model", "[semantic] sentiment",
+                                            semantic.sentiment), SentimentModel(semantic)))
     if not loaders:
         print("no model-backed analyzer is configured: nothing to download")
         return EXIT_OK
+    if not args.debug:  # the retry warnings: a build log then says what it is waiting for
+        logging.getLogger("huggingface_hub").setLevel(max(logging.WARNING,
+                                                          logging.getLogger().level))
+    return _fetch_all(loaders)
+
+
+def _fetch_all(loaders: Sequence[tuple[ConfiguredModel, ModelLoader]]) -> int:
+    from analyzers.loading import ModelUnavailable
+    from bridge.hub import HubFailure, hub_failure
+
     failed = False
-    for what, loader in loaders:
+    hub: HubFailure | None = None
+    not_fetched: list[ConfiguredModel] = []
+    for model, loader in loaders:
+        if hub is not None and not hub.offline and not Path(model.name).is_dir():
+            not_fetched.append(model)  # the hub is down: no second wait through its retries
+            continue
         try:
             loader.load(download=True)
-        except ModelUnavailable as exc:
-            print(f"affect-bridge: error: {exc}", file=sys.stderr)
+        except Exception as exc:
+            found = hub_failure(exc)
+            if found is None and not isinstance(exc, ModelUnavailable):
+                raise  # not a model being unavailable: main() reports it
             failed = True
+            if found is None:
+                print(f"affect-bridge: error: {exc}", file=sys.stderr)
+            else:
+                hub = hub or found
+                not_fetched.append(model)
         else:
-            print(f"{what} is in the local cache")
+            print(f"{model.what} {model.name} is in the local cache")
+    if hub is not None:
+        print(f"affect-bridge: error: {hub.advice(not_fetched)}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
