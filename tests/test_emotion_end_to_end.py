@@ -35,10 +35,10 @@ async def _samples(model: Path) -> tuple[list[ev.AffectSampleData], dict[str, st
     return got, result.degraded
 
 
-@pytest.mark.parametrize("family", ["hubert", "wavlm", "data2vec-audio", "whisper"])
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper"])
 async def test_categorical_families_analyse_a_recording(family: str, tmp_path: Path) -> None:
     path = build_tiny_whisper_classifier(tmp_path / "m") if family == "whisper" else \
-        build_tiny_classifier(tmp_path / "m", family, weighted=family == "wavlm")
+        build_tiny_classifier(tmp_path / "m", family, weighted=family in ("wav2vec2", "wavlm"))
     samples, degraded = await _samples(path)
     assert not degraded
     estimated = [s for s in samples if s.emotion is not None]
