@@ -5,7 +5,20 @@ F0 comes from ``librosa.yin`` (ISC licence, about 2 ms of CPU per audio-second h
 shimmer are measured on the waveform with the F0 track as a guide:
 
 * voicing and HNR: Boersma's (1993) normalised autocorrelation at the F0 lag, corrected for the
-  analysis window; HNR = 10 log10(r / (1 - r)), averaged over voiced frames.
+  analysis window; HNR = 10 log10(r / (1 - r)), averaged over voiced frames. Voice means
+  periodic: a frame is voiced only where r reaches ``voicing_threshold`` (Praat's 0.45) at a true
+  peak of the autocorrelation, one that rises at least ``min_dip`` above the autocorrelation's
+  lowest point at shorter lags (Praat, too, takes only local maxima as candidates; low-frequency
+  noise, brown noise or rumble, has a high autocorrelation that only falls with the lag and no
+  such peak), and only in runs of at least ``min_run_ms`` (a glottal pulse train lasts longer;
+  steady noise passes the test in isolated frames). A window with less than
+  ``min_voiced_s`` of such frames has no F0, jitter, shimmer, HNR or rate, and says why
+  (``ProsodyFeatures.unvoiced``): it is not scored.
+* octave jumps: yin, like every autocorrelation tracker, can lock onto twice or half the true
+  period where the waveform changes (de Cheveigne & Kawahara 2002, section II.F; Hess 1983). A
+  voiced frame more than half an octave away from the median of the voiced frames around it
+  (``OCTAVE_SPAN``) is moved by an octave when that brings it within a quarter octave of that
+  median, else dropped, so one sound join cannot widen the F0 range.
 * jitter (local) and shimmer (local): glottal cycles are marked by peak picking one period apart
   (sub-sample parabolic interpolation) inside voiced runs, as Praat's ``To PointProcess`` does;
   jitter = mean |T_i - T_(i-1)| / mean T, shimmer = mean |A_i - A_(i-1)| / mean A. Periods
@@ -35,6 +48,7 @@ __all__ = ["FrameCache", "ProsodyAnalyzer", "ProsodyConfig", "analyze_prosody"]
 
 HOP = 160  # 10 ms pitch frames
 NAN = float("nan")
+OCTAVE_SPAN = 15  # voiced frames on each side whose median F0 judges an octave jump (150 ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,13 @@ class ProsodyConfig:
     fmax_hz: float = 500.0
     voicing_threshold: float = 0.45  # normalised autocorrelation at the F0 lag
     silence_db: float = -50.0  # frames quieter than this are never voiced
+    min_dip: float = 0.3  # the F0 peak must rise this far above the autocorrelation before it
+    min_run_ms: float = 50.0  # voiced runs shorter than this are not voice
+    min_voiced_s: float = 0.25  # a window with less periodic voicing than this is not scored
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_dip < 1 or self.min_run_ms < 0 or self.min_voiced_s < 0:
+            raise ValueError("prosody needs 0 <= min_dip < 1, min_run_ms >= 0, min_voiced_s >= 0")
 
 
 class FrameCache:
@@ -147,18 +168,26 @@ def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
             r[k] = value
             todo[k] = False
     if todo.any():
-        r[todo] = _periodicity(frames[todo], SAMPLE_RATE / f0[todo])
-    voiced = candidate & (r >= cfg.voicing_threshold)
+        r[todo] = _periodicity(frames[todo], SAMPLE_RATE / f0[todo], cfg.min_dip)
+    voiced = _long_runs(candidate & (r >= cfg.voicing_threshold),
+                        max(1, round(cfg.min_run_ms / 1000 * SAMPLE_RATE / HOP)))
     if cache is not None and window.first_sample >= 0:
         half = frame_length // 2
         cache.put(window.stream, {
             window.first_sample + k * HOP: (float(f0[k]), float(r[k]) if candidate[k] else None)
             for k in range(len(f0)) if _interior(k, half, len(y))})
 
-    if voiced.sum() < 3:
-        # Too few voiced frames to count syllables: the rate is missing, not zero (a zero would
-        # drag the speaker's baseline down).
-        return ProsodyFeatures(NAN, NAN, NAN, NAN, NAN, energy_db, NAN, pause_ratio)
+    periodic_s = float(voiced.sum()) * HOP / SAMPLE_RATE
+    if voiced.sum() < 3 or periodic_s < cfg.min_voiced_s:
+        # Too little voice to measure: the values are missing, not zero (a zero would drag the
+        # speaker's baseline down), and the window is not scored.
+        return ProsodyFeatures(NAN, NAN, NAN, NAN, NAN, energy_db, NAN, pause_ratio,
+                               voiced_s=periodic_s,
+                               unvoiced=f"{periodic_s:.2f} s of periodic voicing in "
+                                        f"{speech_frames * window.frame_s:.2f} s the VAD passed "
+                                        f"(at least {cfg.min_voiced_s:g} s needed)")
+    f0 = _octave_guard(f0, voiced)
+    voiced &= np.isfinite(f0)
     f0v = f0[voiced]
     p10, p50, p90 = np.percentile(f0v, [10, 50, 90])
     rv = np.clip(r[voiced], 1e-4, 1 - 1e-4)
@@ -175,6 +204,7 @@ def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
         energy_db=energy_db,
         speech_rate=nuclei / voiced_s if voiced_s > 0 else NAN,
         pause_ratio=pause_ratio,
+        voiced_s=periodic_s,
     )
 
 
@@ -231,8 +261,39 @@ def _db_array(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     return 20 * np.log10(np.maximum(x, 1e-10))
 
 
-def _periodicity(frames: npt.NDArray[np.float32], lag: npt.NDArray[np.floating]) -> npt.NDArray:
-    """Boersma's window-corrected normalised autocorrelation of each frame at its (fractional) lag."""
+def _long_runs(flags: npt.NDArray[np.bool_], min_len: int) -> npt.NDArray[np.bool_]:
+    """``flags`` with runs shorter than ``min_len`` cleared."""
+    out = np.zeros_like(flags)
+    for a, b in _runs(flags, min_len):
+        out[a:b] = True
+    return out
+
+
+def _octave_guard(f0: npt.NDArray[np.float64], voiced: npt.NDArray[np.bool_],
+                  ) -> npt.NDArray[np.float64]:
+    """``f0`` with octave jumps among the voiced frames corrected (moved by an octave towards
+    the median of the voiced frames around it) or, where that does not fit, set to NaN."""
+    idx = np.flatnonzero(voiced)
+    if len(idx) < 3:
+        return f0
+    octaves = np.log2(f0[idx])
+    padded = np.pad(octaves, OCTAVE_SPAN, mode="edge")
+    median = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * OCTAVE_SPAN + 1),
+                       axis=1)
+    off = octaves - median
+    far = np.abs(off) > 0.5
+    moved = octaves - np.round(off)  # whole octaves towards the local median
+    fits = np.abs(moved - median) <= 0.25
+    out = f0.copy()
+    out[idx] = np.where(far, np.where(fits, np.exp2(moved), np.nan), f0[idx])
+    return out
+
+
+def _periodicity(frames: npt.NDArray[np.float32], lag: npt.NDArray[np.floating],
+                 min_dip: float = 0.0) -> npt.NDArray:
+    """Boersma's window-corrected normalised autocorrelation of each frame at its (fractional)
+    lag; 0 where that is no peak, i.e. where the autocorrelation at shorter lags never falls
+    ``min_dip`` below it (see the module docstring)."""
     n = frames.shape[1]
     hann = np.hanning(n).astype(np.float32)
     x = (frames - frames.mean(axis=1, keepdims=True)) * hann
@@ -255,7 +316,15 @@ def _periodicity(frames: npt.NDArray[np.float32], lag: npt.NDArray[np.floating])
     denom = a - 2 * b + c
     shift = np.where(np.abs(denom) > 1e-12, 0.5 * (a - c) / np.where(denom == 0, 1, denom), 0.0)
     peak = b - 0.25 * (a - c) * np.clip(shift, -0.5, 0.5)
-    return np.clip(peak / (energy / wac[0]), 0.0, 1.0)
+    r = np.clip(peak / (energy / wac[0]), 0.0, 1.0)
+    if min_dip > 0:
+        m = int(best.max()) + 1  # the window's autocorrelation is far from 0 up to here
+        normalised = ac[:, :m] / wac[:m] / (energy / wac[0])[:, None]
+        before = np.arange(m)[None, :] < np.maximum(best, 2)[:, None]
+        before[:, 0] = False
+        lowest = np.where(before, normalised, np.inf).min(axis=1)
+        r = np.where(r - lowest >= min_dip, r, 0.0)
+    return r
 
 
 def _jitter_shimmer(

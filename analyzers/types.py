@@ -24,6 +24,7 @@ SAMPLE_RATE = 16000
 """Every analyzer works on 16 kHz mono float32 in [-1, 1]."""
 
 Float32Array = npt.NDArray[np.float32]
+NAN_DEFAULT = float("nan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,8 @@ class ProsodyFeatures:
     energy_db: float  # RMS level of speech frames, dBFS
     speech_rate: float  # syllable nuclei per voiced second
     pause_ratio: float  # fraction of the window that is not speech
+    voiced_s: float = NAN_DEFAULT  # seconds of periodic voicing (the frames F0 came from)
+    unvoiced: str | None = None  # why the window is not scored: too little periodic voicing
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from analyzers.types import (
     SpeechWindow,
     StressSpike,
 )
+from analyzers.vad import SileroModel
 from analyzers.windowing import SpeechWindower
 from bridge import events as ev
 from bridge import stats
@@ -54,6 +55,7 @@ class AnalysisEngine:
         self.record = record
         self.analyzers: list[Analyzer] = []
         self.degraded: dict[str, str] = {}
+        self.vad_model: SileroModel | None = None  # the silero VAD every speaker shares
         self.started = False
 
     async def start(self, *, warm_up: bool = False) -> None:
@@ -72,6 +74,9 @@ class AnalysisEngine:
         built = load_analyzers(self.settings.analyzers, self.settings.analyzer_options(),
                                self._registry, on_batch=on_batch)
         loop = asyncio.get_running_loop()
+        if self.settings.vad.engine == "silero" and self.vad_model is None:
+            # The VAD is no optional analyzer: a model that cannot be loaded stops the start.
+            self.vad_model = await loop.run_in_executor(None, SileroModel.load)
         for analyzer in built:
             try:
                 await loop.run_in_executor(None, analyzer.load)
@@ -132,7 +137,7 @@ class SpeakerAnalysis:
         self.speaker = speaker
         self._emit = emit
         self.offline = offline
-        self.windower = SpeechWindower(s.windowing.build(), s.vad.build())
+        self.windower = SpeechWindower(s.windowing.build(), s.vad.build(), silero=engine.vad_model)
         self.stress = StressEngine(s.stress.build())
         # Each window waits with the loop time it was cut at (pipeline latency).
         self._queue: asyncio.Queue[tuple[SpeechWindow | QuietWindow, float] | None] = asyncio.Queue(
@@ -141,6 +146,7 @@ class SpeakerAnalysis:
         self._last_emotion: EmotionScores | None = None
         self._last_semantic: SemanticResult | None = None
         self._failures: dict[str, int] = {}
+        self._unscored_logged = False
         self.dropped = 0
         self.latest_index: float | None = None
 
@@ -241,6 +247,9 @@ class SpeakerAnalysis:
             elif result is not None:
                 is_instance = dataclasses.is_dataclass(result) and not isinstance(result, type)
                 extra[analyzer.name] = dataclasses.asdict(cast(Any, result)) if is_instance else result
+        if prosody is not None and prosody.unvoiced is not None:
+            await self._unscored(window, prosody.unvoiced)
+            return
         # Between speech chunks the latest estimates stand.
         if emotion is None and self.engine.has("emotion"):
             emotion = self._last_emotion
@@ -280,6 +289,18 @@ class SpeakerAnalysis:
             ),
         ))
         for spike in estimate.spikes:
+            await self._emit(self._spike_event(spike))
+
+    async def _unscored(self, window: SpeechWindow, why: str) -> None:
+        """No voice in what the VAD passed (steady noise): no sample, no stress verdict; for
+        the detector, time passes without speech."""
+        self.engine.record(stats.WindowUnscored("unvoiced"))
+        if not self._unscored_logged:  # one line per speaker, not one per window
+            self._unscored_logged = True
+            log.info("speaker %s: window at %.1f s not scored: %s (noise, not a voice; "
+                     "counted in affect_windows_unscored_total)", self.speaker.id, window.end_s,
+                     why)
+        for spike in self.stress.quiet(window.end_s):
             await self._emit(self._spike_event(spike))
 
     def _spike_event(self, spike: StressSpike) -> ev.SpikeStarted | ev.SpikeEnded:

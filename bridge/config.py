@@ -108,6 +108,12 @@ class ProsodySettings(_Section):
     fmax_hz: float = Field(500.0, ge=100, le=1500)
     voicing_threshold: float = Field(0.45, gt=0, lt=1)
     silence_db: float = Field(-50.0, le=0)
+    min_dip: float = Field(0.3, ge=0, lt=1, description="the F0 peak of the autocorrelation "
+                           "must rise this far above its lowest point at shorter lags")
+    min_run_ms: float = Field(50.0, ge=0, le=1000, description="voiced runs shorter than this "
+                              "are not voice")
+    min_voiced_s: float = Field(0.25, ge=0, le=10, description="a window with less periodic "
+                                "voicing than this is not scored (steady noise, not a voice)")
 
     @model_validator(mode="after")
     def _range(self) -> ProsodySettings:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Dropped", "FramesReceived", "InferenceBatch", "Record", "SpeechHeard", "Stat",
-           "WindowLatency", "from_wire", "ignore", "to_wire"]
+           "WindowLatency", "WindowUnscored", "from_wire", "ignore", "to_wire"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +61,20 @@ class InferenceBatch:
     seconds: float
 
 
-Stat = FramesReceived | SpeechHeard | Dropped | WindowLatency | InferenceBatch
+@dataclass(frozen=True, slots=True)
+class WindowUnscored:
+    """A window came due but was not scored (``reason``: ``unvoiced``, too little periodic
+    voicing in what the VAD passed: noise, not a voice)."""
+
+    reason: str
+
+
+Stat = FramesReceived | SpeechHeard | Dropped | WindowLatency | InferenceBatch | WindowUnscored
 Record = Callable[[Stat], None]
 
 _TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in
                                 (FramesReceived, SpeechHeard, Dropped, WindowLatency,
-                                 InferenceBatch)}
+                                 InferenceBatch, WindowUnscored)}
 
 
 def ignore(stat: Stat) -> None:

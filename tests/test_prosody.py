@@ -118,5 +118,51 @@ def test_frame_cache_reuses_the_overlap_and_changes_nothing() -> None:
         cached = analyze_prosody(window, cache=cache)
         for name in fresh.__dataclass_fields__:
             a, b = getattr(fresh, name), getattr(cached, name)
-            assert (np.isnan(a) and np.isnan(b)) or a == b, (name, a, b)
+            assert a == b or (isinstance(a, float) and np.isnan(a) and np.isnan(b)), (name, a, b)
     assert cache.hits > 0.4 * (cache.hits + cache.misses)
+
+
+def _octave_joins(f0: float = 150.0, seconds: float = 4.0, joins: int = 8,
+                  join_s: float = 0.1) -> np.ndarray:
+    """A steady voice whose odd harmonics vanish for ``join_s`` at ``joins`` places: there the
+    waveform repeats at half the period, and yin reports the octave above (as at sound joins)."""
+    t = np.arange(int(seconds * SR)) / SR
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.01 * np.sin(2 * np.pi * 3 * t))) / SR
+    gap = np.zeros(len(t), bool)
+    for k in range(joins):
+        start = int((k + 0.5) * seconds / joins * SR)
+        gap[start:start + int(join_s * SR)] = True
+    wave = sum(np.where(gap & (k % 2 == 1), 0.0, np.sin(k * phase) / k) for k in range(1, 12))
+    return (0.3 * wave / np.max(np.abs(wave))).astype(np.float32)
+
+
+def test_an_octave_jump_does_not_widen_the_f0_range() -> None:
+    import librosa
+
+    y = _octave_joins()
+    track = librosa.yin(y, fmin=65, fmax=500, sr=SR, frame_length=512, hop_length=160)
+    assert np.mean(track > 250) > 0.1  # the tracker does jump an octave at the joins
+    p = analyze_prosody(SpeechWindow(y, 0.0, 4.0, np.ones(133, bool), 0.03, y[:0]))
+    assert p.f0_hz == pytest.approx(150, abs=3)
+    assert p.f0_range_st < 1.0  # the voice's real range, not an octave (12 st)
+
+
+@pytest.mark.parametrize(("kind", "dbfs"), [("pink", -26.0), ("brown", -24.0), ("white", -30.0),
+                                            ("clicks", -30.0)])
+def test_steady_noise_has_no_pitch_and_is_not_scored(kind: str, dbfs: float) -> None:
+    from tests.noise import noise
+
+    y = noise(kind, 8.0, dbfs, seed=3)
+    p = analyze_prosody(SpeechWindow(y, 0.0, 8.0, np.ones(266, bool), 0.03, y[:0]))
+    assert math.isnan(p.f0_hz) and math.isnan(p.f0_range_st) and math.isnan(p.jitter)
+    assert p.unvoiced is not None and "periodic voicing" in p.unvoiced
+    assert p.voiced_s < 0.25
+
+
+def test_speech_keeps_its_voicing() -> None:
+    from bridge.audio import read_file
+    from tests.conftest import CALM
+
+    y = np.concatenate([chunk.samples for [chunk] in read_file(CALM)])[2 * SR:10 * SR]
+    p = analyze_prosody(SpeechWindow(y, 2.0, 10.0, np.ones(266, bool), 0.03, y[:0]))
+    assert p.unvoiced is None and p.voiced_s > 3.0 and 150 < p.f0_hz < 260

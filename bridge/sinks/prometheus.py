@@ -81,6 +81,11 @@ class PrometheusSink:
         self.dropped = Counter("affect_dropped_total", "Work dropped, by stage.", ["stage"],
                                registry=r)
         self.frames = Counter("affect_audio_frames_total", "Audio frames received.", registry=r)
+        self.unscored = Counter("affect_windows_unscored_total",
+                                "Speech windows not scored, by reason (unvoiced: too little "
+                                "periodic voicing, e.g. steady noise the VAD passed).",
+                                ["reason"], registry=r)
+        self.unscored.labels("unvoiced")
         self.webhook_deliveries = Counter(
             "affect_webhook_deliveries_total", "Webhook delivery attempts by outcome.",
             ["endpoint", "outcome"], registry=r)
@@ -166,6 +171,8 @@ class PrometheusSink:
             self.pipeline_latency.observe(stat.seconds)
         elif isinstance(stat, stats.Dropped):
             self.dropped.labels(stat.stage).inc(stat.n)
+        elif isinstance(stat, stats.WindowUnscored):
+            self.unscored.labels(stat.reason).inc()
         elif isinstance(stat, stats.InferenceBatch):
             if stat.size == 0:  # an item its full queue turned away
                 self.dropped.labels(f"inference_{stat.analyzer}").inc()
