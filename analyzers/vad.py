@@ -1,31 +1,67 @@
-"""Voice activity detection with webrtcvad (the ``webrtcvad-wheels`` distribution)."""
+"""Voice activity detection: webrtcvad (the ``webrtcvad-wheels`` distribution, the default) or
+Silero VAD (the network bundled in the ``silero-vad`` wheel, far fewer false alarms on steady
+noise).
+
+Both detectors stream: feed any number of samples, get one decision per complete frame on a
+fixed grid from the first sample. webrtcvad frames are 10, 20 or 30 ms; Silero's are its native
+32 ms (512 samples at 16 kHz). The Silero network is loaded once (:meth:`SileroModel.load`) and
+shared; each detector (one per speaker) keeps its own recurrent state and audio context.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import webrtcvad
 
+from analyzers.loading import ModelUnavailable
 from analyzers.types import SAMPLE_RATE
 
-__all__ = ["VadConfig", "VoiceActivityDetector", "sanitize"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["SILERO_FRAME_MS", "WEBRTC_FRAME_MS", "Detector", "SileroModel",
+           "SileroVoiceActivityDetector", "VadConfig", "VadEngine", "VoiceActivityDetector",
+           "make_detector", "sanitize"]
+
+VadEngine = Literal["webrtc", "silero"]
+WEBRTC_FRAME_MS = (10, 20, 30)  # what webrtcvad accepts
+SILERO_FRAME_MS = 32  # Silero v5/v6 at 16 kHz: 512-sample chunks
 
 
 @dataclass(frozen=True, slots=True)
 class VadConfig:
     aggressiveness: int = 2  # webrtcvad mode 0 (least) .. 3 (most aggressive filtering)
-    frame_ms: int = 30  # 10, 20 or 30: what webrtcvad accepts
+    frame_ms: int | None = None  # None: the engine's own (webrtc 30; silero 32, its only one)
     hangover_ms: int = 150  # speech kept on after the detector drops, to keep word endings
+    engine: VadEngine = "webrtc"
+    threshold: float = 0.5  # silero: a chunk whose speech probability reaches this is speech
 
     def __post_init__(self) -> None:
+        if self.engine not in ("webrtc", "silero"):
+            raise ValueError(f"vad engine must be 'webrtc' or 'silero', got {self.engine!r}")
         if self.aggressiveness not in (0, 1, 2, 3):
             raise ValueError(f"vad aggressiveness must be 0..3, got {self.aggressiveness}")
-        if self.frame_ms not in (10, 20, 30):
-            raise ValueError(f"vad frame_ms must be 10, 20 or 30, got {self.frame_ms}")
+        allowed = WEBRTC_FRAME_MS if self.engine == "webrtc" else (SILERO_FRAME_MS,)
+        if self.frame_ms is not None and self.frame_ms not in allowed:
+            raise ValueError(f"vad frame_ms for {self.engine} must be "
+                             f"{' or '.join(map(str, allowed))}, got {self.frame_ms}")
         if self.hangover_ms < 0:
             raise ValueError(f"vad hangover_ms must be >= 0, got {self.hangover_ms}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"vad threshold must be in (0, 1), got {self.threshold}")
+
+    @property
+    def effective_frame_ms(self) -> int:
+        if self.frame_ms is not None:
+            return self.frame_ms
+        return SILERO_FRAME_MS if self.engine == "silero" else 30
 
 
 def sanitize(samples: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
@@ -36,8 +72,38 @@ def sanitize(samples: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     return np.clip(out, -1.0, 1.0)
 
 
+class Detector(Protocol):
+    """What the windower needs of a VAD: a frame grid and streaming decisions."""
+
+    config: VadConfig
+    frame_len: int
+
+    @property
+    def frame_s(self) -> float: ...
+
+    def process(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]: ...
+
+
+class _Hangover:
+    """Keeps speech on for ``frames`` frames after the detector drops."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self.left = 0
+
+    def apply(self, raw: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        out = raw.copy()
+        for i, speech in enumerate(raw):
+            if speech:
+                self.left = self.frames
+            elif self.left > 0:
+                self.left -= 1
+                out[i] = True
+        return out
+
+
 class VoiceActivityDetector:
-    """Streaming VAD: feed any number of samples, get one decision per complete frame.
+    """Streaming webrtcvad: feed any number of samples, get one decision per complete frame.
 
     Keeps the partial frame between calls, so decisions line up with a fixed frame grid from the
     first sample of the stream.
@@ -45,15 +111,18 @@ class VoiceActivityDetector:
 
     def __init__(self, config: VadConfig | None = None) -> None:
         self.config = config or VadConfig()
+        if self.config.engine != "webrtc":
+            raise ValueError(f"VoiceActivityDetector is webrtcvad; engine {self.config.engine!r} "
+                             "needs make_detector()")
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
-        self.frame_len = SAMPLE_RATE * self.config.frame_ms // 1000
-        self._hangover_frames = self.config.hangover_ms // self.config.frame_ms
+        frame_ms = self.config.effective_frame_ms
+        self.frame_len = SAMPLE_RATE * frame_ms // 1000
+        self._hangover = _Hangover(self.config.hangover_ms // frame_ms)
         self._pending = np.zeros(0, dtype=np.int16)
-        self._hang = 0
 
     @property
     def frame_s(self) -> float:
-        return self.config.frame_ms / 1000
+        return self.config.effective_frame_ms / 1000
 
     def process(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
         """Speech decisions for the complete frames now available (float32 input, any length)."""
@@ -62,14 +131,114 @@ class VoiceActivityDetector:
             pcm = np.concatenate([self._pending, pcm])
         n = len(pcm) // self.frame_len
         self._pending = pcm[n * self.frame_len :].copy()
-        decisions = np.zeros(n, dtype=bool)
+        raw = np.zeros(n, dtype=bool)
         frame_bytes = pcm[: n * self.frame_len].tobytes()
         step = self.frame_len * 2
         for i in range(n):
-            if self._vad.is_speech(frame_bytes[i * step : (i + 1) * step], SAMPLE_RATE):
-                self._hang = self._hangover_frames
-                decisions[i] = True
-            elif self._hang > 0:
-                self._hang -= 1
-                decisions[i] = True
-        return decisions
+            raw[i] = self._vad.is_speech(frame_bytes[i * step : (i + 1) * step], SAMPLE_RATE)
+        return self._hangover.apply(raw)
+
+
+class SileroModel:
+    """The Silero VAD network from the ``silero-vad`` wheel (MIT), loaded once and shared.
+
+    Calls are stateless: the bundled TorchScript wrapper keeps one recurrent state and one
+    audio context inside itself (``model(x, sr)``), which speakers sharing it would mix, so this
+    calls its 16 kHz network (``_model``, ``forward(x, state) -> (prob, state)``) with state and
+    context that each :class:`SileroVoiceActivityDetector` holds. The ``silero_vad`` package
+    itself is never imported: its ``__init__`` sets torch to one thread for the whole process.
+    """
+
+    chunk = SAMPLE_RATE * SILERO_FRAME_MS // 1000  # 512 samples
+
+    def __init__(self, net: Any) -> None:
+        self._net = net
+        self.context = int(net.context_size_samples)  # 64 samples of the previous chunk
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> SileroModel:
+        """Load the bundled JIT model (blocking: a few tens of ms). ``path``: another copy of
+        ``silero_vad.jit``. Raises :class:`ModelUnavailable` with what to install."""
+        import torch
+
+        if path is None:
+            spec = importlib.util.find_spec("silero_vad")  # finds the package, runs none of it
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelUnavailable("vad engine 'silero' needs the silero-vad package: "
+                                       "pip install 'silero-vad>=6.2,<7'")
+            path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.jit"
+        try:
+            with warnings.catch_warnings():  # torch 2.9+: "torch.jit.load is deprecated"
+                warnings.simplefilter("ignore", DeprecationWarning)
+                wrapper = torch.jit.load(str(path), map_location="cpu")
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ModelUnavailable(f"silero vad model {str(path)!r} could not be loaded: "
+                                   f"{type(exc).__name__}") from exc
+        wrapper.eval()
+        return cls(wrapper._model)
+
+    def initial_state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh stream's (recurrent state, audio context), as the wrapper's reset_states."""
+        import torch
+
+        return torch.zeros(0), torch.zeros(1, self.context)
+
+    def probabilities(self, chunks: npt.NDArray[np.float32],
+                      stream: tuple[torch.Tensor, torch.Tensor],
+                      ) -> tuple[npt.NDArray[np.float32], tuple[torch.Tensor, torch.Tensor]]:
+        """Speech probability of each row of ``chunks`` (n x 512), in order, from ``stream``'s
+        state; returns them and the state after the last chunk."""
+        import torch
+
+        state, context = stream
+        probs = np.zeros(len(chunks), dtype=np.float32)
+        with torch.inference_mode():
+            audio = torch.from_numpy(np.ascontiguousarray(chunks))
+            for i in range(len(chunks)):
+                x = torch.cat([context, audio[i : i + 1]], dim=1)
+                out, state = self._net(x, state)
+                context = x[:, -self.context :]
+                probs[i] = float(out)
+        return probs, (state, context)
+
+
+class SileroVoiceActivityDetector:
+    """Streaming Silero VAD, one per speaker: 32 ms frames, a chunk is speech when its
+    probability reaches ``config.threshold``, then the same hangover as webrtc's detector."""
+
+    def __init__(self, config: VadConfig | None = None, model: SileroModel | None = None) -> None:
+        self.config = config or VadConfig(engine="silero")
+        if self.config.engine != "silero":
+            raise ValueError(f"SileroVoiceActivityDetector needs engine 'silero', "
+                             f"got {self.config.engine!r}")
+        # A server loads one model and passes it to every speaker's detector.
+        self.model = model or SileroModel.load()
+        self.frame_len = SileroModel.chunk
+        self._hangover = _Hangover(self.config.hangover_ms // SILERO_FRAME_MS)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._stream = self.model.initial_state()
+
+    @property
+    def frame_s(self) -> float:
+        return SILERO_FRAME_MS / 1000
+
+    def process(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """Speech decisions for the complete frames now available (float32 input, any length)."""
+        audio = sanitize(samples)
+        if len(self._pending):
+            audio = np.concatenate([self._pending, audio])
+        n = len(audio) // self.frame_len
+        self._pending = audio[n * self.frame_len :].copy()
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        probs, self._stream = self.model.probabilities(
+            audio[: n * self.frame_len].reshape(n, self.frame_len), self._stream)
+        return self._hangover.apply(probs >= self.config.threshold)
+
+
+def make_detector(config: VadConfig | None = None, silero: SileroModel | None = None) -> Detector:
+    """The configured engine's detector; ``silero``: the shared model (loaded here if None)."""
+    config = config or VadConfig()
+    if config.engine == "silero":
+        return SileroVoiceActivityDetector(config, silero)
+    return VoiceActivityDetector(config)

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzers.types import SAMPLE_RATE, AudioChunk, QuietWindow, SpeechWindow
-from analyzers.vad import VadConfig, VoiceActivityDetector, sanitize
+from analyzers.vad import Detector, SileroModel, VadConfig, make_detector, sanitize
 
 __all__ = ["SpeechWindower", "WindowConfig"]
 
@@ -43,9 +43,11 @@ class SpeechWindower:
     long the stream runs.
     """
 
-    def __init__(self, config: WindowConfig | None = None, vad: VadConfig | None = None) -> None:
+    def __init__(self, config: WindowConfig | None = None, vad: VadConfig | None = None, *,
+                 silero: SileroModel | None = None) -> None:
         self.config = config or WindowConfig()
-        self.vad = VoiceActivityDetector(vad)
+        # ``silero``: the model all speakers share, when the VAD engine is silero.
+        self.vad: Detector = make_detector(vad, silero)
         self._frame = self.vad.frame_len
         self._window_frames = round(self.config.window_s / self.vad.frame_s)
         self._pending = np.zeros(0, dtype=np.float32)
