@@ -211,7 +211,6 @@ def _encode_opus(order: tuple[Path, ...], path: Path, min_s: float) -> None:
 async def source_main(speakers: int, opus: list[str]) -> None:
     from aiohttp import web
 
-    import bridge.contrib.media_source as demo_module
     from bridge.contrib.media_source import DemoSource
     from bridge.ice import restrict_host_addresses
 
@@ -222,13 +221,15 @@ async def source_main(speakers: int, opus: list[str]) -> None:
         # The bridge receives exactly what it would from the encoding source. No looping:
         # aiortc's demuxing player restarts timestamps at a loop and would then burst, so the
         # files are long enough for the whole run instead.
-        import functools
-
         from aiortc.contrib.media import MediaPlayer
 
-        demo_module.MediaPlayer = functools.partial(MediaPlayer, decode=False)  # type: ignore[misc,assignment]
+        def passthrough(clip: Path, loop: bool) -> Any:
+            audio = MediaPlayer(str(clip), decode=False).audio
+            assert audio is not None
+            return audio
+
         clips = [Path(opus[i % len(opus)]) for i in range(speakers)]
-        source = DemoSource(clips, loop=False, host=LOOPBACK)
+        source = DemoSource(clips, loop=False, host=LOOPBACK, track=passthrough)
     else:  # the demo's own source: decodes the FLAC clips and Opus-encodes each track live
         clips = [CLIPS[i % len(CLIPS)] for i in range(speakers)]
         source = DemoSource(clips, loop=True, host=LOOPBACK)
