@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                    "from AFFECT_BRIDGE_WEBHOOK_SECRET)")
     r.add_argument("--listen", metavar="HOST:PORT", help="control API address "
                                                          "(default from config: 127.0.0.1:9464)")
+    r.add_argument("--workers", metavar="N|auto", help="worker processes that own the calls "
+                   "(config workers; default auto: one per usable core; 1: one process)")
 
     s = sub.add_parser("schema", help="print the JSON Schema of the event envelope")
     s.add_argument("--indent", type=int, default=2)
@@ -242,7 +244,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from bridge.service import serve
 
-    settings = _settings(args, **({"listen": args.listen} if args.listen else {}))
+    overrides: dict[str, object] = {"listen": args.listen} if args.listen else {}
+    if args.workers is not None:  # validated with the rest of the settings (auto | 1..256)
+        overrides["workers"] = args.workers if args.workers == "auto" else \
+            int(args.workers) if args.workers.isdigit() else args.workers
+    settings = _settings(args, **overrides)
     asyncio.run(serve(settings))
     return EXIT_OK
 

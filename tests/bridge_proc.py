@@ -27,8 +27,9 @@ class Bridge:
     """``affect-bridge run`` in a subprocess, its stdout (JSON lines) collected as it comes."""
 
     def __init__(self, tmp: Path, *, webhook: bool = False, live: str = "",
-                 extra: str = "", workers: int = 1) -> None:
+                 extra: str = "", workers: int = 1, args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
+        self.args = args  # more command-line options for `run`
         self.outbox = tmp / "outbox.sqlite3"
         self.config = tmp / "run.toml"
         text = (f'analyzers = ["prosody"]\nworkers = {workers}\n'
@@ -48,7 +49,7 @@ class Bridge:
                "AFFECT_BRIDGE_WEBHOOK_SECRET": SECRET_A}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config),
-            "--listen", f"127.0.0.1:{self.port}", cwd=ROOT, env=env,
+            "--listen", f"127.0.0.1:{self.port}", *self.args, cwd=ROOT, env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=None if os.environ.get("AFFECT_BRIDGE_TEST_STDERR") else asyncio.subprocess.DEVNULL)
         self._reader = asyncio.create_task(self._read())

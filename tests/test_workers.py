@@ -198,3 +198,22 @@ def test_workers_share_the_model_threads_out() -> None:
     assert dump["workers"] == "auto" and dump["analyzers"] == ["prosody", "emotion"]
     fixed = WorkerPool(load_settings(None, emotion={"threads": 3}), 8, emit, record=stats.ignore)
     assert fixed._worker_settings()["emotion"]["threads"] == 3
+
+
+async def test_run_takes_workers_on_the_command_line(tmp_path: Path) -> None:
+    """`affect-bridge run --workers 2`, as the README writes it, over a config that says 1."""
+    bridge = Bridge(tmp_path, workers=1, args=("--workers", "2"))
+    try:
+        await bridge.start()
+        async with aiohttp.ClientSession() as http:
+            ready = await _readyz(http, bridge.base)
+        assert len(ready["workers"]) == 2 and {w["state"] for w in ready["workers"]} == {"ready"}
+        assert bridge.proc is not None
+        bridge.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(bridge.wait(), 60) == 0
+    finally:
+        bridge.kill()
+    from tests.conftest import run_cli
+
+    bad = run_cli("run", "--workers", "two", "--listen", "127.0.0.1:1")
+    assert bad.returncode == 2 and "workers" in bad.stderr
