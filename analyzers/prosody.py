@@ -99,10 +99,11 @@ class FrameCache:
 
 
 def _pitch_frames(y: npt.NDArray[np.float32], frame_length: int, cfg: ProsodyConfig,
-                  window: SpeechWindow, cache: FrameCache | None,
+                  window: SpeechWindow, cache: FrameCache | None, first: int,
                   ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32], dict[int, float]]:
-    """yin F0 per 10 ms frame (as ``librosa.yin(center=True)`` on the window), the frames, and
-    the periodicity already known for some of them (from the cache)."""
+    """yin F0 per 10 ms frame (as ``librosa.yin(center=True)`` on ``y``, which starts at
+    stream sample ``first``), the frames, and the periodicity already known for some of them
+    (from the cache)."""
     half = frame_length // 2
     ypad = np.pad(y, half)
     frames = librosa.util.frame(ypad, frame_length=frame_length, hop_length=HOP).T
@@ -110,7 +111,7 @@ def _pitch_frames(y: npt.NDArray[np.float32], frame_length: int, cfg: ProsodyCon
     f0 = np.full(n, np.nan)
     known_r: dict[int, float] = {}
     cached = cache.get(window.stream) if cache is not None and window.first_sample >= 0 else {}
-    for k, key in enumerate(window.first_sample + np.arange(n) * HOP if cached else ()):
+    for k, key in enumerate(first + np.arange(n) * HOP if cached else ()):
         hit = cached.get(int(key))
         if hit is not None and _interior(k, half, len(y)):
             f0[k] = hit[0]
@@ -145,7 +146,10 @@ def _spans(indices: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
 def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
                     cache: FrameCache | None = None) -> ProsodyFeatures:
     cfg = config or ProsodyConfig()
-    y = window.samples.astype(np.float32, copy=False)
+    # Pitch frames on the stream's own 10 ms grid, whatever the VAD's frame (Silero's 32 ms
+    # puts window starts off it): consecutive windows then share frames the cache can reuse.
+    lead = (-window.first_sample) % HOP if window.first_sample >= 0 else 0
+    y = window.samples[lead:].astype(np.float32, copy=False)
     mask = window.speech_mask
     speech_frames = int(mask.sum())
     pause_ratio = 1.0 - speech_frames / len(mask) if len(mask) else 1.0
@@ -155,11 +159,12 @@ def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
     frame_length = _frame_length(cfg.fmin_hz)
     if len(y) < frame_length:
         return ProsodyFeatures(NAN, NAN, NAN, NAN, NAN, energy_db, NAN, pause_ratio)
-    f0, frames, known_r = _pitch_frames(y, frame_length, cfg, window, cache)
+    first = window.first_sample + lead
+    f0, frames, known_r = _pitch_frames(y, frame_length, cfg, window, cache, first)
     rms = np.sqrt(np.mean(frames**2, axis=1))
     # The VAD mask (its own frame grid) resampled onto the pitch frames.
-    vad = mask[np.minimum((np.arange(len(f0)) * HOP / SAMPLE_RATE / window.frame_s).astype(int),
-                          len(mask) - 1)]
+    vad = mask[np.minimum(((lead + np.arange(len(f0)) * HOP) / SAMPLE_RATE
+                           / window.frame_s).astype(int), len(mask) - 1)]
     candidate = vad & (_db_array(rms) > cfg.silence_db)
     r = np.zeros(len(f0), dtype=np.float64)
     todo = candidate.copy()
@@ -174,7 +179,7 @@ def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
     if cache is not None and window.first_sample >= 0:
         half = frame_length // 2
         cache.put(window.stream, {
-            window.first_sample + k * HOP: (float(f0[k]), float(r[k]) if candidate[k] else None)
+            first + k * HOP: (float(f0[k]), float(r[k]) if candidate[k] else None)
             for k in range(len(f0)) if _interior(k, half, len(y))})
 
     periodic_s = float(voiced.sum()) * HOP / SAMPLE_RATE

@@ -75,6 +75,13 @@ class SpeechWindower:
 
     def push_due(self, chunk: AudioChunk) -> list[SpeechWindow | QuietWindow]:
         """Every window that became due: analysable ones, and quiet ones (too little speech)."""
+        whole = self.take(chunk)
+        return self.advance(whole, self.vad.process(whole)) if len(whole) else []
+
+    def take(self, chunk: AudioChunk) -> npt.NDArray[np.float32]:
+        """The first half of :meth:`push_due`, for a caller that runs the VAD itself: the
+        whole VAD frames now available (the rest waits). Hand them, with the VAD's decisions
+        on exactly these samples, to :meth:`advance` before the next ``take``."""
         if self._origin_s is None:
             self._origin_s = chunk.start_s
             self._next_due_s = chunk.start_s + self.config.hop_s
@@ -83,10 +90,14 @@ class SpeechWindower:
             samples = np.concatenate([self._pending, samples])
         n = len(samples) // self._frame
         self._pending = samples[n * self._frame :].copy()
+        return samples[: n * self._frame]
+
+    def advance(self, whole: npt.NDArray[np.float32], decisions: npt.NDArray[np.bool_],
+                ) -> list[SpeechWindow | QuietWindow]:
+        """The second half of :meth:`push_due`: frames and their decisions into the window."""
+        n = len(whole) // self._frame
         if n == 0:
             return []
-        whole = samples[: n * self._frame]
-        decisions = self.vad.process(whole)
         frames = whole.reshape(n, self._frame)
         due: list[SpeechWindow | QuietWindow] = []
         for i in range(n):

@@ -29,7 +29,7 @@ from analyzers.types import (
     SpeechWindow,
     StressSpike,
 )
-from analyzers.vad import SileroModel
+from analyzers.vad import SileroBatch, SileroModel, SileroVoiceActivityDetector
 from analyzers.windowing import SpeechWindower
 from bridge import events as ev
 from bridge import stats
@@ -56,6 +56,7 @@ class AnalysisEngine:
         self.analyzers: list[Analyzer] = []
         self.degraded: dict[str, str] = {}
         self.vad_model: SileroModel | None = None  # the silero VAD every speaker shares
+        self.vad_batch: SileroBatch | None = None  # its thread, batching across speakers
         self.started = False
 
     async def start(self, *, warm_up: bool = False) -> None:
@@ -77,6 +78,8 @@ class AnalysisEngine:
         if self.settings.vad.engine == "silero" and self.vad_model is None:
             # The VAD is no optional analyzer: a model that cannot be loaded stops the start.
             self.vad_model = await loop.run_in_executor(None, SileroModel.load)
+        if self.vad_model is not None and self.vad_batch is None:
+            self.vad_batch = SileroBatch(self.vad_model, observer=on_batch)
         for analyzer in built:
             try:
                 await loop.run_in_executor(None, analyzer.load)
@@ -110,6 +113,9 @@ class AnalysisEngine:
         for analyzer in self.analyzers:
             await loop.run_in_executor(None, analyzer.close)
         self.analyzers = []
+        if self.vad_batch is not None:
+            await loop.run_in_executor(None, self.vad_batch.close)
+            self.vad_batch = None
         self.started = False
 
 
@@ -160,11 +166,21 @@ class SpeakerAnalysis:
                                           data=ev.SpeakerJoinedData(offset_s=offset_s)))
 
     async def feed(self, chunk: AudioChunk) -> None:
-        for window in self.windower.push_due(chunk):
+        whole = self.windower.take(chunk)
+        if not len(whole):
+            return
+        vad = self.windower.vad
+        if self.engine.vad_batch is not None and isinstance(vad, SileroVoiceActivityDetector):
+            # Silero's forward passes run on the VAD thread, batched with other speakers'.
+            decisions = await vad.process_batched(whole, self.engine.vad_batch)
+        else:
+            decisions = vad.process(whole)  # webrtcvad: microseconds, on the loop
+        for window in self.windower.advance(whole, decisions):
             await self._enqueue(window)
 
     async def feed_silence(self, n_samples: int) -> None:
-        """A gap in the media (DTX, loss, a sender that stopped) as ``n_samples`` of silence."""
+        """A gap in the media (DTX, loss, a sender that stopped) as ``n_samples`` of silence
+        (its VAD frames, at most a window's worth, run inline: gaps are rare)."""
         for window in _merge_quiet(self.windower.push_silence(n_samples)):
             await self._enqueue(window)
 

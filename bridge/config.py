@@ -79,7 +79,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 class VadSettings(_Section):
     engine: Literal["webrtc", "silero"] = Field(
-        "webrtc", description="webrtc (webrtcvad) or silero (Silero VAD: far fewer false alarms "
+        "silero", description="webrtc (webrtcvad) or silero (Silero VAD: far fewer false alarms "
         "on steady noise, about 0.2 ms of CPU per 32 ms frame)")
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 0..3")
     frame_ms: int | None = Field(None, description="webrtc: 10, 20 or 30 (default 30); "

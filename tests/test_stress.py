@@ -6,6 +6,7 @@ import pytest
 from analyzers.prosody import analyze_prosody
 from analyzers.stress import StressConfig, StressEngine, stress_features
 from analyzers.types import AudioChunk, EmotionScores, ProsodyFeatures, SpeechWindow
+from analyzers.vad import VadConfig
 from analyzers.windowing import SpeechWindower
 from tests.conftest import SR, harmonic
 
@@ -56,8 +57,9 @@ def test_calibration_is_flagged_then_ends() -> None:
 
 def test_overlapping_windows_count_voiced_time_once() -> None:
     """4 s windows every 2 s over continuous speech: calibration needs 20 s of speech, so it
-    lasts until about 20 s (summing each window's voiced_s ended it at about 10 s)."""
-    windower = SpeechWindower()
+    lasts until about 20 s (summing each window's voiced_s ended it at about 10 s). The
+    'speech' is a harmonic tone, which webrtcvad passes (Silero rightly does not)."""
+    windower = SpeechWindower(vad=VadConfig(engine="webrtc"))
     e = StressEngine(StressConfig(calibration_s=20, calibration_windows=5))
     audio = harmonic(150, 40.0)
     last_calibrating = last_end = fresh = 0.0

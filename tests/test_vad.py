@@ -21,7 +21,7 @@ from tests.conftest import CALM, SR, harmonic
 
 
 def _speech_fraction(samples: np.ndarray, **cfg: int) -> float:
-    return float(VoiceActivityDetector(VadConfig(**cfg)).process(samples).mean())
+    return float(VoiceActivityDetector(VadConfig(**{"engine": "webrtc", **cfg})).process(samples).mean())
 
 
 def test_silence_is_not_speech() -> None:
@@ -35,7 +35,7 @@ def test_quiet_noise_is_not_speech() -> None:
 
 def test_speech_fixture_is_mostly_speech_in_its_sentences() -> None:
     audio = np.concatenate([c[0].samples for c in read_file(CALM)])
-    vad = VoiceActivityDetector(VadConfig(hangover_ms=0))
+    vad = VoiceActivityDetector(VadConfig(engine="webrtc", hangover_ms=0))
     decisions = vad.process(audio)
     frame = vad.frame_len
     # Reference: the pauses hold only the faint noise floor (below -65 dBFS); speech is far louder.
@@ -57,8 +57,8 @@ def test_streaming_gives_same_decisions_as_one_call() -> None:
 def test_hangover_extends_speech_after_it_stops() -> None:
     tone = harmonic(150, 1.0)
     audio = np.concatenate([tone, np.zeros(SR, np.float32)])
-    short = VoiceActivityDetector(VadConfig(hangover_ms=0)).process(audio)
-    long = VoiceActivityDetector(VadConfig(hangover_ms=300)).process(audio)
+    short = VoiceActivityDetector(VadConfig(engine="webrtc", hangover_ms=0)).process(audio)
+    long = VoiceActivityDetector(VadConfig(engine="webrtc", hangover_ms=300)).process(audio)
     assert long.sum() - short.sum() == pytest.approx(10, abs=1)  # 300 ms / 30 ms frames
 
 
@@ -70,7 +70,8 @@ def test_nan_and_inf_are_treated_as_silence() -> None:
 
 
 @pytest.mark.parametrize("cfg", [{"aggressiveness": 4}, {"frame_ms": 25}, {"hangover_ms": -1},
-                                 {"frame_ms": 32}, {"engine": "silero", "frame_ms": 30},
+                                 {"engine": "webrtc", "frame_ms": 32},
+                                 {"engine": "silero", "frame_ms": 30},
                                  {"engine": "rnnoise"}, {"engine": "silero", "threshold": 1.0},
                                  {"threshold": 0.0}])
 def test_bad_config_is_rejected(cfg: dict[str, object]) -> None:
@@ -179,8 +180,10 @@ def test_silero_hangover_and_garbage(silero: SileroModel) -> None:
 
 
 def test_make_detector_picks_the_engine(silero: SileroModel) -> None:
-    assert isinstance(make_detector(), VoiceActivityDetector)
-    assert make_detector().frame_s == pytest.approx(0.03)  # the default stays webrtc, 30 ms
+    assert isinstance(make_detector(VadConfig(engine="webrtc")), VoiceActivityDetector)
+    assert make_detector(VadConfig(engine="webrtc")).frame_s == pytest.approx(0.03)
+    default = make_detector(None, silero)  # the default: silero, 32 ms
+    assert isinstance(default, SileroVoiceActivityDetector) and default.frame_s == 0.032
     vad = make_detector(VadConfig(engine="silero"), silero)
     assert isinstance(vad, SileroVoiceActivityDetector) and vad.model is silero
     with pytest.raises(ValueError):
@@ -204,12 +207,14 @@ def test_windower_runs_on_silero_frames(silero: SileroModel) -> None:
 
 def test_settings_choose_the_engine() -> None:
     default = VadSettings().build()
-    assert default.engine == "webrtc" and default.effective_frame_ms == 30
-    assert VadSettings(frame_ms=20).build().effective_frame_ms == 20
+    assert default.engine == "silero" and default.effective_frame_ms == 32
+    assert VadSettings(engine="webrtc").build().effective_frame_ms == 30
+    assert VadSettings(engine="webrtc", frame_ms=20).build().effective_frame_ms == 20
     cfg = VadSettings(engine="silero", threshold=0.6).build()
     assert (cfg.engine, cfg.threshold, cfg.effective_frame_ms) == ("silero", 0.6, 32)
     assert VadSettings(engine="silero", frame_ms=32).build().effective_frame_ms == 32
-    for bad in ({"engine": "silero", "frame_ms": 30}, {"frame_ms": 32}, {"threshold": 1.5},
+    for bad in ({"engine": "silero", "frame_ms": 30}, {"engine": "webrtc", "frame_ms": 32},
+                {"threshold": 1.5},
                 {"engine": "rnnoise"}):
         with pytest.raises(ValidationError):
             VadSettings(**bad)  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ NOISES = list(room.KINDS)  # white, pink, brown, fan, clicks, music
 SNRS = [20, 10, 5, 0]
 LEVELS = [-45, -35, -26, -20]
 ENGINES: dict[str, VadConfig] = {
-    "webrtc": VadConfig(),  # the default: aggressiveness 2, 30 ms, hangover 150 ms
+    "webrtc": VadConfig(engine="webrtc"),  # aggressiveness 2, 30 ms, hangover 150 ms
     "webrtc-a3": VadConfig(aggressiveness=3),
     "silero": VadConfig(engine="silero"),  # threshold 0.5, 32 ms, hangover 150 ms
 }

@@ -14,7 +14,10 @@ folder sox needs for its effects (removed at once). Per voice:
 * nuisance cases with no stress put in: noise bursts, a level step half-way, steady pink noise at
   a given SNR (over calm and over the subtle shift), an Opus round trip at 24 kb/s with 5 % of
   20 ms frames lost (lost frames are silence, as a time-correct receiver hears them), a second
-  voice leaking in 15 dB down, and steady noise that starts half-way.
+  voice leaking in 15 dB down, and steady noise that starts half-way;
+* room noise with nobody speaking (``noise-only``, 240 s) and calm speech followed by 150 s of
+  room noise 10 dB under it (``then-noise``): white, pink, brown or a fan-like hum with hiss
+  (``tests/noise.py``), one kind per voice in turn, at -26 dBFS alone.
 
 Every case also has the faint noise floor the fixtures have (a real microphone's pause is not
 digital silence). Speech is set to an active level of -28 dBFS before any case's changes.
@@ -37,6 +40,9 @@ CALM_S = 300.0
 SHIFTED_S = 240.0
 SHIFT_AT_S = 120.0
 LEVEL_DBFS = -28.0
+ROOM_NOISES = ("pink", "brown", "fan", "white")
+NOISE_ONLY_S = 240.0
+THEN_NOISE_S = 150.0
 
 # Twelve voices: espeak-ng's English accents with its male (m) and female (f) variants.
 VOICES = [
@@ -195,6 +201,13 @@ def _pink(n: int, seed: int) -> npt.NDArray[np.float32]:
     return (x / np.sqrt(np.mean(x**2))).astype(np.float32)
 
 
+def room_noise(kind: str, seconds: float, dbfs: float, seed: int) -> npt.NDArray[np.float32]:
+    """Room noise of ``kind`` at ``dbfs`` (RMS), with the faint floor every case has."""
+    from tests.noise import noise
+
+    return _floor(noise(kind, seconds, dbfs, seed), seed)
+
+
 def _active_rms(x: npt.NDArray[np.float32]) -> float:
     return float(np.sqrt(np.mean(x[np.abs(x) > 1e-4] ** 2)))
 
@@ -260,7 +273,7 @@ def _opus(x: npt.NDArray[np.float32], seed: int, bitrate: int = 24000, loss: flo
 
 
 def cases(voice_index: int) -> list[Case]:
-    """Every recording of one voice (about 19 cases, 80 minutes of audio)."""
+    """Every recording of one voice (about 21 cases, 90 minutes of audio)."""
     voice = VOICES[voice_index]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -298,6 +311,12 @@ def cases(voice_index: int) -> list[Case]:
         out.append(Case(voice, "noise20-onset", "nuisance",
                         _noise(floored, 20, seed + 6, start=base.cut), None))
         out.append(Case(voice, "opus24k-loss5%", "nuisance", _opus(floored, seed + 7), None))
+        kind = ROOM_NOISES[voice_index % len(ROOM_NOISES)]
+        out.append(Case(voice, f"noise-only-{kind}", "nuisance",
+                        room_noise(kind, NOISE_ONLY_S, -26.0, seed + 8), None))
+        tail_noise = room_noise(kind, THEN_NOISE_S, LEVEL_DBFS - 10, seed + 9)
+        out.append(Case(voice, f"then-noise-{kind}", "nuisance",
+                        np.concatenate([floored[: int(150 * SR)], tail_noise]), None))
         leak = other[:n_shifted] * 10 ** (-15 / 20)
         leak = np.pad(leak, (0, max(0, n_shifted - len(leak))))
         out.append(Case(voice, "leak-15dB", "nuisance",

@@ -29,7 +29,7 @@ from analyzers.windowing import SpeechWindower  # noqa: E402
 from tests.bench import detection_corpus as corpus  # noqa: E402
 
 CACHE = ROOT / ".bench-cache" / "detection"
-_KEYED = ["tests/bench/detection_corpus.py", "tests/bench/detection_features.py",
+_KEYED = ["tests/bench/detection_corpus.py", "tests/bench/detection_features.py", "tests/noise.py",
           "analyzers/prosody.py", "analyzers/windowing.py", "analyzers/vad.py"]
 
 
@@ -62,7 +62,11 @@ def extract(samples: Any) -> list[Any]:
             if isinstance(due, QuietWindow):
                 items.append(["q", round(due.end_s, 3)])
                 continue
-            feats = stress_features(analyze_prosody(due, cache=cache), None)
+            prosody = analyze_prosody(due, cache=cache)
+            if prosody.unvoiced is not None:  # not scored: time without speech (bridge/analysis)
+                items.append(["q", round(due.end_s, 3)])
+                continue
+            feats = stress_features(prosody, None)
             items.append(["w", round(due.end_s, 3), round(due.new_voiced_s, 3),
                           {k: round(v, 6) for k, v in feats.items()}])
     return items
