@@ -240,3 +240,43 @@ async def test_the_engine_loads_silero_once_and_every_speaker_shares_it() -> Non
     assert all(v.model is engine.vad_model for v in vads)  # type: ignore[attr-defined]
     assert vads[0] is not vads[1]
     await engine.aclose()
+
+
+def test_batched_streams_equal_each_stream_alone(silero: SileroModel) -> None:
+    """One forward pass per step over every speaker: each row's result is its own."""
+    rng = np.random.default_rng(9)
+    calm = _calm()
+    items = [(calm[k * 4000:k * 4000 + n * 512].reshape(n, 512) if k % 2 else
+              (0.05 * rng.standard_normal((n, 512))).astype(np.float32), silero.initial_state())
+             for k, n in enumerate((1, 4, 2, 6, 3))]
+    together = silero.run(items)
+    for (chunks, stream), (probs, (state, context)) in zip(items, together, strict=True):
+        alone, (state1, context1) = silero.probabilities(chunks, stream)
+        np.testing.assert_allclose(probs, alone, atol=1e-6)
+        np.testing.assert_allclose(state, state1, atol=1e-6)
+        assert np.array_equal(context, context1)
+
+
+async def test_the_vad_thread_gives_each_speaker_what_it_would_get_alone(
+        silero: SileroModel) -> None:
+    import asyncio
+
+    from analyzers.vad import SileroBatch
+
+    audio = _calm()[: 6 * SR]
+    alone = [_silero(silero).process(audio) for _ in range(3)]
+    batch = SileroBatch(silero, max_wait_ms=20)
+    try:
+        detectors = [_silero(silero) for _ in range(3)]
+
+        async def speaker(det: SileroVoiceActivityDetector) -> np.ndarray:
+            out = [await det.process_batched(audio[i:i + 1600], batch)
+                   for i in range(0, len(audio), 1600)]
+            return np.concatenate(out)
+
+        together = await asyncio.gather(*(speaker(d) for d in detectors))
+    finally:
+        batch.close()
+    for a, t in zip(alone, together, strict=True):
+        assert np.array_equal(a, t)
+    assert max(batch._scheduler.stats.batch_sizes) > 1  # the speakers did share passes
