@@ -13,7 +13,9 @@ shimmer are measured on the waveform with the F0 track as a guide:
   such peak), and only in runs of at least ``min_run_ms`` (a glottal pulse train lasts longer;
   steady noise passes the test in isolated frames). A window with less than
   ``min_voiced_s`` of such frames has no F0, jitter, shimmer, HNR or rate, and says why
-  (``ProsodyFeatures.unvoiced``): it is not scored.
+  (``ProsodyFeatures.unvoiced``): it is not scored. Frames more than ``crosstalk_db`` under the
+  speaker's own speech level (``SpeechWindow.own_level_db``) are not this speaker's voice: a
+  second voice leaking in 15 dB down is speech to the VAD, and its pitch is not the speaker's.
 * octave jumps: yin, like every autocorrelation tracker, can lock onto twice or half the true
   period where the waveform changes (de Cheveigne & Kawahara 2002, section II.F; Hess 1983). A
   voiced frame more than half an octave away from the median of the voiced frames around it
@@ -60,10 +62,13 @@ class ProsodyConfig:
     min_dip: float = 0.3  # the F0 peak must rise this far above the autocorrelation before it
     min_run_ms: float = 50.0  # voiced runs shorter than this are not voice
     min_voiced_s: float = 0.25  # a window with less periodic voicing than this is not scored
+    crosstalk_db: float = 6.0  # voicing this far under the speaker's own level is another's
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_dip < 1 or self.min_run_ms < 0 or self.min_voiced_s < 0:
-            raise ValueError("prosody needs 0 <= min_dip < 1, min_run_ms >= 0, min_voiced_s >= 0")
+        if not 0 <= self.min_dip < 1 or self.min_run_ms < 0 or self.min_voiced_s < 0 \
+                or self.crosstalk_db < 0:
+            raise ValueError("prosody needs 0 <= min_dip < 1 and min_run_ms, min_voiced_s, "
+                             "crosstalk_db >= 0")
 
 
 class FrameCache:
@@ -165,7 +170,11 @@ def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
     # The VAD mask (its own frame grid) resampled onto the pitch frames.
     vad = mask[np.minimum(((lead + np.arange(len(f0)) * HOP) / SAMPLE_RATE
                            / window.frame_s).astype(int), len(mask) - 1)]
-    candidate = vad & (_db_array(rms) > cfg.silence_db)
+    level = _db_array(rms)
+    candidate = vad & (level > cfg.silence_db)
+    if window.own_level_db is not None and cfg.crosstalk_db > 0:
+        # A voice leaking in (the room, the far end) is speech to the VAD, not this speaker.
+        candidate &= level >= window.own_level_db - cfg.crosstalk_db
     r = np.zeros(len(f0), dtype=np.float64)
     todo = candidate.copy()
     for k, value in known_r.items():

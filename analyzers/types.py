@@ -51,6 +51,8 @@ class SpeechWindow:
     an analyzer may reuse its work on the overlap of consecutive windows. ``fresh_voiced_s`` is
     the voiced time no earlier window held (windows overlap: summing ``voiced_s`` counts speech
     twice); None when the window was not cut by a windower (then all of it is fresh).
+    ``own_level_db`` is the speaker's own speech level, the median per-frame level of its recent
+    speech (None before there is enough): voicing far under it is someone else's.
     """
 
     samples: Float32Array
@@ -62,6 +64,7 @@ class SpeechWindow:
     stream: int = 0
     first_sample: int = -1
     fresh_voiced_s: float | None = None
+    own_level_db: float | None = None  # the speaker's own speech level (windowing), if known
 
     @property
     def voiced_s(self) -> float:

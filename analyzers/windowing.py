@@ -16,6 +16,8 @@ from analyzers.vad import Detector, SileroModel, VadConfig, make_detector, sanit
 __all__ = ["SpeechWindower", "WindowConfig"]
 
 _STREAMS = itertools.count(1)  # stream ids, unique in the process
+LEVEL_MEMORY_S = 30.0  # the speaker's own level: the median of this much of its recent speech
+LEVEL_WARMUP_S = 3.0  # no level is known before this much speech was heard
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class SpeechWindower:
         self._new_speech: deque[npt.NDArray[np.float32]] = deque(
             maxlen=max(1, math.ceil(self.config.emotion_max_s / self.vad.frame_s))
         )
+        self._levels: deque[float] = deque(maxlen=round(LEVEL_MEMORY_S / self.vad.frame_s))
         self._origin_s: float | None = None
         self.stream = next(_STREAMS)
         self._frames_seen = 0
@@ -99,6 +102,8 @@ class SpeechWindower:
         if n == 0:
             return []
         frames = whole.reshape(n, self._frame)
+        level = 10 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-12)
+        self._levels.extend(level[decisions].tolist())
         due: list[SpeechWindow | QuietWindow] = []
         for i in range(n):
             self._frames.append(frames[i])
@@ -113,6 +118,16 @@ class SpeechWindower:
         self.speech_s += voiced * self.vad.frame_s
         self.audio_s += n * self.vad.frame_s
         return due
+
+    @property
+    def own_level_db(self) -> float | None:
+        """This speaker's own speech level: the median level (dB re full scale, per VAD frame)
+        of the speech the VAD passed in the last 30 s; None before 3 s of it. A VAD hears any
+        voice, this track's or one leaking in from the room or the far end; prosody takes only
+        voicing near this level as the speaker's (``ProsodyConfig.crosstalk_db``)."""
+        if len(self._levels) * self.vad.frame_s < LEVEL_WARMUP_S:
+            return None
+        return float(np.median(np.fromiter(self._levels, float, len(self._levels))))
 
     def push_silence(self, n_samples: int) -> list[SpeechWindow | QuietWindow]:
         """``n_samples`` of silence: a gap in the media (DTX, packet loss, a sender that stopped)
@@ -178,4 +193,5 @@ class SpeechWindower:
             stream=self.stream,
             first_sample=(self._frames_seen - len(self._frames)) * self._frame,
             fresh_voiced_s=float(mask[len(mask) - fresh:].sum()) * self.vad.frame_s,
+            own_level_db=self.own_level_db,
         )

@@ -126,6 +126,8 @@ class ProsodySettings(_Section):
                               "are not voice")
     min_voiced_s: float = Field(0.25, ge=0, le=10, description="a window with less periodic "
                                 "voicing than this is not scored (steady noise, not a voice)")
+    crosstalk_db: float = Field(6.0, ge=0, le=60, description="voicing this far under the "
+                                "speaker's own speech level is another voice leaking in; 0: off")
 
     @model_validator(mode="after")
     def _range(self) -> ProsodySettings:

@@ -166,3 +166,20 @@ def test_speech_keeps_its_voicing() -> None:
     y = np.concatenate([chunk.samples for [chunk] in read_file(CALM)])[2 * SR:10 * SR]
     p = analyze_prosody(SpeechWindow(y, 2.0, 10.0, np.ones(266, bool), 0.03, y[:0]))
     assert p.unvoiced is None and p.voiced_s > 3.0 and 150 < p.f0_hz < 260
+
+
+def test_a_voice_leaking_in_far_under_the_speakers_own_is_not_their_pitch() -> None:
+    """Half a second of the speaker (150 Hz), half a second of another voice 15 dB down
+    (250 Hz), and so on: to the VAD all of it is speech; with the speaker's own level known,
+    the F0 is the speaker's alone."""
+    own, other = harmonic(150, 0.5), harmonic(250, 0.5, seed=3) * 10 ** (-15 / 20)
+    y = np.tile(np.concatenate([own, other]), 4).astype(np.float32)
+    mask = np.ones(125, bool)
+    rms_db = 20 * np.log10(np.sqrt(np.mean(own**2)))
+    heard = analyze_prosody(SpeechWindow(y, 0.0, 4.0, mask, 0.032, y[:0]))
+    assert heard.f0_range_st > 7  # both voices: 150 to 250 Hz is 8.8 semitones
+    gated = analyze_prosody(SpeechWindow(y, 0.0, 4.0, mask, 0.032, y[:0], own_level_db=rms_db))
+    assert gated.f0_hz == pytest.approx(150, abs=3) and gated.f0_range_st < 1.0
+    off = analyze_prosody(SpeechWindow(y, 0.0, 4.0, mask, 0.032, y[:0], own_level_db=rms_db),
+                          ProsodyConfig(crosstalk_db=0))
+    assert off.f0_range_st > 7

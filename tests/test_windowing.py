@@ -146,3 +146,12 @@ def with_zeros_speech(speech: np.ndarray) -> float:
 def test_silence_before_any_audio_is_refused() -> None:
     with pytest.raises(ValueError, match="first audio"):
         windower().push_silence(SR)
+
+
+def test_windows_carry_the_speakers_own_level_once_known() -> None:
+    audio = talk(12.0)
+    windows = stream(audio, windower())
+    assert windows[0].own_level_db is None  # under 3 s of speech heard by then
+    tone = harmonic(160, 1.5)
+    expected = 10 * np.log10(np.mean(tone.astype(np.float64) ** 2))
+    assert windows[-1].own_level_db == pytest.approx(expected, abs=1.5)

@@ -59,7 +59,7 @@ SNRS = [20, 10, 5, 0]
 LEVELS = [-45, -35, -26, -20]
 ENGINES: dict[str, VadConfig] = {
     "webrtc": VadConfig(engine="webrtc"),  # aggressiveness 2, 30 ms, hangover 150 ms
-    "webrtc-a3": VadConfig(aggressiveness=3),
+    "webrtc-a3": VadConfig(engine="webrtc", aggressiveness=3),
     "silero": VadConfig(engine="silero"),  # threshold 0.5, 32 ms, hangover 150 ms
 }
 
