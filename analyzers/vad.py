@@ -34,6 +34,7 @@ __all__ = ["SILERO_FRAME_MS", "WEBRTC_FRAME_MS", "Detector", "SileroBatch", "Sil
 VadEngine = Literal["webrtc", "silero"]
 WEBRTC_FRAME_MS = (10, 20, 30)  # what webrtcvad accepts
 SILERO_FRAME_MS = 32  # Silero v5/v6 at 16 kHz: 512-sample chunks
+SILENT_PEAK = 1e-4  # -80 dBFS: chunks entirely under this are digital silence
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +273,8 @@ class SileroVoiceActivityDetector:
         chunks = self._chunks(samples)
         if chunks is None:
             return np.zeros(0, dtype=bool)
+        if self._silent(chunks):
+            return self._hangover.apply(np.zeros(len(chunks), dtype=bool))
         probs, self._stream = self.model.probabilities(chunks, self._stream)
         return self._hangover.apply(probs >= self.config.threshold)
 
@@ -281,8 +284,19 @@ class SileroVoiceActivityDetector:
         chunks = self._chunks(samples)
         if chunks is None:
             return np.zeros(0, dtype=bool)
+        if self._silent(chunks):
+            return self._hangover.apply(np.zeros(len(chunks), dtype=bool))
         probs, self._stream = await batch.probabilities(chunks, self._stream)
         return self._hangover.apply(probs >= self.config.threshold)
+
+    def _silent(self, chunks: npt.NDArray[np.float32]) -> bool:
+        """Digital silence (every sample under -80 dBFS: a muted microphone, a gap filled
+        with zeros) is no speech without asking the network; the stream starts afresh after
+        it, as the network's own state would have settled to silence."""
+        if float(np.max(np.abs(chunks))) >= SILENT_PEAK:
+            return False
+        self._stream = self.model.initial_state()
+        return True
 
     def _chunks(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | None:
         """The complete 512-sample chunks now available (the rest waits for the next call)."""

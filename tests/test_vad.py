@@ -280,3 +280,19 @@ async def test_the_vad_thread_gives_each_speaker_what_it_would_get_alone(
     for a, t in zip(alone, together, strict=True):
         assert np.array_equal(a, t)
     assert max(batch._scheduler.stats.batch_sizes) > 1  # the speakers did share passes
+
+
+def test_digital_silence_is_no_speech_without_the_network(silero: SileroModel) -> None:
+    class Counting(SileroModel):
+        calls = 0
+
+        def run(self, items: list) -> list:  # type: ignore[override]
+            Counting.calls += 1
+            return super().run(items)
+
+    counting = Counting(silero._session)
+    vad = SileroVoiceActivityDetector(VadConfig(engine="silero"), counting)
+    assert not vad.process(np.zeros(10 * SR, np.float32)).any()
+    assert Counting.calls == 0  # a muted microphone costs no forward pass
+    speech = _calm()[: 4 * SR]
+    assert vad.process(speech).any() and Counting.calls == 1
