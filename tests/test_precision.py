@@ -230,17 +230,6 @@ def test_to_precision_rejects_unknown_names() -> None:
         to_precision(torch.nn.Linear(2, 2), "fp8")
 
 
-@pytest.fixture
-def no_transformers_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    """From here on, loading a checkpoint through transformers fails the test."""
-    import transformers
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the checkpoint was loaded through transformers again")
-
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
-
-
 @pytest.mark.parametrize("precision", ["fp32", "int8", "auto"])
 def test_a_prepared_model_loads_with_torch_alone_and_gives_the_same_results(
         tiny_emotion_model: Path, cache_dir: Path, precision: str,
