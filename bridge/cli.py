@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from analyzers.emotion import EmotionModel
     from analyzers.semantic import SentimentModel, SpeechRecognizer
     from bridge.config import Settings
-    from bridge.hub import ConfiguredModel
+    from bridge.offline.download import ConfiguredModel
 
     ModelLoader = EmotionModel | SpeechRecognizer | SentimentModel
 
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.debug)
     from analyzers.plugins import PluginError
-    from bridge.audio import AudioDecodeError
     from bridge.config import ConfigError
+    from bridge.pipeline.audio import AudioDecodeError
 
     try:
         if args.command == "schema":
@@ -145,8 +145,8 @@ def configure_logging(debug: bool, *, prefix: str = "affect-bridge") -> None:
     """INFO for everything; ``--debug`` turns on this project's loggers only (a library's DEBUG,
     numba's bytecode dumps for one, would flood the terminal). Worker processes log with their
     own ``prefix``. Every line goes through one handler, once: huggingface_hub's own handler is
-    dropped (bridge/hub.py), and an HTTP library's line already shown is not shown again."""
-    from bridge.hub import ShownOnceFilter, adopt_hub_logger
+    dropped (bridge/offline/download.py), and an HTTP library's line already shown is not shown again."""
+    from bridge.offline.download import ShownOnceFilter, adopt_hub_logger
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ShownOnceFilter())
@@ -191,8 +191,8 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from bridge.analyze import analyze_files, format_table, print_errors
-    from bridge.report import write_report
+    from bridge.offline.analyze import analyze_files, format_table, print_errors
+    from bridge.offline.report import write_report
 
     settings = _settings(args)
     if args.report is not None and args.report.suffix.lower() not in (".html", ".htm"):
@@ -215,7 +215,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from bridge.evaluate import LabelError, evaluate, format_report, read_labels
+    from bridge.offline.evaluate import LabelError, evaluate, format_report, read_labels
 
     try:
         label_range = tuple(args.label_range) if args.label_range else None
@@ -233,7 +233,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from bridge.demo import print_summary, run_demo
+    from bridge.demo.run import print_summary, run_demo
 
     settings = _settings(args, **({"listen": args.listen} if args.listen else {}))
     result = asyncio.run(run_demo(settings, json_out=args.json, loop=args.loop))
@@ -257,7 +257,7 @@ def _models_check(args: argparse.Namespace) -> int:
     import json
 
     from analyzers.loading import ModelUnavailable
-    from bridge.model_check import check, format_check
+    from bridge.offline.models import check, format_check
 
     try:
         report = check(args.model, trust_remote_code=args.trust_remote_code,
@@ -277,7 +277,7 @@ def _download(args: argparse.Namespace) -> int:
     the other hub models are then not tried (each would wait through the same retries)."""
     from analyzers.emotion import EmotionModel
     from analyzers.semantic import SemanticConfig, SentimentModel, SpeechRecognizer
-    from bridge.hub import ConfiguredModel
+    from bridge.offline.download import ConfiguredModel
 
     settings = _settings(args)
     loaders: list[tuple[ConfiguredModel, EmotionModel | SpeechRecognizer | SentimentModel]] = []
@@ -303,7 +303,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def _fetch_all(loaders: Sequence[tuple[ConfiguredModel, ModelLoader]]) -> int:
     from analyzers.loading import ModelUnavailable
-    from bridge.hub import HubFailure, hub_failure
+    from bridge.offline.download import HubFailure, hub_failure
 
     failed = False
     hub: HubFailure | None = None

@@ -35,7 +35,7 @@ from analyzers.prosody import ProsodyConfig
 from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, DIMENSIONAL_EMOTION, StressConfig
 from analyzers.vad import SILERO_FRAME_MS, WEBRTC_FRAME_MS, VadConfig
 from analyzers.windowing import WindowConfig
-from bridge.connectors.options import HttpUrl, JanusJoinOptions
+from bridge.join_options import HttpUrl, JanusJoinOptions
 
 __all__ = ["ConfigError", "OutboundSettings", "OutboxSettings", "Settings", "WebhookSettings",
            "describe_errors", "load_settings", "read_secret", "split_listen"]
@@ -252,7 +252,7 @@ class JanusSettings(JanusJoinOptions):
 
 class ShardSettings(_Section):
     """This replica's share of the calls (rendezvous hashing of the call id), and where the
-    other replicas are, so the control API works from any of them (bridge/routing.py)."""
+    other replicas are, so the control API works from any of them (bridge/control/routing.py)."""
 
     index: int = Field(0, ge=0)
     count: int = Field(1, ge=1, le=10_000)
@@ -392,7 +392,7 @@ class MetricsSettings(_Section):
 
 
 class OutboundSettings(_Section):
-    """Requests to media servers (bridge/outbound.py). The control API may join only servers
+    """Requests to media servers (bridge/connectors/http.py). The control API may join only servers
     named in config ([[janus]] urls) and those ``allow`` admits."""
 
     allow: list[str] = Field(
@@ -406,7 +406,7 @@ class OutboundSettings(_Section):
     @field_validator("allow")
     @classmethod
     def _allow(cls, entries: list[str]) -> list[str]:
-        from bridge.outbound import AllowRule
+        from bridge.connectors.http import AllowRule
 
         for entry in entries:
             AllowRule.parse(entry)  # ValueError names the entry

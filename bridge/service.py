@@ -15,10 +15,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bridge.app import REGISTRY, build_app, metrics_app
 from bridge.config import ConfigError, Settings, split_listen
-from bridge.ice import restrict_host_addresses
-from bridge.sinks.console import ConsoleSink
+from bridge.control.app import REGISTRY, build_app, metrics_app
+from bridge.delivery.console import ConsoleSink
+from bridge.live.ice import restrict_host_addresses
 
 __all__ = ["api_token", "serve"]
 

@@ -5,7 +5,7 @@ the machinery is doing (frames received, speech heard, work dropped, latency, in
 batches). They are not part of the public event schema: no webhook or console ever sees them.
 The pipeline calls a :data:`Record` it was constructed with; in one process that is the
 Prometheus sink's ``record``, in a worker process it is the channel to the supervisor
-(:mod:`bridge.workers`). Nothing reads pipeline state for metrics.
+(:mod:`bridge.workers.pool`). Nothing reads pipeline state for metrics.
 
 A ``Record`` must be cheap, must not raise, and must be safe to call from any thread (inference
 batches are reported from the inference thread).

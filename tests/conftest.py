@@ -275,7 +275,7 @@ SOURCE_TOKEN = "s3cret"
 @pytest.fixture
 def loopback_ice() -> Iterator[None]:
     """ICE on 127.0.0.1 only: test traffic never leaves loopback."""
-    from bridge.ice import restrict_host_addresses
+    from bridge.live.ice import restrict_host_addresses
 
     restrict_host_addresses(["127.0.0.1"])
     yield
@@ -285,8 +285,8 @@ def loopback_ice() -> Iterator[None]:
 @pytest.fixture
 async def source(loopback_ice: None) -> AsyncIterator[Any]:
     """The demo's WHEP media source on loopback, bearer token ``SOURCE_TOKEN``."""
-    from bridge.contrib.media_source import DemoSource
-    from bridge.demo import demo_clips
+    from bridge.demo.media_source import DemoSource
+    from bridge.demo.run import demo_clips
 
     src = DemoSource(demo_clips(), token=SOURCE_TOKEN)
     await src.start()
@@ -314,10 +314,10 @@ async def api_client(token: str, **settings: Any) -> AsyncIterator[Any]:
     after the block). Calls still open are left, and the engine closed, on the way out."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from bridge.analysis import AnalysisEngine
-    from bridge.app import create_app, join_context
-    from bridge.calls import CallManager
     from bridge.config import load_settings
+    from bridge.control.app import create_app, join_context
+    from bridge.live.calls import CallManager
+    from bridge.pipeline.analysis import AnalysisEngine
 
     cfg = load_settings(None, **{"analyzers": ["prosody"], **settings})
     engine = AnalysisEngine(cfg)

@@ -12,9 +12,9 @@ import pytest
 from analyzers.plugins import PluginError, available, load_analyzers
 from analyzers.types import AudioChunk, SpeechWindow
 from bridge import events as ev
-from bridge.analysis import AnalysisEngine, SpeakerAnalysis
-from bridge.audio import read_file
 from bridge.config import load_settings
+from bridge.pipeline.analysis import AnalysisEngine, SpeakerAnalysis
+from bridge.pipeline.audio import read_file
 from tests.conftest import CALM
 
 

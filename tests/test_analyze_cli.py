@@ -126,7 +126,7 @@ def test_unseen_voices_and_texts(tmp_path: Path, voice: str, text: list[str]) ->
 
 
 def _decode(path: Path) -> np.ndarray:
-    from bridge.audio import read_file
+    from bridge.pipeline.audio import read_file
 
     return np.concatenate([c[0].samples for c in read_file(path)])
 
@@ -337,7 +337,7 @@ def test_debug_turns_on_this_projects_loggers_only() -> None:
     saved = root.level, root.handlers[:]
     try:
         configure_logging(True)
-        assert logging.getLogger("bridge.calls").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("bridge.live.calls").isEnabledFor(logging.DEBUG)
         assert logging.getLogger("analyzers.emotion").isEnabledFor(logging.DEBUG)
         for library in ("numba.core.byteflow", "transformers", "aiohttp.client", "some.lib"):
             assert not logging.getLogger(library).isEnabledFor(logging.DEBUG), library

@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.analysis import AnalysisEngine
-from bridge.app import create_app
-from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.base import JoinContext
-from bridge.contrib.media_source import DemoSource
-from bridge.outbound import AllowList
+from bridge.connectors.http import AllowList
+from bridge.control.app import create_app
+from bridge.demo.media_source import DemoSource
+from bridge.live.calls import CallManager
+from bridge.pipeline.analysis import AnalysisEngine
 from tests.conftest import ROOT, SOURCE_TOKEN, free_port
 
 TOKEN = "test-token-123"
@@ -204,7 +204,7 @@ async def test_webhook_failed_list_and_replay_without_webhooks(client: TestClien
 
 async def test_built_service_serves_metrics_and_webhook_readiness(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bridge.app import build_app
+    from bridge.control.app import build_app
 
     monkeypatch.setenv("AFFECT_BRIDGE_WEBHOOK_SECRET", "whsec_" + "QUJD" * 8)
     settings = load_settings(None, analyzers=["prosody"],
@@ -223,7 +223,7 @@ async def test_built_service_serves_metrics_and_webhook_readiness(
 
 async def test_failed_webhook_listed_and_replayed_over_the_api(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bridge.app import WEBHOOKS, build_app
+    from bridge.control.app import WEBHOOKS, build_app
     from tests.webhook_helpers import SECRET_A, Receiver, spike
 
     monkeypatch.setenv("AFFECT_BRIDGE_WEBHOOK_SECRET", SECRET_A)

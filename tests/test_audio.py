@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from analyzers.types import SAMPLE_RATE
-from bridge.audio import FrameConverter, MediaClock
+from bridge.pipeline.audio import FrameConverter, MediaClock
 
 
 def aiortc_like_frames(seconds: float, f0: float = 440.0) -> list[av.AudioFrame]:

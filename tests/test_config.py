@@ -92,8 +92,8 @@ async def test_the_demo_writes_nothing_into_the_working_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No webhook: no outbox at all. A webhook without a configured outbox path: the outbox
     goes to the user's state directory, not the working directory."""
-    from bridge.demo import _demo_outbox
-    from bridge.runtime import Runtime
+    from bridge.control.runtime import Runtime
+    from bridge.demo.run import _demo_outbox
 
     cwd, state = tmp_path / "cwd", tmp_path / "state"
     cwd.mkdir()
@@ -120,7 +120,7 @@ async def test_the_demo_writes_nothing_into_the_working_directory(
 async def test_a_gpu_that_torch_cannot_see_degrades_emotion_only(tiny_emotion_model: Path) -> None:
     """emotion.device = "cuda:N" for a GPU torch does not have (any CPU-only machine): start-up
     goes on, emotion reports itself unavailable saying why, prosody runs."""
-    from bridge.analysis import AnalysisEngine
+    from bridge.pipeline.analysis import AnalysisEngine
 
     engine = AnalysisEngine(load_settings(None, analyzers=["prosody", "emotion"], emotion={
         "model": str(tiny_emotion_model), "device": "cuda:99"}))

@@ -4,7 +4,7 @@ import io
 import pytest
 
 from bridge import events as ev
-from bridge.sinks.console import ConsoleSink
+from bridge.delivery.console import ConsoleSink
 
 CALL = ev.CallInfo(id="c", connector="test")
 ALICE = ev.SpeakerInfo(id="c:0", display="Alice")

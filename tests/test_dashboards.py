@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from analyzers.stress import StressConfig
-from bridge.sinks.prometheus import PrometheusSink
+from bridge.delivery.prometheus import PrometheusSink
 from tests.conftest import ROOT, require_tool
 
 

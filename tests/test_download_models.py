@@ -124,7 +124,7 @@ def test_a_connection_error_under_the_loader_error_is_the_hub_unreachable() -> N
     from huggingface_hub.utils import LocalEntryNotFoundError
 
     from analyzers.loading import ModelUnavailable
-    from bridge.hub import ConfiguredModel, hub_failure
+    from bridge.offline.download import ConfiguredModel, hub_failure
 
     refused = ConnectionRefusedError(111, "Connection refused")
     exc = chained(ModelUnavailable("cannot load emotion model 'x': We couldn't connect"),
@@ -148,7 +148,7 @@ def test_offline_mode_is_offline_and_other_errors_are_not_the_hub() -> None:
     )
 
     from analyzers.loading import ModelUnavailable
-    from bridge.hub import hub_failure
+    from bridge.offline.download import hub_failure
 
     offline = hub_failure(chained(ModelUnavailable("x"), OfflineModeIsEnabled("offline")))
     assert offline is not None and offline.offline
@@ -165,7 +165,7 @@ def test_offline_mode_is_offline_and_other_errors_are_not_the_hub() -> None:
 
 
 def test_a_network_line_already_shown_is_not_shown_again() -> None:
-    from bridge.hub import ShownOnceFilter
+    from bridge.offline.download import ShownOnceFilter
 
     once = ShownOnceFilter()
 
@@ -176,5 +176,5 @@ def test_a_network_line_already_shown_is_not_shown_again() -> None:
     assert once.filter(record("huggingface_hub.utils._http", thrown))
     assert once.filter(record("huggingface_hub.utils._http", "Retrying in 1s [Retry 1/5]."))
     assert not once.filter(record("huggingface_hub.utils._http", thrown))
-    assert once.filter(record("bridge.calls", "same words twice"))  # this project's: all shown
-    assert once.filter(record("bridge.calls", "same words twice"))
+    assert once.filter(record("bridge.live.calls", "same words twice"))  # this project's: all shown
+    assert once.filter(record("bridge.live.calls", "same words twice"))

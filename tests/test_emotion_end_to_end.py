@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bridge import events as ev
-from bridge.analyze import analyze_files
 from bridge.config import load_settings
+from bridge.offline.analyze import analyze_files
 from tests.conftest import FIXTURES, build_tiny_classifier, build_tiny_whisper_classifier, run_cli
 
 CALM = FIXTURES / "audio" / "alice_calm.flac"
@@ -100,9 +100,9 @@ def test_a_refused_checkpoint_is_one_degradation_and_analysis_goes_on(tmp_path: 
 @pytest.mark.usefixtures("loopback_ice")
 async def test_a_dimensional_model_live_through_the_demo_whep_path(
         source: Any, tiny_dimensional_model: Path) -> None:
-    from bridge.analysis import AnalysisEngine
-    from bridge.calls import CallManager
     from bridge.connectors.whep import WhepConnector
+    from bridge.live.calls import CallManager
+    from bridge.pipeline.analysis import AnalysisEngine
 
     engine = AnalysisEngine(_settings(tiny_dimensional_model))
     await engine.start()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bridge.config import Settings
-from bridge.detection import Segment, auc, score_stress
-from bridge.evaluate import (
+from bridge.offline.detection import Segment, auc, score_stress
+from bridge.offline.evaluate import (
     Estimate,
     LabelError,
     ccc,

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from bridge.config import Settings, load_settings
-from bridge.routing import Router
-from bridge.shard import owns
+from bridge.control.routing import Router
+from bridge.control.shard import owns
 from tests.conftest import ROOT
 
 CHART = ROOT / "helm" / "affect-bridge"

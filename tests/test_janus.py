@@ -24,12 +24,12 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
 from bridge import events as ev
-from bridge.app import MANAGER, build_app
 from bridge.config import load_settings
 from bridge.connectors.base import ConnectorError, close_peer_connection, ice_configuration
 from bridge.connectors.janus import JanusAuth, JanusSession
-from bridge.demo import demo_clips
-from bridge.ice import restrict_host_addresses
+from bridge.control.app import MANAGER, build_app
+from bridge.demo.run import demo_clips
+from bridge.live.ice import restrict_host_addresses
 from tests.conftest import until
 from tests.janus_net import JanusNetns, janus_available
 from tests.webhook_helpers import SECRET_A, Receiver

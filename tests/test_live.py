@@ -12,12 +12,12 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from bridge import events as ev
-from bridge.analysis import AnalysisEngine
-from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.base import ConnectorError
 from bridge.connectors.whep import WhepConnector
-from bridge.contrib.media_source import DemoSource
+from bridge.demo.media_source import DemoSource
+from bridge.live.calls import CallManager
+from bridge.pipeline.analysis import AnalysisEngine
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -167,7 +167,7 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
 
     from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
-    from bridge.sinks.prometheus import PrometheusSink
+    from bridge.delivery.prometheus import PrometheusSink
 
     metrics = PrometheusSink()
 

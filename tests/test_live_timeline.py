@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from bridge import events as ev
-from bridge.analysis import AnalysisEngine, SpeakerAnalysis
-from bridge.calls import CallManager
 from bridge.config import load_settings
 from bridge.connectors.whep import WhepConnector
+from bridge.live.calls import CallManager
+from bridge.pipeline.analysis import AnalysisEngine, SpeakerAnalysis
 from bridge.tasks import failures
 from tests.bridge_proc import Bridge
 from tests.conftest import until

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from aiortc.mediastreams import MediaStreamError
 
-from bridge.contrib.media_source import FRAME, ClipTrack
+from bridge.demo.media_source import FRAME, ClipTrack
 from tests.conftest import SR, harmonic
 
 

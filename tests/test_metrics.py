@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from bridge import events as ev
 from bridge import stats
-from bridge.sinks.prometheus import PrometheusSink
+from bridge.delivery.prometheus import PrometheusSink
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,9 +144,9 @@ def test_dependency_direction() -> None:
     for path in (ROOT / "analyzers").rglob("*.py"):
         bad = {n for n in _imports(path) if n == "bridge" or n.startswith("bridge.")}
         assert not bad, f"{path.name} imports {sorted(bad)}"
-    pipeline = ("bridge.analysis", "bridge.speaker", "bridge.calls", "bridge.runtime",
-                "bridge.connectors", "analyzers")
-    for path in (ROOT / "bridge" / "sinks").glob("*.py"):
+    pipeline = ("bridge.pipeline", "bridge.live", "bridge.control", "bridge.connectors",
+                "analyzers")
+    for path in (ROOT / "bridge" / "delivery").glob("*.py"):
         bad = {n for n in _imports(path) if n.startswith(pipeline)}
         assert not bad, f"{path.name} imports {sorted(bad)}"
     assert not (ROOT / "bridge" / "metrics.py").exists()

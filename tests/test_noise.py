@@ -12,8 +12,8 @@ import soundfile as sf
 
 from bridge import events as ev
 from bridge import stats
-from bridge.analyze import analyze_files
 from bridge.config import load_settings
+from bridge.offline.analyze import analyze_files
 from tests.noise import SR, noise
 
 
@@ -54,7 +54,7 @@ async def test_the_default_vad_hears_no_speech_in_room_noise(kind: str, dbfs: fl
 async def test_speech_then_room_noise_counts_the_speech_only(tmp_path: Path) -> None:
     """A speaker's 47 s, then 150 s of room noise 10 dB under the speech: the speech seconds
     within 10 % of the speech alone, no spike."""
-    from bridge.audio import read_file
+    from bridge.pipeline.audio import read_file
     from tests.conftest import CALM
     from tests.noise import at_level
 
@@ -74,7 +74,7 @@ async def test_an_unscored_window_is_logged_once_per_speaker(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    with caplog.at_level(logging.INFO, logger="bridge.analysis"):
+    with caplog.at_level(logging.INFO, logger="bridge.pipeline.analysis"):
         await _analyze(tmp_path, noise("pink", 30.0, -26.0, seed=5), vad={"engine": "webrtc"})
     lines = [r.getMessage() for r in caplog.records if "not scored" in r.getMessage()]
     assert len(lines) == 1 and "periodic voicing" in lines[0]
@@ -83,7 +83,7 @@ async def test_an_unscored_window_is_logged_once_per_speaker(
 def test_unscored_windows_are_counted_in_metrics_and_cross_the_worker_channel() -> None:
     from prometheus_client import CollectorRegistry
 
-    from bridge.sinks.prometheus import PrometheusSink
+    from bridge.delivery.prometheus import PrometheusSink
 
     sink = PrometheusSink(registry=CollectorRegistry())
     stat = stats.from_wire(stats.to_wire(stats.WindowUnscored("unvoiced")))

@@ -1,4 +1,4 @@
-"""The OpenAPI document built from models (bridge/openapi.py) describes what the running control
+"""The OpenAPI document built from models (bridge/control/openapi.py) describes what the running control
 API answers: real answers validate against the generated schemas, and every route is in it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from aiohttp import ClientResponse
 from jsonschema import Draft202012Validator
 
-from bridge.openapi import ROUTES, openapi_document
+from bridge.control.openapi import ROUTES, openapi_document
 from tests.conftest import SOURCE_TOKEN, api_client, until
 
 TOKEN = "openapi-test-token"

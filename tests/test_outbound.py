@@ -1,4 +1,4 @@
-"""Outbound requests to media servers (bridge/outbound.py): the control API joins only servers
+"""Outbound requests to media servers (bridge/connectors/http.py): the control API joins only servers
 the allow-list admits and connects nowhere else; no redirects; WHEP ``Location`` on the same
 origin only (the token goes nowhere else); upstream bodies never echoed; size and time limits;
 secrets in URLs never logged; a fuzz of WHEP answers. Every server here is on 127.0.0.x."""
@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from bridge.config import ConfigError, load_settings
-from bridge.outbound import AllowList, AllowRule, redact_url
+from bridge.connectors.http import AllowList, AllowRule, redact_url
 from tests.conftest import api_client, until
 from tests.media_helpers import ScriptedTrack, ScriptedWhep, speech_48k
 
@@ -383,7 +383,7 @@ async def test_metrics_can_require_a_bearer_token() -> None:
     from aiohttp.test_utils import TestClient, TestServer
     from prometheus_client import CollectorRegistry
 
-    from bridge.app import metrics_app
+    from bridge.control.app import metrics_app
 
     async with TestClient(TestServer(metrics_app(CollectorRegistry(), token="m-tok"))) as c:
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "m-tok"}):

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bridge.app import MANAGER, build_app
 from bridge.config import load_settings
-from bridge.contrib.media_source import DemoSource
-from bridge.demo import DEMO_SPEAKERS
+from bridge.control.app import MANAGER, build_app
+from bridge.demo.media_source import DemoSource
+from bridge.demo.run import DEMO_SPEAKERS
 from tests.conftest import ROOT, SOURCE_TOKEN, free_port, require_tool
 from tests.test_dashboards import _panels, substitute
 from tests.webhook_helpers import SECRET_A, Receiver

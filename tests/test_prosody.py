@@ -104,7 +104,7 @@ def test_frame_cache_reuses_the_overlap_and_changes_nothing() -> None:
     are reused, and every feature is what a fresh computation gives."""
     from analyzers.prosody import FrameCache, analyze_prosody
     from analyzers.windowing import SpeechWindower
-    from bridge.audio import read_file
+    from bridge.pipeline.audio import read_file
     from tests.conftest import CALM
 
     windower = SpeechWindower()
@@ -160,7 +160,7 @@ def test_steady_noise_has_no_pitch_and_is_not_scored(kind: str, dbfs: float) -> 
 
 
 def test_speech_keeps_its_voicing() -> None:
-    from bridge.audio import read_file
+    from bridge.pipeline.audio import read_file
     from tests.conftest import CALM
 
     y = np.concatenate([chunk.samples for [chunk] in read_file(CALM)])[2 * SR:10 * SR]

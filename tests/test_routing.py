@@ -1,4 +1,4 @@
-"""The control API from any replica (bridge/routing.py): a call's requests are forwarded to the
+"""The control API from any replica (bridge/control/routing.py): a call's requests are forwarded to the
 replica that owns its id. Two real ``affect-bridge run`` processes on 127.0.0.1:P and 127.0.0.2:P
 (shard 0 and 1 of 2) joining a WHEP source in the test; everything stays on loopback."""
 
@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 
 from bridge.config import ConfigError, ShardSettings, load_settings
-from bridge.routing import FORWARDED, OWNER, Router
-from bridge.shard import owner
+from bridge.control.routing import FORWARDED, OWNER, Router
+from bridge.control.shard import owner
 from tests.conftest import ROOT, api_client, until
 from tests.media_helpers import ScriptedTrack, ScriptedWhep, speech_48k
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.shard import owner, owns
+from bridge.control.shard import owner, owns
 
 ROOMS = [*range(1000, 3000), *(f"room-{i}" for i in range(1000))]
 

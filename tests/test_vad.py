@@ -14,8 +14,8 @@ from analyzers.vad import (
     sanitize,
 )
 from analyzers.windowing import SpeechWindower, WindowConfig
-from bridge.audio import read_file
 from bridge.config import VadSettings
+from bridge.pipeline.audio import read_file
 from tests import noise as room
 from tests.conftest import CALM, SR, harmonic
 
@@ -222,8 +222,8 @@ def test_settings_choose_the_engine() -> None:
 
 async def test_the_engine_loads_silero_once_and_every_speaker_shares_it() -> None:
     from bridge import events as ev
-    from bridge.analysis import AnalysisEngine, SpeakerAnalysis
     from bridge.config import load_settings
+    from bridge.pipeline.analysis import AnalysisEngine, SpeakerAnalysis
 
     engine = AnalysisEngine(load_settings(None, analyzers=[], vad={"engine": "silero"}))
     await engine.start()

@@ -15,9 +15,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bridge.config import ConfigError, OutboxSettings, WebhookSettings
-from bridge.sinks.outbox import OutboxRow
-from bridge.sinks.prometheus import PrometheusSink
-from bridge.sinks.webhook import WebhookSink, endpoint_label
+from bridge.delivery.outbox import OutboxRow
+from bridge.delivery.prometheus import PrometheusSink
+from bridge.delivery.webhook import WebhookSink, endpoint_label
 from tests.conftest import ROOT
 from tests.webhook_helpers import (
     SECRET_A,

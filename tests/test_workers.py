@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.channel import MAX_LINE, OutChannel, read_message
+from bridge.workers.channel import MAX_LINE, OutChannel, read_message
 from tests.bridge_proc import AUTH, Bridge
 from tests.conftest import ROOT, until
 from tests.media_helpers import ScriptedTrack, ScriptedWhep, speech_48k
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SENDER = """
 import asyncio, os, signal, socket, sys
-from bridge.channel import OutChannel
+from bridge.workers.channel import OutChannel
 
 async def main():
     sock = socket.socket(fileno=int(sys.argv[1]))
@@ -186,7 +186,7 @@ def test_workers_share_the_model_threads_out() -> None:
     (at least 1); a number set in config is kept."""
     from bridge import stats
     from bridge.config import load_settings, usable_cpus
-    from bridge.workers import WorkerPool
+    from bridge.workers.pool import WorkerPool
 
     async def emit(_: Any) -> None:
         return None

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from bridge.config import OutboxSettings, WebhookSettings
-from bridge.sinks.webhook import WebhookSink
+from bridge.delivery.webhook import WebhookSink
 from tests.webhook_helpers import endpoint, joined
 
 

@@ -2,7 +2,7 @@
 ``affect_bridge.connectors``; ``whep`` and ``janus`` are built in).
 
 Importing this package imports no connector and no aiortc (config imports
-:mod:`bridge.connectors.options`); :func:`load_connectors` imports the installed ones.
+:mod:`bridge.join_options`); :func:`load_connectors` imports the installed ones.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How a call is joined and its speakers found: the connector interface.
 
 A connector joins one call and reports speakers as they come and go (each with its audio track);
-the call manager runs a :class:`~bridge.speaker.LiveSpeaker` for each. Connectors are plugins
+the call manager runs a :class:`~bridge.live.speaker.LiveSpeaker` for each. Connectors are plugins
 (entry-point group ``affect_bridge.connectors``).
 pyee/aiortc string events stay inside the connector; what crosses this boundary is typed.
 """
@@ -29,8 +29,8 @@ from pydantic import BaseModel
 from bridge import events as ev
 
 if TYPE_CHECKING:
+    from bridge.connectors.http import AllowList, OutboundLimits
     from bridge.connectors.janus_session import JanusAuth
-    from bridge.outbound import AllowList, OutboundLimits
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class SpeakerTrack:
 @dataclass(frozen=True, slots=True)
 class JoinContext:
     """What a connector joined on request takes from the service's config: ICE servers, the
-    outbound allow-list and limits (bridge/outbound.py), and the credentials of the Janus
+    outbound allow-list and limits (bridge/connectors/http.py), and the credentials of the Janus
     servers named in config (by URL)."""
 
     ice_servers: list[str] = field(default_factory=list)

@@ -39,6 +39,7 @@ from bridge.connectors.base import (
     ice_configuration,
     receiver_of,
 )
+from bridge.connectors.http import AllowList, OutboundLimits, redact_url
 from bridge.connectors.janus_session import (
     NO_SUCH_ROOM,
     EventHandler,
@@ -48,8 +49,7 @@ from bridge.connectors.janus_session import (
     plugin_data,
     server_key,
 )
-from bridge.connectors.options import DEFAULT_DISPLAY, JanusJoinOptions
-from bridge.outbound import AllowList, OutboundLimits, redact_url
+from bridge.join_options import DEFAULT_DISPLAY, JanusJoinOptions
 from bridge.tasks import TaskSet
 
 # JanusAuth, JanusError, JanusSession and server_key live in janus_session; they are named here
@@ -77,7 +77,7 @@ def janus_call_info(room: int | str, name: str | None = None) -> ev.CallInfo:
 
 class JanusJoin(JanusJoinOptions):
     """Join one VideoRoom room on a Janus server (``url``, ``display_name`` and
-    ``leave_when_empty`` as in :class:`~bridge.connectors.options.JanusJoinOptions`)."""
+    ``leave_when_empty`` as in :class:`~bridge.join_options.JanusJoinOptions`)."""
 
     connector: Literal["janus"]
     room: int | str = Field(description="room id: a number, or a string when the server uses "

@@ -173,7 +173,7 @@ def build_whisper(path: Path, arch: str) -> tuple[Path, int]:
 def speech_chunks(n: int) -> list[Float32Array]:
     """``n`` 4 s chunks of speech: consecutive slices of the three demo recordings, taken in
     turn (alice, bob, carol, alice, ...), skipping the first 0.5 s of each file."""
-    from bridge.audio import read_file
+    from bridge.pipeline.audio import read_file
 
     size, skip = int(CHUNK_S * SAMPLE_RATE), SAMPLE_RATE // 2
     pools: list[list[Float32Array]] = []

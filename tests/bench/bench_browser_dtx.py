@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 from aiohttp import web  # noqa: E402
 
 from bridge import events as ev  # noqa: E402
-from bridge.app import MANAGER, build_app  # noqa: E402
 from bridge.config import load_settings  # noqa: E402
-from bridge.ice import restrict_host_addresses  # noqa: E402
+from bridge.control.app import MANAGER, build_app  # noqa: E402
+from bridge.live.ice import restrict_host_addresses  # noqa: E402
 from tests.janus_net import JanusNetns  # noqa: E402
 
 ROOM = 1234

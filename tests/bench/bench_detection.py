@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from analyzers.stress import StressConfig, StressEngine  # noqa: E402
-from bridge.detection import Segment, auc, percentile, score_stress  # noqa: E402
+from bridge.offline.detection import Segment, auc, percentile, score_stress  # noqa: E402
 from tests.bench import detection_corpus as corpus  # noqa: E402
 from tests.bench.detection_features import Track, load  # noqa: E402
 

@@ -211,8 +211,8 @@ def _encode_opus(order: tuple[Path, ...], path: Path, min_s: float) -> None:
 async def source_main(speakers: int, opus: list[str]) -> None:
     from aiohttp import web
 
-    from bridge.contrib.media_source import DemoSource
-    from bridge.ice import restrict_host_addresses
+    from bridge.demo.media_source import DemoSource
+    from bridge.live.ice import restrict_host_addresses
 
     restrict_host_addresses([LOOPBACK])
     if opus:
@@ -312,8 +312,8 @@ def dump_tasks() -> None:
 
 async def warm_up(engine: Any) -> None:
     from bridge import events as ev
-    from bridge.analysis import SpeakerAnalysis
-    from bridge.audio import read_file
+    from bridge.pipeline.analysis import SpeakerAnalysis
+    from bridge.pipeline.audio import read_file
 
     async def discard(_: Any) -> None:
         return None
@@ -339,11 +339,11 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
 
     from bridge import events as ev
-    from bridge.analysis import AnalysisEngine
-    from bridge.calls import Call, CallManager
     from bridge.config import load_settings
     from bridge.connectors.whep import WhepConnector
-    from bridge.ice import restrict_host_addresses
+    from bridge.live.calls import Call, CallManager
+    from bridge.live.ice import restrict_host_addresses
+    from bridge.pipeline.analysis import AnalysisEngine
 
     restrict_host_addresses([LOOPBACK])
     loop = asyncio.get_running_loop()

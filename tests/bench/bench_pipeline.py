@@ -138,7 +138,7 @@ def build_dimensional_large(directory: Path) -> Path:
 
 def decode(path: Path) -> npt.NDArray[np.float32]:
     """The whole fixture as 16 kHz mono float32, decoded by the product's own reader."""
-    from bridge.audio import read_file
+    from bridge.pipeline.audio import read_file
 
     parts = [chunks[0].samples for chunks in read_file(path)]
     return np.concatenate(parts).astype(np.float32, copy=False)
@@ -400,7 +400,7 @@ def ours_settings(model_dir: Path, emotion: bool, precision: str = "auto") -> An
 
 
 def ours_once(wav: Path, settings: Any) -> Any:
-    from bridge.analyze import analyze_files
+    from bridge.offline.analyze import analyze_files
 
     result = asyncio.run(analyze_files([wav], settings, per="file", out=None))
     if result.failed or result.degraded:
@@ -417,7 +417,7 @@ def engine_load(settings: Any) -> Timing:
     ours the same load is measured just before each timed call (warm file cache, like the load
     inside it) and subtracted. Both the subtracted figure and the raw one are in the JSON.
     """
-    from bridge.analysis import AnalysisEngine
+    from bridge.pipeline.analysis import AnalysisEngine
 
     async def go() -> None:
         engine = AnalysisEngine(settings)

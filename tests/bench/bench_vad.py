@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from analyzers.vad import Detector, SileroModel, VadConfig, make_detector  # noqa: E402
-from bridge.audio import read_file  # noqa: E402
+from bridge.pipeline.audio import read_file  # noqa: E402
 from tests import noise as room  # noqa: E402
 
 SR = 16000

@@ -62,7 +62,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     import aiohttp
 
     from bridge.config import OutboxSettings, WebhookSettings
-    from bridge.sinks.webhook import WebhookSink
+    from bridge.delivery.webhook import WebhookSink
     from tests.webhook_helpers import joined
 
     secrets = " ".join("whsec_" + base64.b64encode(os.urandom(32)).decode() for _ in range(2))

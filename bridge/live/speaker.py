@@ -1,10 +1,10 @@
 """One live speaker (:class:`LiveSpeaker`): its track drained from the first frame into its
-:class:`~bridge.analysis.SpeakerAnalysis`.
+:class:`~bridge.pipeline.analysis.SpeakerAnalysis`.
 
 aiortc decodes into an unbounded queue per track, so a track nobody reads grows without limit:
 the drain loop starts before anything else and runs for as long as the track lives.
 
-Time comes from the media clock (:class:`~bridge.audio.MediaClock`): RTP timestamps, arrival
+Time comes from the media clock (:class:`~bridge.pipeline.audio.MediaClock`): RTP timestamps, arrival
 time where they jump. Gaps (DTX, lost packets, a sender that stopped) enter the analysis as
 silence of their true length, so offsets, windows and pause ratios stay on the call's clock.
 
@@ -34,8 +34,8 @@ from aiortc.mediastreams import MediaStreamError
 from analyzers.types import SAMPLE_RATE, AudioChunk
 from bridge import events as ev
 from bridge import stats
-from bridge.analysis import AnalysisEngine, Emit, SpeakerAnalysis
-from bridge.audio import FrameConverter, MediaClock
+from bridge.pipeline.analysis import AnalysisEngine, Emit, SpeakerAnalysis
+from bridge.pipeline.audio import FrameConverter, MediaClock
 from bridge.tasks import report_failure
 
 __all__ = ["FEED_S", "LiveSpeaker"]

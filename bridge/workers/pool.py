@@ -3,9 +3,9 @@
 A Python process is bound to about one core by its GIL, and an aiortc peer connection cannot
 be split across processes, so the unit of work is the call. The supervisor (this module, in
 the ``run`` process) keeps the control API, auto-join, the webhook outbox, ``/metrics`` and the
-console; each worker (:mod:`bridge.worker`) runs connectors, peer connections, drains and
+console; each worker (:mod:`bridge.workers.child`) runs connectors, peer connections, drains and
 analysis with its own copy of the models, and sends events and statistics back over its
-channel (:mod:`bridge.channel`). Metrics are built from those events and statistics by the same
+channel (:mod:`bridge.workers.channel`). Metrics are built from those events and statistics by the same
 sink as in one process.
 
 Placement: a new call goes to the ready worker with the fewest speakers (then calls).
@@ -36,11 +36,11 @@ from pydantic import SecretStr, ValidationError
 
 from bridge import events as ev
 from bridge import stats
-from bridge.calls import JoinCancelled, JoinRequest
-from bridge.channel import MAX_LINE, OutChannel, read_message
 from bridge.config import Settings, usable_cpus
 from bridge.connectors.base import Backoff, ConnectorError, ConnectorFactory
+from bridge.live.calls import JoinCancelled, JoinRequest
 from bridge.tasks import TaskSet, record_failure
+from bridge.workers.channel import MAX_LINE, OutChannel, read_message
 
 __all__ = ["RemoteCall", "WorkerPool"]
 
@@ -264,7 +264,7 @@ class WorkerPool:
             env["AFFECT_BRIDGE_DEBUG"] = "1"
         try:
             worker.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bridge.worker", "--fd", str(theirs.fileno()),
+                sys.executable, "-m", "bridge.workers.child", "--fd", str(theirs.fileno()),
                 "--index", str(worker.index), pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL, env=env)
         finally:

@@ -19,17 +19,17 @@ from typing import IO, Any
 from aiohttp import web
 
 from bridge import events as ev
-from bridge.analyze import AnalyzeResult, format_table
-from bridge.app import metrics_app
-from bridge.calls import CallManager
 from bridge.config import Settings
 from bridge.connectors.whep import WhepConnector
-from bridge.contrib.media_source import DemoSource
-from bridge.ice import restrict_host_addresses
-from bridge.runtime import Runtime
-from bridge.sinks.console import ConsoleSink
-from bridge.sinks.prometheus import PrometheusSink
-from bridge.summary import SpeakerSummaries
+from bridge.control.app import metrics_app
+from bridge.control.runtime import Runtime
+from bridge.delivery.console import ConsoleSink
+from bridge.delivery.prometheus import PrometheusSink
+from bridge.delivery.summary import SpeakerSummaries
+from bridge.demo.media_source import DemoSource
+from bridge.live.calls import CallManager
+from bridge.live.ice import restrict_host_addresses
+from bridge.offline.analyze import AnalyzeResult, format_table
 
 __all__ = ["DEMO_SPEAKERS", "demo_clips", "demo_state_dir", "run_demo"]
 

@@ -1,6 +1,6 @@
 """``affect-bridge analyze``: the analysis live calls get (one shared :class:`AnalysisEngine`, a
 :class:`SpeakerAnalysis` per speaker) over recordings, one speaker per file or channel; the
-per-speaker summaries (bridge/summary.py) are printed as a table at the end."""
+per-speaker summaries (bridge/delivery/summary.py) are printed as a table at the end."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import IO, Any
 
 from analyzers.types import AudioChunk
 from bridge import events as ev
-from bridge.analysis import AnalysisEngine, SpeakerAnalysis
-from bridge.audio import AudioDecodeError, channel_count, read_file, require_audio
 from bridge.config import Settings
+from bridge.delivery.summary import SpeakerSummaries, SpeakerSummary
+from bridge.pipeline.analysis import AnalysisEngine, SpeakerAnalysis
+from bridge.pipeline.audio import AudioDecodeError, channel_count, read_file, require_audio
 from bridge.safe_text import terminal_safe
-from bridge.summary import SpeakerSummaries, SpeakerSummary
 
 __all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files", "describe", "format_table",
            "plan_sources", "print_errors"]

@@ -23,7 +23,6 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from bridge import events as ev
-from bridge.analysis import AnalysisEngine, Emit
 from bridge.connectors.base import (
     Connector,
     ConnectorError,
@@ -31,7 +30,8 @@ from bridge.connectors.base import (
     SpeakerTrack,
     discard_track,
 )
-from bridge.speaker import LiveSpeaker
+from bridge.live.speaker import LiveSpeaker
+from bridge.pipeline.analysis import AnalysisEngine, Emit
 from bridge.tasks import TaskSet
 
 __all__ = ["Call", "CallHost", "CallManager", "CallView", "JoinCancelled", "JoinRequest"]
@@ -64,7 +64,7 @@ class CallView(Protocol):
 
 class CallHost(Protocol):
     """Who holds the calls: a :class:`CallManager` (one process) or a worker pool
-    (:class:`bridge.workers.WorkerPool`)."""
+    (:class:`bridge.workers.pool.WorkerPool`)."""
 
     @property
     def calls(self) -> Mapping[str, CallView]: ...

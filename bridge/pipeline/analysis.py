@@ -1,5 +1,5 @@
 """Per-speaker analysis, shared by ``analyze`` (file readers) and the live bridge (each
-:class:`~bridge.speaker.LiveSpeaker` feeds one).
+:class:`~bridge.live.speaker.LiveSpeaker` feeds one).
 
 ``AnalysisEngine`` owns what all speakers share (loaded analyzer plugins, the emotion model and
 its inference scheduler). ``SpeakerAnalysis`` owns one speaker's state: windowing + VAD, a bounded

@@ -13,9 +13,9 @@ import logging
 from typing import Any
 
 from bridge import events as ev
-from bridge.calls import CallHost, JoinRequest
 from bridge.config import JanusSettings, ShardSettings
 from bridge.connectors.base import Backoff, ConnectorError, JoinContext
+from bridge.connectors.http import redact_url
 from bridge.connectors.janus import (
     JanusConnector,
     JanusJoin,
@@ -23,8 +23,8 @@ from bridge.connectors.janus import (
     janus_call_info,
     server_key,
 )
-from bridge.outbound import redact_url
-from bridge.shard import owns
+from bridge.control.shard import owns
+from bridge.live.calls import CallHost, JoinRequest
 from bridge.tasks import TaskSet, report_failure
 
 __all__ = ["JanusAutoJoin"]

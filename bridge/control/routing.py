@@ -1,7 +1,7 @@
 """The control API from any replica: a call's requests are forwarded to the replica that owns it.
 
 Every replica computes the owner of a call id the same way auto-join does (rendezvous hashing,
-bridge/shard.py, over ``shard.count``), so ``POST /v1/calls`` joins on the owner and
+bridge/control/shard.py, over ``shard.count``), so ``POST /v1/calls`` joins on the owner and
 ``GET``/``DELETE /v1/calls/{id}`` (and ``/speakers``) reach the replica that holds the call,
 whichever replica a load-balanced Service sent the request to. The request (method, path, body,
 ``Authorization``) is forwarded to the owner's address (``shard.peer_url`` or ``shard.peers``)
@@ -37,8 +37,8 @@ from pydantic import ValidationError
 
 from bridge.config import ShardSettings
 from bridge.connectors.base import Connector, JoinContext
+from bridge.control.shard import owner
 from bridge.logsafe import client_error
-from bridge.shard import owner
 
 __all__ = ["FORWARDED", "OWNER", "ROUTER", "Router", "forward_to_owner"]
 
@@ -76,7 +76,7 @@ ROUTER = web.AppKey("router", Router)
 
 def _router(app: web.Application) -> Router | None:
     """The app's router: set explicitly (``app[ROUTER]``) or from the engine's settings."""
-    from bridge.app import ENGINE  # bridge.app registers this middleware: import it late
+    from bridge.control.app import ENGINE  # bridge.control.app registers this middleware: import it late
 
     router = app.get(ROUTER)
     if router is not None:
@@ -93,7 +93,7 @@ def _json_error(status: int, error: str, reason: str) -> web.Response:
 async def _post_call_id(request: web.Request) -> str | None:
     """The call id ``POST /v1/calls`` would join, computed as the handler does (the connector's
     ``from_request`` has no side effects); None when it cannot be (the handler says why)."""
-    from bridge.app import CONNECTORS
+    from bridge.control.app import CONNECTORS
 
     raw = await request.read()  # aiohttp keeps it: the handler reads it again
     try:

@@ -21,9 +21,9 @@ import threading
 from typing import IO, Any
 
 from bridge import events as ev
-from bridge.analyze import describe
+from bridge.delivery.summary import SpeakerSummaries
+from bridge.offline.analyze import describe
 from bridge.safe_text import terminal_safe
-from bridge.summary import SpeakerSummaries
 
 __all__ = ["ConsoleSink"]
 

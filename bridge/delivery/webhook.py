@@ -43,8 +43,8 @@ from standardwebhooks.webhooks import Webhook
 
 from bridge import events as ev
 from bridge.config import ConfigError, OutboxSettings, WebhookSettings
-from bridge.sinks.outbox import Outbox, OutboxRow
-from bridge.sinks.prometheus import PrometheusSink
+from bridge.delivery.outbox import Outbox, OutboxRow
+from bridge.delivery.prometheus import PrometheusSink
 from bridge.tasks import TaskSet
 
 __all__ = ["WebhookSink", "load_secrets"]

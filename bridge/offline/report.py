@@ -8,7 +8,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from bridge.analyze import AnalyzeResult, SpeakerSummary, format_table
+from bridge.offline.analyze import AnalyzeResult, SpeakerSummary, format_table
 
 __all__ = ["render_report", "write_report"]
 

@@ -20,22 +20,22 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
-from bridge.analysis import AnalysisEngine, Emit
-from bridge.autojoin import JanusAutoJoin
-from bridge.calls import CallHost, JoinRequest
 from bridge.config import Settings, describe_errors
 from bridge.connectors import load_connectors
 from bridge.connectors.base import Connector, ConnectorError, JoinContext
+from bridge.connectors.http import AllowList, OutboundLimits
 from bridge.connectors.janus import JanusAuth, server_key
+from bridge.control.autojoin import JanusAutoJoin
+from bridge.control.openapi import openapi_document
+from bridge.control.routing import ROUTER, Router, forward_to_owner
+from bridge.control.runtime import Runtime
+from bridge.delivery.webhook import WebhookSink
+from bridge.live.calls import CallHost, JoinRequest
 from bridge.logsafe import client_error
 from bridge.logsafe import install as install_log_hygiene
-from bridge.openapi import openapi_document
-from bridge.outbound import AllowList, OutboundLimits
-from bridge.routing import ROUTER, Router, forward_to_owner
-from bridge.runtime import Runtime
-from bridge.sinks.webhook import WebhookSink
+from bridge.pipeline.analysis import AnalysisEngine, Emit
 from bridge.tasks import failures, recent_failures
-from bridge.workers import WorkerPool
+from bridge.workers.pool import WorkerPool
 
 __all__ = ["AUTOJOIN", "ENGINE", "MANAGER", "TOKEN", "build_app", "create_app", "join_context",
            "metrics_app"]

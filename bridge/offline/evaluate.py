@@ -3,7 +3,7 @@
 Labels are a CSV or TSV with the columns ``file, start_s, end_s, label`` (a header row with those
 names is optional; paths are relative to the labels file). Either every label is ``calm`` or
 ``stressed`` (stress mode: detection rate, delay, false spikes per hour, window-level ROC AUC; see
-:mod:`bridge.detection`), or every label is an emotion (emotion mode: unweighted average recall
+:mod:`bridge.offline.detection`), or every label is an emotion (emotion mode: unweighted average recall
 and the confusion matrix of the segment's dominant predicted emotion; needs the emotion model).
 
 Dimensional mode: a header ``file, start_s, end_s`` followed by one or more of ``arousal``,
@@ -32,9 +32,9 @@ from typing import Any
 
 from analyzers.emotion import CANONICAL, canonical_label
 from bridge import events as ev
-from bridge.analyze import analyze_files, plan_sources
 from bridge.config import Settings
-from bridge.detection import Segment, auc, percentile, score_stress
+from bridge.offline.analyze import analyze_files, plan_sources
+from bridge.offline.detection import Segment, auc, percentile, score_stress
 
 __all__ = ["DIMENSIONS", "Estimate", "LabelError", "Labelled", "Labels", "ccc", "evaluate",
            "format_report", "pearson", "read_labels", "score_dimensions", "to_unit"]

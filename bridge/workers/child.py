@@ -1,6 +1,6 @@
 """A worker process of ``affect-bridge run --workers N``: it owns whole calls.
 
-Started by the supervisor (:mod:`bridge.workers`) as ``python -m bridge.worker --fd FD
+Started by the supervisor (:mod:`bridge.workers.pool`) as ``python -m bridge.workers.child --fd FD
 --index I``, with one end of a socketpair as FD. The first message is the configuration; then
 the worker loads its analyzers (its own copy of each model), says ``ready`` and serves:
 
@@ -34,11 +34,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from bridge import stats
-from bridge.channel import MAX_LINE, OutChannel, read_message
+from bridge.workers.channel import MAX_LINE, OutChannel, read_message
 
 __all__ = ["main"]
 
-log = logging.getLogger("bridge.worker")
+log = logging.getLogger("bridge.workers.child")
 
 STATS_EVERY_S = 0.5
 
@@ -96,12 +96,12 @@ class Worker:
                             droppable=event.type == "affect.sample")
 
     async def run(self) -> int:
-        from bridge.analysis import AnalysisEngine
-        from bridge.app import join_context
-        from bridge.calls import CallManager
         from bridge.config import ConfigError, load_settings
         from bridge.connectors import load_connectors
-        from bridge.ice import restrict_host_addresses
+        from bridge.control.app import join_context
+        from bridge.live.calls import CallManager
+        from bridge.live.ice import restrict_host_addresses
+        from bridge.pipeline.analysis import AnalysisEngine
 
         first = await read_message(self.reader)
         if first is None or first.get("op") != "settings":
@@ -242,7 +242,7 @@ async def _amain(index: int, fd: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bridge.worker")
+    p = argparse.ArgumentParser(prog="python -m bridge.workers.child")
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--index", type=int, required=True)
     args = p.parse_args(argv)

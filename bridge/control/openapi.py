@@ -1,7 +1,7 @@
 """The control API's OpenAPI document, built from models instead of written out.
 
 Request bodies are the connectors' ``Request`` models; the answers are the pydantic models below
-(what the handlers in :mod:`bridge.app` return, written down once); the routes are
+(what the handlers in :mod:`bridge.control.app` return, written down once); the routes are
 :data:`ROUTES`, a table. :func:`openapi_document` puts them together, each schema from pydantic's
 ``model_json_schema`` and shared under ``components/schemas``.
 """

@@ -21,8 +21,8 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from bridge.audio import read_file
 from bridge.connectors.base import close_peer_connection, ice_configuration
+from bridge.pipeline.audio import read_file
 
 __all__ = ["ClipTrack", "DemoSource", "TrackFactory"]
 

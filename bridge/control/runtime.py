@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from bridge import events as ev
-from bridge.analysis import AnalysisEngine
-from bridge.bus import EventBus, Sink
-from bridge.calls import CallManager
 from bridge.config import Settings
-from bridge.sinks.prometheus import PrometheusSink
-from bridge.sinks.webhook import WebhookSink
-from bridge.workers import WorkerPool
+from bridge.delivery.bus import EventBus, Sink
+from bridge.delivery.prometheus import PrometheusSink
+from bridge.delivery.webhook import WebhookSink
+from bridge.live.calls import CallManager
+from bridge.pipeline.analysis import AnalysisEngine
+from bridge.workers.pool import WorkerPool
 
 __all__ = ["Runtime"]
 
