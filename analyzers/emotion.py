@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass
 
 from analyzers.batching import BatchObserver, InferenceScheduler, SpeechChunkAnalyzer
 from analyzers.checkpoint import (
@@ -56,37 +57,61 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class EmotionConfig:
-    model: str = "superb/wav2vec2-base-superb-er"  # hub id or local directory
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
-    min_audio_s: float = 1.0  # shorter speech is not sent to the model
-    max_batch: int = 0  # 0: 1 on CPU (batching does not pay there), 8 on GPU
-    max_wait_ms: float = 20.0  # how long the scheduler waits to fill a batch
-    queue_size: int = 64  # windows waiting for inference, all speakers together
-    threads: int = 0  # torch intra-op threads on CPU; 0: half the cores (at least 1)
-    # "auto": on CPU the fastest of fp32 / bf16 (native bf16 only) / int8 that agrees with fp32,
-    # measured once per checkpoint and machine (analyzers/precision.py); on CUDA bf16 where the
-    # GPU has it, else fp16. Or forced: "fp32", "bf16", "int8" (CPU), "fp16" (CUDA).
-    precision: str = "auto"
-    tolerance: float = 0.05  # most mean total variation from fp32 a precision may show
-    quantize: str | None = None  # deprecated: "auto" | "int8" | "none" (= precision fp32)
-    # Checkpoints with their own model code (config.json auto_map) are refused unless this is
-    # on: it runs the checkpoint's Python code.
-    trust_remote_code: bool = False
-    # A dimensional model's output range, mapped linearly onto -1..1 (audEERING's: 0..1).
-    dimension_range: tuple[float, float] = (0.0, 1.0)
+_PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8", "fp16")  # [emotion] precision
 
-    def __post_init__(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16", "int8", "fp16"):
-            raise ValueError("emotion precision must be auto, fp32, bf16, int8 or fp16, got "
-                             f"{self.precision!r}")
-        if self.quantize not in (None, "auto", "int8", "none"):
-            raise ValueError(f"emotion quantize must be auto, int8 or none, got {self.quantize!r}")
-        lo, hi = self.dimension_range
-        if not lo < hi:
-            raise ValueError(f"emotion dimension_range must be (low, high) with low < high, got "
-                             f"{self.dimension_range!r}")
+
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class EmotionConfig:
+    """The ``[emotion]`` section: which checkpoint, where and how it runs. Validated on
+    construction."""
+
+    model: Annotated[str, Field(description="hub id or local directory")] = \
+        "superb/wav2vec2-base-superb-er"
+    device: Annotated[str, Field(
+        pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$",
+        description="auto (a GPU when torch sees one), cpu, cuda or cuda:N")] = "auto"
+    min_audio_s: Annotated[float, Field(
+        ge=0.1, description="shorter speech is not sent to the model")] = 1.0
+    max_batch: Annotated[int, Field(
+        ge=0, le=256, description="0: 1 on CPU (batching does not pay there), 8 on GPU")] = 0
+    max_wait_ms: Annotated[float, Field(
+        ge=0, le=5000, description="how long the scheduler waits to fill a batch")] = 20.0
+    queue_size: Annotated[int, Field(
+        ge=1, le=100_000, description="windows waiting for inference, all speakers "
+                                      "together")] = 64
+    threads: Annotated[int, Field(
+        ge=0, le=256, description="torch intra-op threads on CPU; 0: half the cores (at least "
+                                  "1)")] = 0
+    precision: Annotated[str, Field(
+        description="auto: on CPU the fastest of fp32 / bf16 (native bf16 only) / int8 that "
+                    "agrees with fp32, measured once per checkpoint and machine "
+                    "(analyzers/precision.py); on CUDA bf16 where the GPU has it, else fp16. Or "
+                    "forced: fp32, bf16, int8 (CPU), fp16 (CUDA)")] = "auto"
+    tolerance: Annotated[float, Field(
+        gt=0, le=1, description="most mean total variation from fp32 an automatically chosen "
+                                "precision may show")] = 0.05
+    quantize: Annotated[Literal["auto", "int8", "none"] | None, Field(
+        description="deprecated: use precision (none = fp32)")] = None
+    trust_remote_code: Annotated[bool, Field(
+        description="load checkpoints that bring their own model code (config.json auto_map): "
+                    "this runs the checkpoint's Python code; refused when off")] = False
+    dimension_range: Annotated[tuple[float, float], Field(
+        description="a dimensional model's output range, mapped linearly onto -1..1 "
+                    "(audEERING's models: 0..1)")] = (0.0, 1.0)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in _PRECISION_CHOICES:
+            raise ValueError(f"must be auto, fp32, bf16, int8 or fp16, got {v!r}")
+        return v
+
+    @field_validator("dimension_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"must be (low, high) with low < high, got {list(v)}")
+        return v
 
     @property
     def wanted_precision(self) -> str:

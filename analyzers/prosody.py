@@ -35,13 +35,14 @@ import asyncio
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import librosa
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 from scipy.signal import find_peaks
 
 from analyzers.types import SAMPLE_RATE, ProsodyFeatures, SpeechWindow
@@ -53,22 +54,34 @@ NAN = float("nan")
 OCTAVE_SPAN = 15  # voiced frames on each side whose median F0 judges an octave jump (150 ms)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class ProsodyConfig:
-    fmin_hz: float = 65.0
-    fmax_hz: float = 500.0
-    voicing_threshold: float = 0.45  # normalised autocorrelation at the F0 lag
-    silence_db: float = -50.0  # frames quieter than this are never voiced
-    min_dip: float = 0.3  # the F0 peak must rise this far above the autocorrelation before it
-    min_run_ms: float = 50.0  # voiced runs shorter than this are not voice
-    min_voiced_s: float = 0.25  # a window with less periodic voicing than this is not scored
-    crosstalk_db: float = 6.0  # voicing this far under the speaker's own level is another's
+    """The ``[prosody]`` section: the pitch range and what counts as voice. Validated on
+    construction."""
+
+    fmin_hz: Annotated[float, Field(ge=30, le=300)] = 65.0
+    fmax_hz: Annotated[float, Field(ge=100, le=1500)] = 500.0
+    voicing_threshold: Annotated[float, Field(
+        gt=0, lt=1, description="normalised autocorrelation at the F0 lag a voiced frame "
+                                "reaches")] = 0.45
+    silence_db: Annotated[float, Field(
+        le=0, description="frames quieter than this are never voiced")] = -50.0
+    min_dip: Annotated[float, Field(
+        ge=0, lt=1, description="the F0 peak of the autocorrelation must rise this far above "
+                                "its lowest point at shorter lags")] = 0.3
+    min_run_ms: Annotated[float, Field(
+        ge=0, le=1000, description="voiced runs shorter than this are not voice")] = 50.0
+    min_voiced_s: Annotated[float, Field(
+        ge=0, le=10, description="a window with less periodic voicing than this is not scored "
+                                 "(steady noise, not a voice)")] = 0.25
+    crosstalk_db: Annotated[float, Field(
+        ge=0, le=60, description="voicing this far under the speaker's own speech level is "
+                                 "another voice leaking in; 0: off")] = 6.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_dip < 1 or self.min_run_ms < 0 or self.min_voiced_s < 0 \
-                or self.crosstalk_db < 0:
-            raise ValueError("prosody needs 0 <= min_dip < 1 and min_run_ms, min_voiced_s, "
-                             "crosstalk_db >= 0")
+        if self.fmin_hz * 1.5 > self.fmax_hz:
+            raise ValueError(f"fmax_hz ({self.fmax_hz:g}) must be at least 1.5 x fmin_hz "
+                             f"({self.fmin_hz:g}): no pitch could be tracked in between")
 
 
 class FrameCache:

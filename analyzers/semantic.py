@@ -12,12 +12,13 @@ in events unless ``include_transcript`` is true; events carry the sentiment scor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from analyzers.batching import BatchObserver, InferenceScheduler, SpeechChunkAnalyzer
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
@@ -44,20 +45,33 @@ def sentiment_label(score: float) -> str:
     return "neutral"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class SemanticConfig:
-    asr_model: str = "openai/whisper-base"  # hub id (local cache) or directory
-    language: str | None = "en"  # Whisper language; None lets the model detect it
+    """The ``[semantic]`` section: the semantic stream, on when "semantic" is in ``analyzers``
+    (off by default). Validated on construction."""
+
+    asr_model: Annotated[str, Field(description="hub id (local cache) or directory")] = \
+        "openai/whisper-base"
+    language: Annotated[str | None, Field(
+        description="Whisper language; none lets the model detect it")] = "en"
     device: str = "auto"
-    sentiment: str = "vader"  # "vader", or a text-classification hub id / directory
-    include_transcript: bool = False  # put transcripts in events (never in logs)
-    max_new_tokens: int = 96
-    num_beams: int = 1  # greedy: beam search (transformers' pipeline default, 5) costs ~2x CPU
-    min_audio_s: float = 1.0
-    max_batch: int = 0  # 0: 4 on CPU (greedy Whisper batches save 13-26 % CPU here), 8 on GPU
-    max_wait_ms: float = 20.0
-    queue_size: int = 64
-    threads: int = 0  # torch CPU threads of the inference thread; 0: half the cores
+    sentiment: Annotated[str, Field(
+        description='"vader", or a text-classification hub id / directory')] = "vader"
+    include_transcript: Annotated[bool, Field(
+        description="put transcripts in events (never in logs)")] = False
+    max_new_tokens: Annotated[int, Field(ge=1, le=448)] = 96
+    num_beams: Annotated[int, Field(
+        ge=1, le=16, description="1, greedy: beam search (transformers' pipeline default, 5) "
+                                 "costs about 2x CPU")] = 1
+    min_audio_s: Annotated[float, Field(ge=0.1)] = 1.0
+    max_batch: Annotated[int, Field(
+        ge=0, le=256, description="0: 4 on CPU (greedy Whisper batches save 13-26 % CPU "
+                                  "here), 8 on GPU")] = 0
+    max_wait_ms: Annotated[float, Field(ge=0, le=5000)] = 20.0
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 64
+    threads: Annotated[int, Field(
+        ge=0, le=256, description="torch CPU threads of the inference thread; 0: half the "
+                                  "cores")] = 0
 
 
 def _unavailable(what: str, model: str, exc: BaseException) -> ModelUnavailable:

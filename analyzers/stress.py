@@ -39,9 +39,12 @@ the README.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+import pydantic.dataclasses
+from pydantic import ConfigDict, Field, field_validator
 
 from analyzers.types import (
     EmotionScores,
@@ -89,50 +92,67 @@ HIGH_AROUSAL_NEGATIVE = ("angry", "fearful", "disgusted")
 DIMENSIONAL_EMOTION: dict[str, float] = {"arousal": 0.5, "valence": -0.5}
 
 
-@dataclass(frozen=True, slots=True)
+@pydantic.dataclasses.dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class StressConfig:
-    calibration_s: float = 20.0
-    calibration_windows: int = 5
-    late_calibration_windows: int = 5
-    # Detector defaults chosen by tests/bench/bench_detection.py --sweep (README "Detection
-    # performance"): reference 0.7, decision threshold on x saturation = 6, step_max 3, z_max 4.
-    z_max: float = 4.0
-    step_max: float = 3.0
-    reference: float = 0.7
-    saturation: float = 10.0
-    on: float = 0.6
-    off: float = 0.3
-    onset_gap_s: float = 10.0
-    end_silence_s: float = 20.0
-    adapt_rate: float = 0.02
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    floors: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FLOORS))
-    # How a dimensional emotion model's outputs make the emotion term (see stress_features).
-    dimensional_emotion: dict[str, float] = field(
-        default_factory=lambda: dict(DIMENSIONAL_EMOTION))
+    """The ``[stress]`` section: the detector (module docstring; README "Stress index").
+    Validated on construction. Detector defaults chosen by tests/bench/bench_detection.py
+    --sweep (README "Detection performance"): reference 0.7, decision threshold on x
+    saturation = 6, step_max 3, z_max 4."""
 
-    def __post_init__(self) -> None:
-        if not 0 < self.off < self.on <= 1:
-            raise ValueError("stress needs 0 < off < on <= 1")
-        if self.calibration_s < 0 or self.calibration_windows < 1 or self.late_calibration_windows < 1:
-            raise ValueError("stress needs calibration_s >= 0 and calibration windows >= 1")
-        if self.z_max <= 0 or self.step_max <= 0 or self.saturation <= 0 or self.reference < 0:
-            raise ValueError("stress needs z_max, step_max, saturation > 0 and reference >= 0")
-        if self.step_max - self.reference >= self.on * self.saturation:
-            raise ValueError("stress needs step_max - reference < on x saturation: one window "
-                             "alone must not start a spike")
-        if self.onset_gap_s <= 0 or self.end_silence_s <= 0:
-            raise ValueError("stress needs onset_gap_s > 0 and end_silence_s > 0")
-        unknown = (set(self.weights) | set(self.floors)) - set(DEFAULT_WEIGHTS)
+    calibration_s: Annotated[float, Field(
+        ge=0, description="voiced seconds of baseline, each once")] = 20.0
+    calibration_windows: Annotated[int, Field(ge=1)] = 5
+    late_calibration_windows: Annotated[int, Field(
+        ge=1, description="values a feature first seen after calibration collects first")] = 5
+    z_max: Annotated[float, Field(
+        gt=0, description="per-feature z-scores are clipped to +-z_max")] = 4.0
+    step_max: Annotated[float, Field(
+        gt=0, description="a window's score is clipped to +-step_max")] = 3.0
+    reference: Annotated[float, Field(
+        ge=0, description="CUSUM drift allowance, baseline z units")] = 0.7
+    saturation: Annotated[float, Field(gt=0, description="evidence at which the index is 1")] = 10.0
+    on: Annotated[float, Field(gt=0, le=1, description="index at which a spike starts")] = 0.6
+    off: Annotated[float, Field(gt=0, lt=1, description="index below which a spike ends")] = 0.3
+    onset_gap_s: Annotated[float, Field(
+        gt=0, description="evidence short of a spike is dropped after this long without "
+                          "speech")] = 10.0
+    end_silence_s: Annotated[float, Field(
+        gt=0, description="a spike ends after this long without speech (reason: silence)")] = 20.0
+    adapt_rate: Annotated[float, Field(ge=0, le=1)] = 0.02
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="feature weights in the window score (energy: the corroboration factor)")
+    floors: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_FLOORS),
+        description="the least baseline scale of each feature")
+    dimensional_emotion: dict[str, float] = Field(
+        default_factory=lambda: dict(DIMENSIONAL_EMOTION),
+        description="with a dimensional emotion model, the emotion term is the sum of these "
+        "weights times its dimensions (-1..1): default 0.5 x arousal - 0.5 x valence")
+
+    @field_validator("weights", "floors")
+    @classmethod
+    def _features(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown stress features {sorted(unknown)}; "
                              f"known: {sorted(DEFAULT_WEIGHTS)}")
-        if not self.dimensional_emotion or \
-                set(self.dimensional_emotion) - {"arousal", "valence", "dominance"}:
+        return v
+
+    @field_validator("dimensional_emotion")
+    @classmethod
+    def _dimensions(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or set(v) - {"arousal", "valence", "dominance"}:
             raise ValueError("stress dimensional_emotion needs weights for arousal, valence "
-                             f"and/or dominance, got {sorted(self.dimensional_emotion)}")
-        if any(w < 0 for w in self.weights.values()) or any(f <= 0 for f in self.floors.values()):
-            raise ValueError("stress weights must be >= 0 and floors > 0")
+                             f"and/or dominance, got {sorted(v)}")
+        return v
+
+    def __post_init__(self) -> None:
+        if self.off >= self.on:
+            raise ValueError("stress needs off < on")
+        if self.step_max - self.reference >= self.on * self.saturation:
+            raise ValueError("stress needs step_max - reference < on x saturation: one window "
+                             "alone must not start a spike")
 
     @property
     def threshold(self) -> float:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import webrtcvad
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
 
 from analyzers.batching import BatchObserver, InferenceScheduler, QueueFull
 from analyzers.loading import ModelUnavailable
@@ -37,27 +38,34 @@ SILERO_FRAME_MS = 32  # Silero v5/v6 at 16 kHz: 512-sample chunks
 SILENT_PEAK = 1e-4  # -80 dBFS: chunks entirely under this are digital silence
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class VadConfig:
-    aggressiveness: int = 2  # webrtcvad mode 0 (least) .. 3 (most aggressive filtering)
-    frame_ms: int | None = None  # None: the engine's own (webrtc 30; silero 32, its only one)
-    hangover_ms: int = 150  # speech kept on after the detector drops, to keep word endings
-    engine: VadEngine = "silero"
-    threshold: float = 0.5  # silero: a chunk whose speech probability reaches this is speech
+    """The ``[vad]`` section: which detector, and how it decides. Validated on construction."""
 
-    def __post_init__(self) -> None:
-        if self.engine not in ("webrtc", "silero"):
-            raise ValueError(f"vad engine must be 'webrtc' or 'silero', got {self.engine!r}")
-        if self.aggressiveness not in (0, 1, 2, 3):
-            raise ValueError(f"vad aggressiveness must be 0..3, got {self.aggressiveness}")
-        allowed = WEBRTC_FRAME_MS if self.engine == "webrtc" else (SILERO_FRAME_MS,)
-        if self.frame_ms is not None and self.frame_ms not in allowed:
-            raise ValueError(f"vad frame_ms for {self.engine} must be "
-                             f"{' or '.join(map(str, allowed))}, got {self.frame_ms}")
-        if self.hangover_ms < 0:
-            raise ValueError(f"vad hangover_ms must be >= 0, got {self.hangover_ms}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"vad threshold must be in (0, 1), got {self.threshold}")
+    engine: Annotated[VadEngine, Field(
+        description="webrtc (webrtcvad) or silero (Silero VAD: far fewer false alarms on steady "
+                    "noise, about 0.2 ms of CPU per 32 ms frame)")] = "silero"
+    aggressiveness: Annotated[int, Field(
+        ge=0, le=3, description="webrtcvad mode, 0 (least) .. 3 (most aggressive filtering)")] = 2
+    frame_ms: Annotated[int | None, Field(
+        description="webrtc: 10, 20 or 30 (default 30); silero: 32 only (default)")] = None
+    hangover_ms: Annotated[int, Field(
+        ge=0, le=2000, description="speech kept on after the detector drops, to keep word "
+                                   "endings")] = 150
+    threshold: Annotated[float, Field(
+        gt=0, lt=1, description="silero: speech probability at which a frame is speech")] = 0.5
+
+    @field_validator("frame_ms")
+    @classmethod
+    def _frame_ms(cls, v: int | None, info: ValidationInfo) -> int | None:
+        engine = info.data.get("engine")
+        if v is None or engine is None:  # engine itself invalid: reported on its own
+            return v
+        allowed = WEBRTC_FRAME_MS if engine == "webrtc" else (SILERO_FRAME_MS,)
+        if v not in allowed:
+            listed = " or ".join(", ".join(map(str, allowed)).rsplit(", ", 1))
+            raise ValueError(f"{engine} frames are {listed} ms, not {v}")
+        return v
 
     @property
     def effective_frame_ms(self) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from analyzers.types import SAMPLE_RATE, AudioChunk, QuietWindow, SpeechWindow
 from analyzers.vad import Detector, SileroModel, VadConfig, make_detector, sanitize
@@ -20,21 +22,29 @@ LEVEL_MEMORY_S = 30.0  # the speaker's own level: the median of this much of its
 LEVEL_WARMUP_S = 3.0  # no level is known before this much speech was heard
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class WindowConfig:
-    window_s: float = 4.0  # analysis window length
-    hop_s: float = 2.0  # a window is considered every hop
-    min_voiced_s: float = 1.0  # windows with less speech than this are skipped
-    emotion_chunk_s: float = 4.0  # new speech goes to the emotion model in pieces this long
-    emotion_max_s: float = 8.0  # at most this much new speech is kept for the emotion model
+    """The ``[windowing]`` section: how speech is cut into analysis windows and emotion chunks.
+    Validated on construction."""
+
+    window_s: Annotated[float, Field(gt=0, le=60, description="analysis window length")] = 4.0
+    hop_s: Annotated[float, Field(gt=0, le=60,
+                                  description="a window is considered every hop")] = 2.0
+    min_voiced_s: Annotated[float, Field(
+        ge=0, description="windows with less speech than this are skipped")] = 1.0
+    emotion_chunk_s: Annotated[float, Field(
+        gt=0, le=60, description="new speech goes to the emotion model in pieces this long")] = 4.0
+    emotion_max_s: Annotated[float, Field(
+        gt=0, le=60, description="at most this much new speech is kept for the emotion "
+                                 "model")] = 8.0
 
     def __post_init__(self) -> None:
-        if not (0 < self.hop_s <= self.window_s):
-            raise ValueError("windowing needs 0 < hop_s <= window_s")
-        if not (0 <= self.min_voiced_s <= self.window_s):
-            raise ValueError("windowing needs 0 <= min_voiced_s <= window_s")
-        if not 0 < self.emotion_chunk_s <= self.emotion_max_s:
-            raise ValueError("windowing needs 0 < emotion_chunk_s <= emotion_max_s")
+        if self.hop_s > self.window_s:
+            raise ValueError("windowing needs hop_s <= window_s")
+        if self.min_voiced_s > self.window_s:
+            raise ValueError("windowing needs min_voiced_s <= window_s")
+        if self.emotion_chunk_s > self.emotion_max_s:
+            raise ValueError("windowing needs emotion_chunk_s <= emotion_max_s")
 
 
 class SpeechWindower:

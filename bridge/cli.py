@@ -7,10 +7,9 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -38,7 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="debug logging of affect-bridge's own modules, and full tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _offline_commands(sub)
+    _live_commands(sub)
+    _model_commands(sub)
+    return p
 
+
+def _offline_commands(sub: Any) -> None:
     a = sub.add_parser("analyze", help="analyse recordings (one speaker per file or channel)")
     a.add_argument("files", nargs="+", type=Path, metavar="FILE")
     a.add_argument("--per", choices=["file", "channel"], default="file",
@@ -59,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["table", "json"], default="table")
     e.add_argument("--out", type=Path, help="also write the figures as JSON here")
     e.add_argument("--config", type=Path, help="TOML configuration file")
+    s = sub.add_parser("schema", help="print the JSON Schema of the event envelope")
+    s.add_argument("--indent", type=int, default=2)
 
+
+def _live_commands(sub: Any) -> None:
     d = sub.add_parser("demo", help="the embedded demo: a local WebRTC call of three bundled "
                                     "speakers, one of whom gets stressed")
     d.add_argument("--json", action="store_true", help="events as JSON lines")
@@ -79,9 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", metavar="N|auto", help="worker processes that own the calls "
                    "(config workers; default auto: one per usable core; 1: one process)")
 
-    s = sub.add_parser("schema", help="print the JSON Schema of the event envelope")
-    s.add_argument("--indent", type=int, default=2)
 
+def _model_commands(sub: Any) -> None:
     m = sub.add_parser("download-models", help="fetch the configured model weights into the "
                                                "HuggingFace cache (for image builds)")
     m.add_argument("--config", type=Path, help="TOML configuration file")
@@ -95,12 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", default="auto",
                    choices=["auto", "fp32", "bf16", "int8"], help="as [emotion] precision")
     c.add_argument("--json", action="store_true", help="the report as JSON")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bridge.logsafe import configure_logging
+
     args = _parser().parse_args(argv)
-    configure_logging(args.debug)
+    configure_logging(args.debug)  # before anything imports transformers (it reads the env)
     from analyzers.plugins import PluginError
     from bridge.config import ConfigError
     from bridge.pipeline.audio import AudioDecodeError
@@ -136,37 +145,6 @@ def main(argv: list[str] | None = None) -> int:
               "(run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_USAGE
-
-
-PROJECT_LOGGERS = ("affect-bridge", "bridge", "analyzers")
-
-
-def configure_logging(debug: bool, *, prefix: str = "affect-bridge") -> None:
-    """INFO for everything; ``--debug`` turns on this project's loggers only (a library's DEBUG,
-    numba's bytecode dumps for one, would flood the terminal). Worker processes log with their
-    own ``prefix``. Every line goes through one handler, once: huggingface_hub's own handler is
-    dropped (bridge/offline/download.py), and an HTTP library's line already shown is not shown again."""
-    from bridge.offline.download import ShownOnceFilter, adopt_hub_logger
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ShownOnceFilter())
-    logging.basicConfig(level=logging.INFO, format=f"{prefix}: %(levelname)s: %(message)s",
-                        handlers=[handler])
-    if debug:
-        for name in PROJECT_LOGGERS:
-            logging.getLogger(name).setLevel(logging.DEBUG)
-    # Third-party chatter (transformers' own warnings, numba) stays out of normal output.
-    for name in ("transformers", "numba", "urllib3", "filelock", "aioice", "aiortc"):
-        logging.getLogger(name).setLevel(logging.WARNING if debug else logging.ERROR)
-    adopt_hub_logger(logging.WARNING if debug else logging.ERROR)
-    # Read by transformers / huggingface_hub when (and only if) they are imported.
-    if not debug:
-        # torch's C++ warnings (e.g. int8 tensor creation being deprecated) go to stderr
-        # unformatted; read when torch is first imported, which is later.
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
@@ -276,7 +254,7 @@ def _download(args: argparse.Namespace) -> int:
     reached (or HF_HUB_OFFLINE kept it from being asked), the last line says so and what to do;
     the other hub models are then not tried (each would wait through the same retries)."""
     from analyzers.emotion import EmotionModel
-    from analyzers.semantic import SemanticConfig, SentimentModel, SpeechRecognizer
+    from analyzers.semantic import SentimentModel, SpeechRecognizer
     from bridge.offline.download import ConfiguredModel
 
     settings = _settings(args)
@@ -284,9 +262,9 @@ def _download(args: argparse.Namespace) -> int:
     if "emotion" in settings.analyzers:
         loaders.append((ConfiguredModel("emotion model", "[emotion] model",
                                         settings.emotion.model),
-                        EmotionModel(settings.emotion.build())))
+                        EmotionModel(settings.emotion)))
     if "semantic" in settings.analyzers:
-        semantic = SemanticConfig(**settings.semantic.model_dump())
+        semantic = settings.semantic
         loaders.append((ConfiguredModel("speech recognition model", "[semantic] asr_model",
                                         semantic.asr_model), SpeechRecognizer(semantic)))
         if semantic.sentiment != "vader":

@@ -7,6 +7,7 @@ Precedence: explicit arguments > environment > TOML file > defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
@@ -19,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -32,8 +32,9 @@ from pydantic_settings import (
 
 from analyzers.emotion import EmotionConfig
 from analyzers.prosody import ProsodyConfig
-from analyzers.stress import DEFAULT_FLOORS, DEFAULT_WEIGHTS, DIMENSIONAL_EMOTION, StressConfig
-from analyzers.vad import SILERO_FRAME_MS, WEBRTC_FRAME_MS, VadConfig
+from analyzers.semantic import SemanticConfig
+from analyzers.stress import StressConfig
+from analyzers.vad import VadConfig
 from analyzers.windowing import WindowConfig
 from bridge.join_options import HttpUrl, JanusJoinOptions
 
@@ -53,8 +54,11 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 def read_secret(env: str | None, file: Path | None, what: str) -> str | None:
-    """A secret from ``file`` (its first line) or else the variable ``env``; None when neither is
-    set. Errors name where it was looked for, never a value."""
+    """A secret, read the way every secret of the product is read: when ``file`` is named,
+    its one line, and the file wins (``env`` is then not read); else the variable
+    ``env``. Stripped of surrounding whitespace. None when no file is named and the variable is
+    unset or empty; a named file that is unreadable or empty is a :class:`ConfigError`. Errors
+    name ``what`` and where it was looked for, never a value."""
     if file is not None:
         try:
             lines = Path(file).read_text(encoding="utf-8").strip().splitlines()
@@ -63,6 +67,9 @@ def read_secret(env: str | None, file: Path | None, what: str) -> str | None:
                               ) from None
         if not lines or not lines[0].strip():
             raise ConfigError(f"{what}: file {str(file)!r} is empty")
+        if sum(1 for line in lines if line.strip()) > 1:  # refused, never silently cut short
+            raise ConfigError(f"{what}: file {str(file)!r} holds more than one line; a secret is "
+                              "one line (several webhook secrets: space-separated on it)")
         return lines[0].strip()
     value = os.environ.get(env, "").strip() if env else ""
     return value or None
@@ -75,113 +82,6 @@ def split_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` as (host, port); an IPv6 host loses its brackets."""
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-class VadSettings(_Section):
-    engine: Literal["webrtc", "silero"] = Field(
-        "silero", description="webrtc (webrtcvad) or silero (Silero VAD: far fewer false alarms "
-        "on steady noise, about 0.2 ms of CPU per 32 ms frame)")
-    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 0..3")
-    frame_ms: int | None = Field(None, description="webrtc: 10, 20 or 30 (default 30); "
-                                 "silero: 32 only (default)")
-    hangover_ms: int = Field(150, ge=0, le=2000)
-    threshold: float = Field(0.5, gt=0, lt=1, description="silero: speech probability at which "
-                             "a frame is speech")
-
-    @field_validator("frame_ms")
-    @classmethod
-    def _frame(cls, v: int | None, info: ValidationInfo) -> int | None:
-        if v is None:
-            return v
-        if info.data.get("engine") == "silero":
-            if v != SILERO_FRAME_MS:
-                raise ValueError(f"silero frames are {SILERO_FRAME_MS} ms")
-        elif v not in WEBRTC_FRAME_MS:
-            raise ValueError("must be 10, 20 or 30")
-        return v
-
-    def build(self) -> VadConfig:
-        return VadConfig(**self.model_dump())
-
-
-class WindowSettings(_Section):
-    window_s: float = Field(4.0, gt=0, le=60)
-    hop_s: float = Field(2.0, gt=0, le=60)
-    min_voiced_s: float = Field(1.0, ge=0)
-    emotion_chunk_s: float = Field(4.0, gt=0, le=60)
-    emotion_max_s: float = Field(8.0, gt=0, le=60)
-
-    def build(self) -> WindowConfig:
-        return WindowConfig(**self.model_dump())
-
-
-class ProsodySettings(_Section):
-    fmin_hz: float = Field(65.0, ge=30, le=300)
-    fmax_hz: float = Field(500.0, ge=100, le=1500)
-    voicing_threshold: float = Field(0.45, gt=0, lt=1)
-    silence_db: float = Field(-50.0, le=0)
-    min_dip: float = Field(0.3, ge=0, lt=1, description="the F0 peak of the autocorrelation "
-                           "must rise this far above its lowest point at shorter lags")
-    min_run_ms: float = Field(50.0, ge=0, le=1000, description="voiced runs shorter than this "
-                              "are not voice")
-    min_voiced_s: float = Field(0.25, ge=0, le=10, description="a window with less periodic "
-                                "voicing than this is not scored (steady noise, not a voice)")
-    crosstalk_db: float = Field(6.0, ge=0, le=60, description="voicing this far under the "
-                                "speaker's own speech level is another voice leaking in; 0: off")
-
-    @model_validator(mode="after")
-    def _range(self) -> ProsodySettings:
-        if self.fmin_hz * 1.5 > self.fmax_hz:
-            raise ValueError(f"fmax_hz ({self.fmax_hz:g}) must be at least 1.5 x fmin_hz "
-                             f"({self.fmin_hz:g}): no pitch could be tracked in between")
-        return self
-
-    def build(self) -> ProsodyConfig:
-        return ProsodyConfig(**self.model_dump())
-
-
-class EmotionSettings(_Section):
-    model: str = "superb/wav2vec2-base-superb-er"
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$",
-                        description="auto (a GPU when torch sees one), cpu, cuda or cuda:N")
-    min_audio_s: float = Field(1.0, ge=0.1)
-    max_batch: int = Field(0, ge=0, le=256)
-    max_wait_ms: float = Field(20.0, ge=0, le=5000)
-    queue_size: int = Field(64, ge=1, le=100_000)
-    threads: int = Field(0, ge=0, le=256)
-    precision: Literal["auto", "fp32", "bf16", "int8", "fp16"] = Field(
-        "auto", description="auto: measured once per checkpoint and machine on CPU (fastest of "
-        "fp32/bf16/int8 that agrees with fp32), bf16 or fp16 on CUDA")
-    tolerance: float = Field(0.05, gt=0, le=1, description="most mean total variation from "
-                             "fp32 an automatically chosen precision may show")
-    quantize: Literal["auto", "int8", "none"] | None = Field(
-        None, description="deprecated: use precision (none = fp32)")
-    trust_remote_code: bool = Field(
-        False, description="load checkpoints that bring their own model code (config.json "
-        "auto_map): this runs the checkpoint's Python code; refused when off")
-    dimension_range: tuple[float, float] = Field(
-        (0.0, 1.0), description="a dimensional model's output range, mapped linearly onto "
-        "-1..1 (audEERING's models: 0..1)")
-
-    def build(self) -> EmotionConfig:
-        return EmotionConfig(**self.model_dump())
-
-
-class SemanticSettings(_Section):
-    """The semantic stream: on when "semantic" is in ``analyzers`` (off by default)."""
-
-    asr_model: str = "openai/whisper-base"
-    language: str | None = "en"
-    device: str = "auto"
-    sentiment: str = "vader"
-    include_transcript: bool = False
-    max_new_tokens: int = Field(96, ge=1, le=448)
-    num_beams: int = Field(1, ge=1, le=16)
-    min_audio_s: float = Field(1.0, ge=0.1)
-    max_batch: int = Field(0, ge=0, le=256)
-    max_wait_ms: float = Field(20.0, ge=0, le=5000)
-    queue_size: int = Field(64, ge=1, le=100_000)
-    threads: int = Field(0, ge=0, le=256)
 
 
 class LiveSettings(_Section):
@@ -406,42 +306,11 @@ class OutboundSettings(_Section):
     @field_validator("allow")
     @classmethod
     def _allow(cls, entries: list[str]) -> list[str]:
-        from bridge.connectors.http import AllowRule
+        from bridge.allowlist import AllowRule
 
         for entry in entries:
             AllowRule.parse(entry)  # ValueError names the entry
         return entries
-
-
-class StressSettings(_Section):
-    """The stress detector (analyzers/stress.py; README "Stress index"). Defaults were chosen on
-    the detection benchmark (tests/bench/bench_detection.py)."""
-
-    calibration_s: float = Field(20.0, ge=0, description="voiced seconds of baseline, each once")
-    calibration_windows: int = Field(5, ge=1)
-    late_calibration_windows: int = Field(
-        5, ge=1, description="values a feature first seen after calibration collects first")
-    z_max: float = Field(4.0, gt=0, description="per-feature z-scores are clipped to +-z_max")
-    step_max: float = Field(3.0, gt=0, description="a window's score is clipped to +-step_max")
-    reference: float = Field(0.7, ge=0, description="CUSUM drift allowance, baseline z units")
-    saturation: float = Field(10.0, gt=0, description="evidence at which the index is 1")
-    on: float = Field(0.6, gt=0, le=1, description="index at which a spike starts")
-    off: float = Field(0.3, gt=0, lt=1, description="index below which a spike ends")
-    onset_gap_s: float = Field(10.0, gt=0,
-                               description="evidence short of a spike is dropped after this "
-                                           "long without speech")
-    end_silence_s: float = Field(20.0, gt=0, description="a spike ends after this long without "
-                                                         "speech (reason: silence)")
-    adapt_rate: float = Field(0.02, ge=0, le=1)
-    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    floors: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FLOORS))
-    dimensional_emotion: dict[str, float] = Field(
-        default_factory=lambda: dict(DIMENSIONAL_EMOTION),
-        description="with a dimensional emotion model, the emotion term is the sum of these "
-        "weights times its dimensions (-1..1): default 0.5 x arousal - 0.5 x valence")
-
-    def build(self) -> StressConfig:
-        return StressConfig(**self.model_dump())
 
 
 class Settings(BaseSettings):
@@ -458,11 +327,12 @@ class Settings(BaseSettings):
                                  description="analyzer plugins to load, by entry-point name")
     plugin_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="options for third-party analyzer plugins, by name")
-    vad: VadSettings = Field(default_factory=lambda: VadSettings())
-    windowing: WindowSettings = Field(default_factory=lambda: WindowSettings())
-    prosody: ProsodySettings = Field(default_factory=lambda: ProsodySettings())
-    emotion: EmotionSettings = Field(default_factory=lambda: EmotionSettings())
-    semantic: SemanticSettings = Field(default_factory=lambda: SemanticSettings())
+    # The analyzers' own config types are the sections (validated here, extra keys refused).
+    vad: VadConfig = Field(default_factory=VadConfig)
+    windowing: WindowConfig = Field(default_factory=WindowConfig)
+    prosody: ProsodyConfig = Field(default_factory=ProsodyConfig)
+    emotion: EmotionConfig = Field(default_factory=EmotionConfig)
+    semantic: SemanticConfig = Field(default_factory=SemanticConfig)
     live: LiveSettings = Field(default_factory=lambda: LiveSettings())
     janus: list[JanusSettings] = Field(default_factory=list,
                                        description="Janus servers whose rooms are auto-joined")
@@ -471,7 +341,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=lambda: OutboxSettings())
     metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings())
     outbound: OutboundSettings = Field(default_factory=lambda: OutboundSettings())
-    stress: StressSettings = Field(default_factory=lambda: StressSettings())
+    stress: StressConfig = Field(default_factory=StressConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -497,9 +367,9 @@ class Settings(BaseSettings):
     def analyzer_options(self) -> dict[str, dict[str, Any]]:
         """Options for each analyzer plugin, by name (built-ins from their sections)."""
         options = {k: dict(v) for k, v in self.plugin_options.items()}
-        options["prosody"] = self.prosody.model_dump()
-        options["emotion"] = self.emotion.model_dump()
-        options["semantic"] = self.semantic.model_dump()
+        options["prosody"] = dataclasses.asdict(self.prosody)
+        options["emotion"] = dataclasses.asdict(self.emotion)
+        options["semantic"] = dataclasses.asdict(self.semantic)
         return options
 
 
@@ -536,10 +406,6 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
 
     try:
         settings: Settings = _FileSettings(**overrides)
-        # Cross-field checks the analyzers make, reported as config errors.
-        settings.windowing.build()
-        settings.stress.build()
-        settings.vad.build()
         for server in settings.janus:
             server.credentials()
         settings.metrics.token()

@@ -30,9 +30,10 @@ __all__ = [
     "envelope_schema",
     "new_event_id",
     "parse_event",
+    "speaker_left",
+    "spike_ended",
 ]
 
-SCHEMA_VERSION = 1
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -241,15 +242,29 @@ EVENT_TYPES = ("call.joined", "call.left", "speaker.joined", "speaker.left", "sp
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 
 
+def spike_ended(call: CallInfo, speaker: SpeakerInfo, spike: SpikeStartedData, *,
+                offset_s: float, duration_s: float, reason: str) -> SpikeEnded:
+    """``stress.spike.ended`` for ``spike`` (its start, index, peak and components), at
+    ``offset_s``; times rounded to the millisecond. The one way the analysis and the worker pool
+    (closing the spike of a speaker whose worker vanished) build it."""
+    data = spike.model_dump() | {"offset_s": round(offset_s, 3)}
+    return SpikeEnded(call=call, speaker=speaker, data=SpikeEndedData(
+        **data, duration_s=round(duration_s, 3), reason=reason))
+
+
+def speaker_left(call: CallInfo, speaker: SpeakerInfo, *, offset_s: float, reason: str,
+                 speech_s: float, spikes: int) -> SpeakerLeft:
+    """``speaker.left`` at ``offset_s`` with the speaker's totals; times rounded to the
+    millisecond. The one way the analysis and the worker pool build it."""
+    return SpeakerLeft(call=call, speaker=speaker, data=SpeakerLeftData(
+        offset_s=round(offset_s, 3), reason=reason, speech_s=round(speech_s, 3), spikes=spikes))
+
+
 def parse_event(raw: str | bytes | dict[str, Any]) -> Any:
     """Validate one event (any type; JSON text, or its decoded object) back into its model."""
     if isinstance(raw, dict):
         return _ADAPTER.validate_python(raw)
     return _ADAPTER.validate_json(raw)
-
-
-def to_json(event: BaseModel) -> str:
-    return event.model_dump_json(exclude_none=False)
 
 
 def envelope_schema() -> dict[str, Any]:

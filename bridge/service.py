@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bridge.config import ConfigError, Settings, split_listen
+from bridge.config import ConfigError, Settings, read_secret, split_listen
 from bridge.control.app import REGISTRY, build_app, metrics_app
 from bridge.delivery.console import ConsoleSink
 from bridge.live.ice import restrict_host_addresses
@@ -26,17 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def api_token() -> str | None:
-    """The control API's bearer token: ``AFFECT_BRIDGE_API_TOKEN``, or the first line of the file
-    named by ``AFFECT_BRIDGE_API_TOKEN_FILE``. Never from the config file, never logged."""
-    token = os.environ.get("AFFECT_BRIDGE_API_TOKEN")
-    path = os.environ.get("AFFECT_BRIDGE_API_TOKEN_FILE")
-    if not token and path:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip().splitlines()[0]
-        except (OSError, IndexError) as exc:
-            raise ConfigError(f"AFFECT_BRIDGE_API_TOKEN_FILE {path!r} is unreadable or empty"
-                              ) from exc
-    return token or None
+    """The control API's bearer token, read as every secret is (:func:`read_secret`): the first
+    non-blank line of the file named by ``AFFECT_BRIDGE_API_TOKEN_FILE`` when that is set (the
+    file wins), else ``AFFECT_BRIDGE_API_TOKEN``. Never from the config file, never logged."""
+    file = os.environ.get("AFFECT_BRIDGE_API_TOKEN_FILE", "").strip()
+    return read_secret("AFFECT_BRIDGE_API_TOKEN", Path(file) if file else None,
+                       "AFFECT_BRIDGE_API_TOKEN_FILE")
 
 
 async def serve(settings: Settings) -> None:

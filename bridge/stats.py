@@ -1,11 +1,14 @@
-"""Typed statistics the pipeline pushes out: what the metrics sink needs besides events.
+"""Typed statistics the pipeline and the webhook sink push out: what the metrics sink needs besides
+events.
 
 Events say what happened to a speaker (``affect.sample``, ``speaker.left``, ...); these say how
 the machinery is doing (frames received, speech heard, work dropped, latency, inference
-batches). They are not part of the public event schema: no webhook or console ever sees them.
-The pipeline calls a :data:`Record` it was constructed with; in one process that is the
-Prometheus sink's ``record``, in a worker process it is the channel to the supervisor
-(:mod:`bridge.workers.pool`). Nothing reads pipeline state for metrics.
+batches; webhook deliveries and the outbox's backlog, from the webhook sink). They are not part
+of the public event schema: no webhook or console ever sees them. The pipeline (and the webhook
+sink) calls a :data:`Record` it was constructed with; in one process that is the Prometheus
+sink's ``record``, in a worker process it is the channel to the supervisor
+(:mod:`bridge.workers.pool`). Nothing reads pipeline state for metrics, and no sink writes
+another's metrics.
 
 A ``Record`` must be cheap, must not raise, and must be safe to call from any thread (inference
 batches are reported from the inference thread).
@@ -17,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Dropped", "FramesReceived", "InferenceBatch", "Record", "SpeechHeard", "Stat",
-           "WindowLatency", "WindowUnscored", "from_wire", "ignore", "to_wire"]
+__all__ = ["Dropped", "FramesReceived", "InferenceBatch", "OutboxPending", "Record", "SpeechHeard",
+           "Stat", "TaskFailed", "WebhookDelivery", "WebhookEndpoint", "WindowLatency",
+           "WindowUnscored", "from_wire", "ignore", "to_wire"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +73,49 @@ class WindowUnscored:
     reason: str
 
 
-Stat = FramesReceived | SpeechHeard | Dropped | WindowLatency | InferenceBatch | WindowUnscored
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """A task died of an unexpected exception (``task``: its kind, e.g. ``janus/supervise``, a
+    bounded metric label; ``error``: one line, type and message; ``at``: ``time.time()``)."""
+
+    task: str
+    error: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """A webhook endpoint is configured (``endpoint``: its label): its delivery counters are
+    exported at 0 from the start."""
+
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One webhook delivery attempt: its endpoint's label, its ``outcome`` (delivered, retry,
+    failed, disabled) and the request's ``seconds``."""
+
+    endpoint: str
+    outcome: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPending:
+    """Rows now waiting in the webhook outbox."""
+
+    n: int
+
+
+Stat = (FramesReceived | SpeechHeard | Dropped | WindowLatency | InferenceBatch | WindowUnscored
+        | TaskFailed | WebhookEndpoint | WebhookDelivery | OutboxPending)
 Record = Callable[[Stat], None]
 
 _TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in
                                 (FramesReceived, SpeechHeard, Dropped, WindowLatency,
-                                 InferenceBatch, WindowUnscored)}
+                                 InferenceBatch, WindowUnscored, TaskFailed, WebhookEndpoint,
+                                 WebhookDelivery, OutboxPending)}
 
 
 def ignore(stat: Stat) -> None:

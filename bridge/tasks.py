@@ -1,9 +1,11 @@
 """Every task has an owner: a small named set of tasks, cancelled and awaited on ``aclose``.
 
-A task that dies of an unexpected exception is logged, counted (:func:`failures`: the
-``affect_task_failures_total`` metric and ``/readyz``) and, when it was spawned with
-``on_failure``, handed to its owner, which decides what the death means (a call's supervision
-task ends the call with reason ``error``).
+A task that dies of an unexpected exception is logged and reported (:func:`report_failure`) to
+the running loop's exception handler as a :class:`~bridge.stats.TaskFailed`. Whoever runs the
+loop decides where that goes (:func:`record_failures`): the service and the demo record it into
+their metrics (``affect_task_failures_total``, ``/readyz``), a worker process sends it to its
+supervisor. When it was spawned with ``on_failure`` it is also handed to its owner, which decides
+what the death means (a call's supervision task ends the call with reason ``error``).
 """
 
 from __future__ import annotations
@@ -13,48 +15,67 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-__all__ = ["TaskFailure", "TaskSet", "failures", "recent_failures", "record_failure",
-           "report_failure"]
+from bridge import stats
+
+__all__ = ["TaskFailures", "TaskSet", "record_failures", "report_failure"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class TaskFailure:
-    task: str  # the kind of task (owner/name without ids): bounded, a metric label
-    error: str  # one line: exception type and message
-    at: float  # time.time()
+_CONTEXT_KEY = "affect_task_failed"
 
 
-_COUNTS: Counter[str] = Counter()
-_RECENT: deque[TaskFailure] = deque(maxlen=20)
-
-
-def report_failure(task: str, exc: BaseException) -> None:
-    """Count a task that died unexpectedly (``task``: its kind, e.g. ``janus/supervise``)."""
+def report_failure(task: str, exc: BaseException, *, name: str | None = None) -> None:
+    """A task of kind ``task`` (e.g. ``janus/supervise``; ``name``: the task's own name, with
+    its ids, for the log) died unexpectedly: hand it to the loop's exception handler, which logs
+    it (see :func:`record_failures`). Call it on the loop."""
     first = (str(exc).strip().splitlines() or [""])[0][:200]
-    _COUNTS[task] += 1
-    _RECENT.append(TaskFailure(task, f"{type(exc).__name__}: {first}".rstrip(": "), time.time()))
+    failed = stats.TaskFailed(task, f"{type(exc).__name__}: {first}".rstrip(": "), time.time())
+    asyncio.get_running_loop().call_exception_handler(
+        {"message": f"task {name or task} failed", "exception": exc, _CONTEXT_KEY: failed})
 
 
-def record_failure(task: str, error: str, *, at: float | None = None) -> None:
-    """Count a failure that happened elsewhere (a worker process's task, a worker's exit)."""
-    _COUNTS[task] += 1
-    _RECENT.append(TaskFailure(task, error[:300], time.time() if at is None else at))
+@contextlib.contextmanager
+def record_failures(record: stats.Record) -> Iterator[None]:
+    """While inside, the running loop logs task failures once and passes each to ``record``;
+    anything else reaches the handler that was there before."""
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        failed = context.get(_CONTEXT_KEY)
+        if isinstance(failed, stats.TaskFailed):
+            log.error("%s", context["message"], exc_info=context.get("exception"))
+            record(failed)
+        elif before is not None:
+            before(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(before)
 
 
-def failures() -> dict[str, int]:
-    """Tasks that died unexpectedly in this process, by kind."""
-    return dict(_COUNTS)
+class TaskFailures:
+    """Task failures by kind, and the latest few, as a process's metrics and ``/readyz`` show
+    them (fed :class:`~bridge.stats.TaskFailed` stats)."""
 
+    def __init__(self, recent: int = 20) -> None:
+        self.counts: Counter[str] = Counter()
+        self._recent: deque[stats.TaskFailed] = deque(maxlen=recent)
 
-def recent_failures(within_s: float) -> list[TaskFailure]:
-    cutoff = time.time() - within_s
-    return [f for f in _RECENT if f.at >= cutoff]
+    def add(self, failed: stats.TaskFailed) -> None:
+        self.counts[failed.task] += 1
+        self._recent.append(failed)
+
+    def recent(self, within_s: float) -> list[stats.TaskFailed]:
+        cutoff = time.time() - within_s
+        return [f for f in self._recent if f.at >= cutoff]
 
 
 def _kind(owner: str, name: str) -> str:
@@ -83,8 +104,8 @@ class TaskSet:
             return
         exc = task.exception()
         assert exc is not None
-        log.error("task %s failed", task.get_name(), exc_info=exc)
-        report_failure(_kind(self.owner, task.get_name().split("/", 1)[-1]), exc)
+        report_failure(_kind(self.owner, task.get_name().split("/", 1)[-1]), exc,
+                       name=task.get_name())
         if on_failure is not None:
             on_failure(exc)
 

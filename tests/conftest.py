@@ -315,7 +315,8 @@ async def api_client(token: str, **settings: Any) -> AsyncIterator[Any]:
     from aiohttp.test_utils import TestClient, TestServer
 
     from bridge.config import load_settings
-    from bridge.control.app import create_app, join_context
+    from bridge.connectors.context import join_context
+    from bridge.control.app import create_app
     from bridge.live.calls import CallManager
     from bridge.pipeline.analysis import AnalysisEngine
 
@@ -329,7 +330,7 @@ async def api_client(token: str, **settings: Any) -> AsyncIterator[Any]:
 
     manager = CallManager(engine, emit)
     try:
-        app = create_app(engine, manager, token=token, join=join_context(cfg))
+        app = create_app(engine, manager, token=token, join=join_context(cfg), shard=cfg.shard)
         async with TestClient(TestServer(app)) as client:
             client.manager, client.events = manager, events
             yield client

@@ -331,7 +331,7 @@ def test_debug_turns_on_this_projects_loggers_only() -> None:
     among them) flooded the terminal."""
     import logging
 
-    from bridge.cli import configure_logging
+    from bridge.logsafe import configure_logging
 
     root = logging.getLogger()
     saved = root.level, root.handlers[:]

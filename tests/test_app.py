@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bridge.allowlist import AllowList
 from bridge.config import load_settings
-from bridge.connectors.base import JoinContext
-from bridge.connectors.http import AllowList
+from bridge.connectors.context import JoinContext
 from bridge.control.app import create_app
 from bridge.demo.media_source import DemoSource
 from bridge.live.calls import CallManager

@@ -2,8 +2,13 @@ from pathlib import Path
 
 import pytest
 
+from analyzers.emotion import EmotionConfig
+from analyzers.prosody import ProsodyConfig
+from analyzers.semantic import SemanticConfig
 from analyzers.stress import StressConfig
-from bridge.config import ConfigError, load_settings
+from analyzers.vad import VadConfig
+from analyzers.windowing import WindowConfig
+from bridge.config import ConfigError, load_settings, read_secret
 from tests.conftest import CALM, run_cli
 
 
@@ -13,8 +18,10 @@ def test_defaults() -> None:
     assert s.analyzers == ["prosody", "emotion"]
     assert s.emotion.model == "superb/wav2vec2-base-superb-er"
     assert s.stress.on == 0.6 and s.stress.off == 0.3
-    # The config section and the detector agree on every default (one source of truth).
-    assert s.stress.build() == StressConfig()
+    # The analyzers' own config types are the sections: one definition of every default.
+    assert (s.vad, s.windowing, s.prosody, s.emotion, s.semantic, s.stress) == (
+        VadConfig(), WindowConfig(), ProsodyConfig(), EmotionConfig(), SemanticConfig(),
+        StressConfig())
 
 
 def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,6 +33,25 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("AFFECT_BRIDGE_EMOTION__MODEL", "/models/er")
     s = load_settings(cfg)
     assert s.stress.on == 0.8 and s.stress.off == 0.5 and s.emotion.model == "/models/er"
+    monkeypatch.setenv("AFFECT_BRIDGE_VAD__ENGINE", "webrtc")
+    monkeypatch.setenv("AFFECT_BRIDGE_STRESS__WEIGHTS", '{"f0": 0.5}')
+    monkeypatch.setenv("AFFECT_BRIDGE_EMOTION__DIMENSION_RANGE", "[-1, 1]")
+    s = load_settings(cfg)
+    assert s.vad.engine == "webrtc" and s.vad.aggressiveness == 3
+    assert s.stress.weights == {"f0": 0.5} and s.emotion.dimension_range == (-1.0, 1.0)
+    monkeypatch.setenv("AFFECT_BRIDGE_VAD__FRAME_MS", "32")  # webrtc's are 10, 20 or 30
+    with pytest.raises(ConfigError, match=r"vad\.frame_ms: .*webrtc frames are 10, 20 or 30 ms"):
+        load_settings(cfg)
+
+
+def test_settings_survive_the_trip_to_a_worker() -> None:
+    """A worker process gets the settings as JSON (bridge/workers/pool.py) and loads them."""
+    s = load_settings(None, vad={"engine": "webrtc", "frame_ms": 20}, emotion={
+        "dimension_range": [0, 2]}, stress={"weights": {"f0": 0.5}})
+    back = load_settings(None, **s.model_dump(mode="json"))
+    assert (back.vad, back.emotion, back.stress) == (s.vad, s.emotion, s.stress)
+    assert back.model_dump() == s.model_dump()
+    assert s.analyzer_options()["emotion"]["dimension_range"] == (0.0, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -44,6 +70,10 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ("[[webhooks]]\nurl = 'http://127.0.0.1:9/h'\nevents = ['stress.spikes.*']\n",
          "'stress.spikes.*' matches no event type"),
         ("[emotion]\ndevice = 'gpu'\n", "emotion.device"),
+        ("[emotion]\ndimension_range = [1, 0]\n", "emotion.dimension_range: Value error, must be"),
+        ("[stress.floors]\nf0 = 0\n", "stress.floors.f0: Input should be greater than 0"),
+        ("[vad]\nengine = 'rnnoise'\n", "vad.engine"),
+        ("[semantic]\nnum_beams = 0\n", "semantic.num_beams"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
@@ -52,6 +82,38 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> 
     with pytest.raises(ConfigError) as info:
         load_settings(cfg)
     assert needle in str(info.value)
+
+
+def test_a_secret_file_wins_over_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    from bridge.service import api_token
+
+    monkeypatch.setenv("AB_TEST_SECRET", " from-env ")
+    monkeypatch.delenv("AB_TEST_UNSET", raising=False)
+    secret = tmp_path / "secret"
+    secret.write_text("\nfrom-file \n\n")
+    assert read_secret("AB_TEST_SECRET", None, "test secret") == "from-env"
+    assert read_secret("AB_TEST_SECRET", secret, "test secret") == "from-file"
+    secret.write_text("from-file\nsecond line\n")  # refused: never silently cut short
+    with pytest.raises(ConfigError, match=r"test secret: file .* more than one line") as info:
+        read_secret("AB_TEST_SECRET", secret, "test secret")
+    assert "from-file" not in str(info.value) and "second" not in str(info.value)
+    assert read_secret("AB_TEST_UNSET", None, "test secret") is None
+    secret.write_text(" \n")
+    with pytest.raises(ConfigError, match=r"test secret: file .* is empty"):
+        read_secret("AB_TEST_SECRET", secret, "test secret")
+    # The control API's token is read the same way.
+    monkeypatch.delenv("AFFECT_BRIDGE_API_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("AFFECT_BRIDGE_API_TOKEN", "env-token")
+    assert api_token() == "env-token"
+    secret.write_text("file-token\n")
+    monkeypatch.setenv("AFFECT_BRIDGE_API_TOKEN_FILE", str(secret))
+    assert api_token() == "file-token"
+    monkeypatch.setenv("AFFECT_BRIDGE_API_TOKEN_FILE", str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match=r"AFFECT_BRIDGE_API_TOKEN_FILE: file .* is unreadable"
+                       ) as info:
+        api_token()
+    assert "env-token" not in str(info.value)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -45,6 +45,29 @@ async def test_table_tracks_each_speaker_state() -> None:
     await sink.aclose()
 
 
+async def test_table_state_follows_the_speaker_to_its_end() -> None:
+    """The row's state comes from the speaker's one fold: the spike ends, it idles, it leaves
+    (its spike count then the analysis's own, from speaker.left)."""
+    sink = ConsoleSink("table", io.StringIO())
+    started = ev.SpikeStartedData(offset_s=10, started_s=8, index=0.8, peak=0.8,
+                                  components=["f0"])
+
+    def row() -> str:
+        return next(line for line in sink.render().splitlines() if line.startswith("Alice"))
+
+    for event in (sample(0.8, False), ev.SpikeStarted(call=CALL, speaker=ALICE, data=started),
+                  ev.spike_ended(CALL, ALICE, started, offset_s=14, duration_s=6,
+                                 reason="recovered")):
+        await sink.emit(event)
+    assert "listening" in row()
+    await sink.emit(ev.SpeakerIdle(call=CALL, speaker=ALICE, data=ev.SpeakerIdleData(
+        offset_s=20, silent_s=5)))
+    assert "idle" in row()
+    await sink.emit(ev.speaker_left(CALL, ALICE, offset_s=30, reason="left", speech_s=12.0,
+                                    spikes=2))
+    assert "left" in row() and row().split()[-2] == "2"
+
+
 def test_bad_mode() -> None:
     with pytest.raises(ValueError):
         ConsoleSink("csv")

@@ -165,7 +165,7 @@ def test_offline_mode_is_offline_and_other_errors_are_not_the_hub() -> None:
 
 
 def test_a_network_line_already_shown_is_not_shown_again() -> None:
-    from bridge.offline.download import ShownOnceFilter
+    from bridge.logsafe import ShownOnceFilter
 
     once = ShownOnceFilter()
 

@@ -101,7 +101,7 @@ def test_a_refused_checkpoint_is_one_degradation_and_analysis_goes_on(tmp_path: 
 async def test_a_dimensional_model_live_through_the_demo_whep_path(
         source: Any, tiny_dimensional_model: Path) -> None:
     from bridge.connectors.whep import WhepConnector
-    from bridge.live.calls import CallManager
+    from bridge.live.calls import CallManager, Join
     from bridge.pipeline.analysis import AnalysisEngine
 
     engine = AnalysisEngine(_settings(tiny_dimensional_model))
@@ -114,8 +114,8 @@ async def test_a_dimensional_model_live_through_the_demo_whep_path(
 
     manager = CallManager(engine, emit)
     info = ev.CallInfo(id="whep:dimensional", connector="whep")
-    await manager.join(info, lambda i, on_sp, on_left: WhepConnector(
-        i, on_sp, on_left, url=source.url, token="s3cret", tracks=1, displays=["Alice"]))
+    await manager.join(Join(info, lambda i, on_sp, on_left: WhepConnector(
+        i, on_sp, on_left, url=source.url, token="s3cret", tracks=1, displays=["Alice"])))
 
     def estimated() -> list[ev.AffectSampleData]:
         return [e.data for e in got if isinstance(e, ev.AffectSample) and e.data.arousal is not None]

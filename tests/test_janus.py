@@ -25,10 +25,12 @@ from aiortc.contrib.media import MediaPlayer
 
 from bridge import events as ev
 from bridge.config import load_settings
-from bridge.connectors.base import ConnectorError, close_peer_connection, ice_configuration
-from bridge.connectors.janus import JanusAuth, JanusSession
+from bridge.connectors.base import close_peer_connection, ice_configuration
+from bridge.connectors.context import JanusAuth
+from bridge.connectors.janus_session import JanusSession
 from bridge.control.app import MANAGER, build_app
 from bridge.demo.run import demo_clips
+from bridge.errors import ConnectorError
 from bridge.live.ice import restrict_host_addresses
 from tests.conftest import until
 from tests.janus_net import JanusNetns, janus_available

@@ -13,10 +13,10 @@ from aiortc import RTCPeerConnection
 
 from bridge import events as ev
 from bridge.config import load_settings
-from bridge.connectors.base import ConnectorError
 from bridge.connectors.whep import WhepConnector
 from bridge.demo.media_source import DemoSource
-from bridge.live.calls import CallManager
+from bridge.errors import ConnectorError
+from bridge.live.calls import CallManager, Join
 from bridge.pipeline.analysis import AnalysisEngine
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
@@ -47,8 +47,8 @@ def _whep(url: str, **kw: Any) -> Any:
 async def test_whep_call_drains_every_track_and_leaves_cleanly(source: DemoSource) -> None:
     manager, got = await _manager()
     info = ev.CallInfo(id="whep:test", connector="whep")
-    call = await manager.join(info, _whep(source.url, token="s3cret", tracks=3,
-                                          displays=["Alice", "Bob", "Carol"]))
+    call = await manager.join(Join(info, _whep(source.url, token="s3cret", tracks=3,
+                                          displays=["Alice", "Bob", "Carol"])))
     assert source.sessions == 1
     for _ in range(100):  # until audio flows (bounded: 10 s)
         if call.speakers and all(p.frames > 100 for p in call.speakers.values()):
@@ -71,11 +71,11 @@ async def test_wrong_token_unreachable_and_bad_answers_are_connector_errors(
     manager, got = await _manager()
     info = ev.CallInfo(id="whep:bad", connector="whep")
     with pytest.raises(ConnectorError, match="401"):
-        await manager.join(info, _whep(source.url, token="wrong"))
+        await manager.join(Join(info, _whep(source.url, token="wrong")))
     with pytest.raises(ConnectorError, match="unreachable"):
-        await manager.join(info, _whep("http://127.0.0.1:9/whep"))
+        await manager.join(Join(info, _whep("http://127.0.0.1:9/whep")))
     with pytest.raises(ConnectorError, match="404"):
-        await manager.join(info, _whep(source.url.replace("/whep", "/nope"), token="s3cret"))
+        await manager.join(Join(info, _whep(source.url.replace("/whep", "/nope"), token="s3cret")))
     assert manager.calls == {} and got == [] and source.sessions == 0
     await manager.engine.aclose()
 
@@ -195,7 +195,7 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
 
     async def cycle() -> None:
         nonlocal peak_series
-        call = await manager.join(info, _whep(source.url, token="s3cret", tracks=2))
+        call = await manager.join(Join(info, _whep(source.url, token="s3cret", tracks=2)))
         for _ in range(250):  # until audio flows on both tracks (bounded: 5 s)
             if len(call.speakers) == 2 and all(p.frames for p in call.speakers.values()):
                 break
@@ -223,11 +223,11 @@ async def test_join_leave_cycles_leave_nothing_behind(source: DemoSource) -> Non
 async def test_leaving_while_still_connecting_leaves_no_tasks(source: DemoSource) -> None:
     manager, _ = await _manager()
     info = ev.CallInfo(id="whep:hasty", connector="whep")
-    await manager.join(info, _whep(source.url, token="s3cret", tracks=2))
+    await manager.join(Join(info, _whep(source.url, token="s3cret", tracks=2)))
     await manager.leave(info.id, "hasty")
     before = len(asyncio.all_tasks())
     for _ in range(20):
-        await manager.join(info, _whep(source.url, token="s3cret", tracks=2))
+        await manager.join(Join(info, _whep(source.url, token="s3cret", tracks=2)))
         await manager.leave(info.id, "hasty")  # at once: ICE checks still running
     await asyncio.sleep(0.2)
     assert len(asyncio.all_tasks()) == before
@@ -249,7 +249,7 @@ async def test_live_calls_use_the_semantic_stream_when_enabled(source: DemoSourc
 
     manager = CallManager(engine, emit)
     info = ev.CallInfo(id="whep:semantic", connector="whep")
-    await manager.join(info, _whep(source.url, token="s3cret", tracks=1, displays=["Alice"]))
+    await manager.join(Join(info, _whep(source.url, token="s3cret", tracks=1, displays=["Alice"])))
     for _ in range(300):  # until a sample carries sentiment (bounded: 30 s)
         if any(isinstance(e, ev.AffectSample) and "semantic" in e.data.extra for e in got):
             break

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from bridge import events as ev
+from bridge import stats
 from bridge.config import load_settings
 from bridge.connectors.whep import WhepConnector
-from bridge.live.calls import CallManager
+from bridge.live.calls import CallManager, Join
 from bridge.pipeline.analysis import AnalysisEngine, SpeakerAnalysis
-from bridge.tasks import failures
+from bridge.tasks import record_failures
 from tests.bridge_proc import Bridge
 from tests.conftest import until
 from tests.media_helpers import ScriptedTrack, ScriptedWhep, speech_48k
@@ -78,8 +79,8 @@ async def test_gaps_keep_wall_time_and_quiet_speakers_come_back(tmp_path: Path) 
     drift: list[float] = []  # speaker A's timeline minus wall time, once a second
     try:
         await process.start()
-        call = await manager.join(info, lambda i, s, left: WhepConnector(i, s, left,
-                                                                         url=server_a.url))
+        call = await manager.join(Join(info, lambda i, s, left: WhepConnector(i, s, left,
+                                                                         url=server_a.url)))
         await process.join([server_b.url])
         await until(lambda: sender_a.started and sender_b.started, "audio sent")
         assert sender_b.started is not None
@@ -176,9 +177,11 @@ async def test_a_drain_that_fails_ends_that_speaker_only(monkeypatch: pytest.Mon
     await server.start()
     manager, rec = await _bridge()
     info = ev.CallInfo(id="whep:failing", connector="whep")
-    before = failures().get("speaker/drain", 0)
-    call = await manager.join(info, lambda i, s, left: WhepConnector(i, s, left, url=server.url,
-                                                                     tracks=2))
+    failed: list[stats.Stat] = []
+    recording = record_failures(failed.append)
+    recording.__enter__()
+    call = await manager.join(Join(info, lambda i, s, left: WhepConnector(i, s, left, url=server.url,
+                                                                     tracks=2)))
     ok, bad = f"{info.id}:0", f"{info.id}:1"
     try:
         for _ in range(200):  # until the failing speaker is gone and the other went on
@@ -190,8 +193,10 @@ async def test_a_drain_that_fails_ends_that_speaker_only(monkeypatch: pytest.Mon
         await manager.aclose()
         await manager.engine.aclose()
         await server.aclose()
+        recording.__exit__(None, None, None)
     [(left_at, left)] = rec.of("speaker.left", bad)
     assert left.data.reason == "error"
     assert any(t > left_at for t, _ in rec.of("affect.sample", ok))
-    assert failures()["speaker/drain"] == before + 1
+    assert [(f.task, f.error) for f in failed if isinstance(f, stats.TaskFailed)] == [
+        ("speaker/drain", "RuntimeError: analysis bug")]
     assert [e.data.reason for _, e in rec.of("speaker.left", ok)] == ["call left"]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bridge.allowlist import AllowList, AllowRule, redact_url
 from bridge.config import ConfigError, load_settings
-from bridge.connectors.http import AllowList, AllowRule, redact_url
 from tests.conftest import api_client, until
 from tests.media_helpers import ScriptedTrack, ScriptedWhep, speech_48k
 

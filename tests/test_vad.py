@@ -2,7 +2,6 @@ import warnings
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
 from analyzers.types import AudioChunk
 from analyzers.vad import (
@@ -14,7 +13,7 @@ from analyzers.vad import (
     sanitize,
 )
 from analyzers.windowing import SpeechWindower, WindowConfig
-from bridge.config import VadSettings
+from bridge.config import ConfigError, load_settings
 from bridge.pipeline.audio import read_file
 from tests import noise as room
 from tests.conftest import CALM, SR, harmonic
@@ -206,23 +205,26 @@ def test_windower_runs_on_silero_frames(silero: SileroModel) -> None:
 
 
 def test_settings_choose_the_engine() -> None:
-    default = VadSettings().build()
-    assert default.engine == "silero" and default.effective_frame_ms == 32
-    assert VadSettings(engine="webrtc").build().effective_frame_ms == 30
-    assert VadSettings(engine="webrtc", frame_ms=20).build().effective_frame_ms == 20
-    cfg = VadSettings(engine="silero", threshold=0.6).build()
+    def vad(**section: object) -> VadConfig:
+        return load_settings(None, vad=section).vad
+
+    default = vad()
+    assert default == VadConfig() and default.engine == "silero" and default.effective_frame_ms == 32
+    assert vad(engine="webrtc").effective_frame_ms == 30
+    assert vad(engine="webrtc", frame_ms=20).effective_frame_ms == 20
+    cfg = vad(engine="silero", threshold=0.6)
     assert (cfg.engine, cfg.threshold, cfg.effective_frame_ms) == ("silero", 0.6, 32)
-    assert VadSettings(engine="silero", frame_ms=32).build().effective_frame_ms == 32
-    for bad in ({"engine": "silero", "frame_ms": 30}, {"engine": "webrtc", "frame_ms": 32},
-                {"threshold": 1.5},
-                {"engine": "rnnoise"}):
-        with pytest.raises(ValidationError):
-            VadSettings(**bad)  # type: ignore[arg-type]
+    assert vad(engine="silero", frame_ms=32).effective_frame_ms == 32
+    for bad, where in (({"engine": "silero", "frame_ms": 30}, "vad.frame_ms"),
+                       ({"engine": "webrtc", "frame_ms": 32}, "vad.frame_ms"),
+                       ({"threshold": 1.5}, "vad.threshold"),
+                       ({"engine": "rnnoise"}, "vad.engine")):
+        with pytest.raises(ConfigError, match=where):
+            vad(**bad)
 
 
 async def test_the_engine_loads_silero_once_and_every_speaker_shares_it() -> None:
     from bridge import events as ev
-    from bridge.config import load_settings
     from bridge.pipeline.analysis import AnalysisEngine, SpeakerAnalysis
 
     engine = AnalysisEngine(load_settings(None, analyzers=[], vad={"engine": "silero"}))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from bridge import stats
 from bridge.config import ConfigError, OutboxSettings, WebhookSettings
 from bridge.delivery.outbox import OutboxRow
 from bridge.delivery.prometheus import PrometheusSink
@@ -44,9 +45,10 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 def make_sink(tmp_path: Path, *endpoints: dict[str, object], max_rows: int = 100_000,
               metrics: PrometheusSink | None = None) -> WebhookSink:
+    """A sink whose statistics go to ``metrics``, when given."""
     return WebhookSink([WebhookSettings(**e) for e in endpoints],  # type: ignore[arg-type]
                        OutboxSettings(path=tmp_path / "outbox.sqlite3", max_rows=max_rows),
-                       metrics=metrics)
+                       record=metrics.record if metrics is not None else stats.ignore)
 
 
 async def test_signed_per_standard_webhooks_with_key_rotation(tmp_path: Path,
@@ -242,4 +244,10 @@ def test_missing_or_malformed_secrets_are_config_errors(tmp_path: Path,
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET_B + "\n")
     sink = make_sink(tmp_path, endpoint("http://127.0.0.1:9/hook", secret_file=str(secret_file)))
-    assert len(sink.endpoints[0].secrets) == 1
+    assert len(sink.endpoints[0].secrets) == 1  # the file, not the (malformed) variable
+    secret_file.write_text(f"{SECRET_A} {SECRET_B}\n")  # rotation: two on the first line
+    sink = make_sink(tmp_path, endpoint("http://127.0.0.1:9/hook", secret_file=str(secret_file)))
+    assert len(sink.endpoints[0].secrets) == 2
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="unreadable"):
+        make_sink(tmp_path, endpoint("http://127.0.0.1:9/hook", secret_file=missing))

@@ -12,9 +12,9 @@ import abc
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 from aiortc import (
     MediaStreamTrack,
@@ -27,27 +27,17 @@ from aiortc.mediastreams import MediaStreamError
 from pydantic import BaseModel
 
 from bridge import events as ev
-
-if TYPE_CHECKING:
-    from bridge.connectors.http import AllowList, OutboundLimits
-    from bridge.connectors.janus_session import JanusAuth
+from bridge.connectors.context import JoinContext
+from bridge.errors import ConnectorError
 
 T = TypeVar("T")
 
+# ConnectorError and JoinContext are named here for connector plugins (their home is
+# bridge.errors and bridge.connectors.context).
 __all__ = ["Backoff", "Connector", "ConnectorError", "ConnectorFactory", "JoinContext",
            "SpeakerTrack",
            "close_peer_connection", "discard_track", "finish_on_cancel", "ice_configuration",
            "receiver_of"]
-
-
-class ConnectorError(RuntimeError):
-    """Joining failed for a reason worth one line (unreachable, refused, bad answer).
-    ``error`` is the control API's error code for it, ``status`` its HTTP status."""
-
-    def __init__(self, reason: str, *, error: str = "join_failed", status: int = 422) -> None:
-        super().__init__(reason)
-        self.error = error
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +49,6 @@ class SpeakerTrack:
     #: The track's receiver, when the connector knows it: a track nobody analyses any more is
     #: switched off there (no decoding), see :func:`discard_track`.
     receiver: RTCRtpReceiver | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class JoinContext:
-    """What a connector joined on request takes from the service's config: ICE servers, the
-    outbound allow-list and limits (bridge/connectors/http.py), and the credentials of the Janus
-    servers named in config (by URL)."""
-
-    ice_servers: list[str] = field(default_factory=list)
-    #: Media servers the control API may join (None: only the request's own URL, for callers
-    #: that chose the URL themselves: the demo, tests).
-    allow: AllowList | None = None
-    limits: OutboundLimits | None = None
-    janus_auth: Mapping[str, JanusAuth] = field(default_factory=dict)
 
 
 OnSpeaker = Callable[[SpeakerTrack], Coroutine[Any, Any, None]]

@@ -9,23 +9,21 @@ through a :class:`MediaServerClient`:
 - to hosts the :class:`AllowList` admits, checked before any connection is made and again on
   every DNS answer (a name that resolves somewhere else later is refused then);
 - **no redirects**, a time limit per request, a size limit per response;
-- failures are :class:`~bridge.connectors.base.ConnectorError` with a reason code and at most the
+- failures are :class:`~bridge.errors.ConnectorError` with a reason code and at most the
   upstream's HTTP status: never the upstream's body, never the URL's user info or query string.
   The client maps them for every connector: a connection that fails or times out is
   ``unreachable``, a status the caller did not expect ``upstream_error``, an answer too large or
   of the wrong kind ``bad_response``.
 
-:func:`redact_url` is what logs and error reasons show of a URL.
+The allow-list itself, and :func:`~bridge.allowlist.redact_url` (what logs and error reasons show
+of a URL), are :mod:`bridge.allowlist`: config checks its entries without this client.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import json as jsonlib
-import re
 import socket
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,170 +31,10 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from bridge.connectors.base import ConnectorError
+from bridge.allowlist import AllowList, parse_ip, redact_url, refused
+from bridge.errors import ConnectorError
 
-__all__ = ["AllowList", "AllowRule", "MediaServerClient", "OutboundLimits", "Reply",
-           "redact_url"]
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_HOST = re.compile(r"^(\*\.)?[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*$")
-
-
-def redact_url(url: str | URL) -> str:
-    """``url`` as logs and error reasons may show it: scheme, host, port and path; no user info,
-    no query string, no fragment (any of them can carry a token)."""
-    try:
-        parsed = url if isinstance(url, URL) else URL(url)
-        if not parsed.is_absolute():
-            return "(relative URL)"
-        shown = parsed.with_user(None).with_query(None).with_fragment(None)
-        text = str(shown)
-    except (ValueError, TypeError):
-        return "(unparseable URL)"
-    return text[:300]
-
-
-def _ip(text: str) -> IPAddress | None:
-    try:
-        addr = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
-    return addr
-
-
-@dataclass(frozen=True, slots=True)
-class AllowRule:
-    """One allow-list entry: a host name (``*.`` prefix: any name below it) or an IP network,
-    and a port (None: any port)."""
-
-    host: str | None = None
-    network: IPNetwork | None = None
-    port: int | None = None
-
-    @classmethod
-    def parse(cls, entry: str) -> AllowRule:
-        """``host``, ``host:port``, ``*.example.org[:port]``, ``10.0.0.5[:port]``,
-        ``10.0.0.0/8[:port]``, ``[fd00::/8]:port``, ``fd00::/8``. Raises ValueError."""
-        text = entry.strip().lower()
-        port: int | None = None
-        if text.startswith("["):
-            inner, sep, rest = text[1:].partition("]")
-            if not sep or (rest and not rest.startswith(":")):
-                raise ValueError(f"{entry!r}: expected [IPv6 address or network]:port")
-            text, port_text = inner, rest[1:] if rest else ""
-        elif text.count(":") == 1:
-            text, _, port_text = text.partition(":")
-        else:
-            port_text = ""  # a bare IPv6 address or network has no port
-        if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise ValueError(f"{entry!r}: the port must be 1..65535")
-            port = int(port_text)
-        if not text:
-            raise ValueError(f"{entry!r}: no host")
-        try:
-            network = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            network = None
-        if network is not None:
-            return cls(network=network, port=port)
-        host = text.rstrip(".")
-        if not _HOST.fullmatch(host):
-            raise ValueError(f"{entry!r} is neither a host name nor an IP address or network")
-        return cls(host=host, port=port)
-
-    def admits_name(self, host: str, port: int) -> bool:
-        if self.host is None or (self.port is not None and self.port != port):
-            return False
-        if self.host.startswith("*."):
-            return host.endswith(self.host[1:])
-        return host == self.host
-
-    def admits_ip(self, addr: IPAddress, port: int) -> bool:
-        if self.network is None or (self.port is not None and self.port != port):
-            return False
-        return addr.version == self.network.version and addr in self.network
-
-    def __str__(self) -> str:
-        where = self.host or str(self.network)
-        if self.port is None:
-            return where
-        return f"[{where}]:{self.port}" if ":" in where else f"{where}:{self.port}"
-
-
-def _host_port(url: URL) -> tuple[str, int]:
-    host = (url.raw_host or "").lower().rstrip(".")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return host, port
-
-
-class AllowList:
-    """Which media servers the bridge may connect to. Empty: none (beyond what a client pins)."""
-
-    def __init__(self, rules: Iterable[AllowRule] = ()) -> None:
-        self.rules = tuple(rules)
-
-    @classmethod
-    def parse(cls, entries: Iterable[str]) -> AllowList:
-        return cls(AllowRule.parse(e) for e in entries)
-
-    @classmethod
-    def origins(cls, urls: Iterable[str]) -> AllowList:
-        """Exactly the hosts and ports of ``urls`` (servers named in config)."""
-        rules = []
-        for url in urls:
-            host, port = _host_port(URL(url))
-            addr = _ip(host)
-            rules.append(AllowRule(network=ipaddress.ip_network(addr), port=port)
-                         if addr is not None else AllowRule(host=host, port=port))
-        return cls(rules)
-
-    def __add__(self, other: AllowList) -> AllowList:
-        return AllowList(self.rules + other.rules)
-
-    def __bool__(self) -> bool:
-        return bool(self.rules)
-
-    def admits_name(self, host: str, port: int) -> bool:
-        addr = _ip(host)
-        if addr is not None:
-            return self.admits_ip(addr, port)
-        return any(r.admits_name(host, port) for r in self.rules)
-
-    def admits_ip(self, addr: IPAddress, port: int) -> bool:
-        return any(r.admits_ip(addr, port) for r in self.rules)
-
-    async def check(self, url: str) -> None:
-        """Raise ConnectorError ``not_allowed`` (403) unless a request to ``url`` may be made.
-        A host name not admitted by name is resolved here: admitted when one of its addresses
-        is (the client then connects only to admitted addresses). Connects to nothing."""
-        parsed = URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-            raise _refused(url, "only http(s) URLs with a host are allowed")
-        host, port = _host_port(parsed)
-        if self.admits_name(host, port):
-            return
-        if _ip(host) is None and any(r.network is not None for r in self.rules):
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM)
-            except OSError:
-                raise ConnectorError(f"media server {redact_url(url)}: its host name does not "
-                                     "resolve", error="unreachable") from None
-            addrs = (_ip(str(info[4][0])) for info in infos)
-            if any(a is not None and self.admits_ip(a, port) for a in addrs):
-                return
-        raise _refused(url, "not in the outbound allow-list (config: outbound.allow)")
-
-
-def _refused(url: str, why: str) -> ConnectorError:
-    return ConnectorError(f"media server {redact_url(url)}: {why}", error="not_allowed",
-                          status=403)
-
+__all__ = ["MediaServerClient", "OutboundLimits", "Reply"]
 
 class _AllowListResolver(AbstractResolver):
     """DNS answers filtered by the allow-list: the client connects only to admitted addresses,
@@ -211,7 +49,7 @@ class _AllowListResolver(AbstractResolver):
         infos = await self._inner.resolve(host, port, family)
         if self._allow.admits_name(host.lower().rstrip("."), port):
             return infos
-        kept = [i for i in infos if (a := _ip(i["host"])) is not None
+        kept = [i for i in infos if (a := parse_ip(i["host"])) is not None
                 and self._allow.admits_ip(a, port)]
         if not kept:
             raise OSError(f"{host} resolves to no address the outbound allow-list admits")
@@ -269,7 +107,7 @@ class MediaServerClient:
         in ``ok``, when ``ok`` is given)."""
         target = self.same_origin(str(url))
         if target is None:
-            raise _refused(str(url), f"not on the origin of the {self.what}")
+            raise refused(str(url), f"not on the origin of the {self.what}")
         if self._http is None:
             await self._allow.check(str(target))
             self._http = aiohttp.ClientSession(
@@ -283,12 +121,12 @@ class MediaServerClient:
                                           allow_redirects=False) as resp:
                 reply = Reply(resp.status, resp.headers, await self._read(resp))
         except aiohttp.ClientError as exc:
-            raise self.failure(f"unreachable ({type(exc).__name__})", error="unreachable"
+            raise self.failure(f"unreachable ({type(exc).__name__})", code="unreachable"
                                ) from None
         except TimeoutError:
-            raise self.failure("did not answer in time", error="unreachable") from None
+            raise self.failure("did not answer in time", code="unreachable") from None
         if ok is not None and reply.status not in ok:
-            raise self.failure(f"answered HTTP {reply.status}", error="upstream_error")
+            raise self.failure(f"answered HTTP {reply.status}", code="upstream_error")
         return reply
 
     def json_object(self, reply: Reply) -> dict[str, Any]:
@@ -302,10 +140,10 @@ class MediaServerClient:
             raise self.failure("sent a reply that is not a JSON object")
         return value
 
-    def failure(self, what_happened: str, *, error: str = "bad_response") -> ConnectorError:
+    def failure(self, what_happened: str, *, code: str = "bad_response") -> ConnectorError:
         """A failure of this server as the control API reports it: ``"<what> <url as logs may
-        show it> <what_happened>"``, with the error code ``error``."""
-        return ConnectorError(f"{self.what} {self.shown} {what_happened}", error=error)
+        show it> <what_happened>"``, with the error code ``code``."""
+        return ConnectorError(f"{self.what} {self.shown} {what_happened}", code=code)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self.limits.max_response_bytes

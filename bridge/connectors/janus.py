@@ -25,12 +25,11 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from pydantic import Field, SecretStr, field_validator
 
 from bridge import events as ev
+from bridge.allowlist import AllowList, redact_url
 from bridge.connectors.base import (
     Backoff,
     Connector,
-    ConnectorError,
     ConnectorFactory,
-    JoinContext,
     OnSpeaker,
     OnSpeakerLeft,
     SpeakerTrack,
@@ -39,29 +38,22 @@ from bridge.connectors.base import (
     ice_configuration,
     receiver_of,
 )
-from bridge.connectors.http import AllowList, OutboundLimits, redact_url
-from bridge.connectors.janus_session import (
-    NO_SUCH_ROOM,
-    EventHandler,
-    JanusAuth,
-    JanusError,
-    JanusSession,
-    plugin_data,
-    server_key,
-)
+from bridge.connectors.context import JanusAuth, JoinContext, server_key
+from bridge.connectors.http import OutboundLimits
+from bridge.connectors.janus_session import NO_SUCH_ROOM, EventHandler, JanusError, JanusSession, plugin_data
+from bridge.errors import ConnectorError
 from bridge.join_options import DEFAULT_DISPLAY, JanusJoinOptions
 from bridge.tasks import TaskSet
 
-# JanusAuth, JanusError, JanusSession and server_key live in janus_session; they are named here
-# too because callers that join Janus rooms reach them through this module.
-__all__ = ["DEFAULT_DISPLAY", "JanusAuth", "JanusConnector", "JanusError", "JanusJoin",
-           "JanusSession", "janus_call_info", "server_key"]
+__all__ = ["JanusConnector", "JanusJoin", "janus_call_info"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Feed:
+class _Publisher:
+    """A Janus publisher (feed) in the room: its handle and peer connection once subscribed."""
+
     feed: str
     display: str
     handle: int | None = None
@@ -155,7 +147,7 @@ class JanusConnector(Connector):
         self._session: JanusSession | None = None
         self._handle: int | None = None
         self._own_id: str | None = None
-        self._feeds: dict[str, _Feed] = {}
+        self._feeds: dict[str, _Publisher] = {}
         self._publishers: dict[str, dict[str, Any]] = {}  # feed id -> as the room announced it
         # Resubscription backoff per publisher: outlives the failed attempts' feed state.
         self._feed_backoff: dict[str, Backoff] = {}
@@ -199,7 +191,7 @@ class JanusConnector(Connector):
             self._session = None
             await session.close()
             raise ConnectorError(f"Janus {self.shown} answered the room join without saying "
-                                 "it joined", error="bad_response")
+                                 "it joined", code="bad_response")
         self._own_id = str(data.get("id"))
         log.info("joined Janus room %s on %s as %r", self.room, self.shown, self.display_name)
         await self._on_publishers(data.get("publishers", []))
@@ -247,7 +239,7 @@ class JanusConnector(Connector):
                 try:
                     await self._connect()
                 except JanusError as exc:
-                    if exc.code == NO_SUCH_ROOM:
+                    if exc.janus_code == NO_SUCH_ROOM:
                         self.end("room destroyed")
                         return
                     log.warning("rejoining Janus room %s failed: %s", self.room, exc)
@@ -269,7 +261,7 @@ class JanusConnector(Connector):
                 data, _ = await session.message(self._handle, {"request": "listparticipants",
                                                                "room": self.room})
             except JanusError as exc:
-                if exc.code == NO_SUCH_ROOM:
+                if exc.janus_code == NO_SUCH_ROOM:
                     self.end("room destroyed")
                 continue
             except ConnectorError:
@@ -324,7 +316,7 @@ class JanusConnector(Connector):
         pub = self._publishers.get(feed)
         if session is None or feed in self._feeds or pub is None:
             return
-        state = _Feed(feed, str(pub.get("display") or f"feed {feed}"),
+        state = _Publisher(feed, str(pub.get("display") or f"feed {feed}"),
                       speaker_id=f"{self.call.id}:{feed}")
         self._feeds[feed] = state
         audio_mids = [s["mid"] for s in pub.get("streams") or []

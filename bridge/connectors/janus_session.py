@@ -15,15 +15,18 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from bridge.connectors.base import ConnectorError, finish_on_cancel
-from bridge.connectors.http import AllowList, MediaServerClient, OutboundLimits, redact_url
+from bridge.allowlist import AllowList, redact_url
+from bridge.connectors.base import finish_on_cancel
+from bridge.connectors.context import JanusAuth
+from bridge.connectors.http import MediaServerClient, OutboundLimits
+from bridge.errors import ConnectorError
 from bridge.tasks import TaskSet
 
-__all__ = ["NO_SUCH_ROOM", "NO_SUCH_SESSION", "VIDEOROOM", "EventHandler", "JanusAuth",
-           "JanusError", "JanusSession", "plugin_data", "server_key"]
+__all__ = ["NO_SUCH_ROOM", "NO_SUCH_SESSION", "VIDEOROOM", "EventHandler", "JanusError",
+           "JanusSession", "plugin_data"]
 
 log = logging.getLogger(__name__)
 
@@ -35,38 +38,13 @@ EventHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class JanusError(ConnectorError):
-    """Janus refused a request (``code`` is Janus's or the VideoRoom plugin's error code)."""
+    """Janus refused a request (``janus_code`` is Janus's or the VideoRoom plugin's error
+    code)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"Janus error {code}: {reason}",
-                         error="room_not_found" if code == NO_SUCH_ROOM else "join_failed")
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class JanusAuth:
-    """Credentials for a protected Janus: the server's ``api_secret`` (sent as ``apisecret`` in
-    every request), a stored token (``token_auth``), and the room ``pin``. Never logged."""
-
-    apisecret: str | None = None
-    token: str | None = None
-    pin: str | None = None
-
-    def __repr__(self) -> str:
-        return "JanusAuth(...)"
-
-    def over(self, fallback: JanusAuth | None) -> JanusAuth:
-        """These credentials, with ``fallback``'s where these have none."""
-        if fallback is None:
-            return self
-        return JanusAuth(self.apisecret or fallback.apisecret, self.token or fallback.token,
-                         self.pin or fallback.pin)
-
-
-def server_key(url: str) -> str:
-    """How a Janus server named in config is recognised in a join request: its URL without user
-    info, query or trailing slash."""
-    return redact_url(url).rstrip("/")
+                         code="room_not_found" if code == NO_SUCH_ROOM else "join_failed")
+        self.janus_code = code
 
 
 class JanusSession:

@@ -22,9 +22,7 @@ from yarl import URL
 from bridge import events as ev
 from bridge.connectors.base import (
     Connector,
-    ConnectorError,
     ConnectorFactory,
-    JoinContext,
     OnSpeaker,
     OnSpeakerLeft,
     SpeakerTrack,
@@ -33,7 +31,9 @@ from bridge.connectors.base import (
     ice_configuration,
     receiver_of,
 )
+from bridge.connectors.context import JoinContext
 from bridge.connectors.http import MediaServerClient
+from bridge.errors import ConnectorError
 from bridge.join_options import HttpUrl
 from bridge.tasks import TaskSet
 

@@ -13,18 +13,15 @@ import logging
 from typing import Any
 
 from bridge import events as ev
+from bridge.allowlist import redact_url
 from bridge.config import JanusSettings, ShardSettings
-from bridge.connectors.base import Backoff, ConnectorError, JoinContext
-from bridge.connectors.http import redact_url
-from bridge.connectors.janus import (
-    JanusConnector,
-    JanusJoin,
-    JanusSession,
-    janus_call_info,
-    server_key,
-)
+from bridge.connectors.base import Backoff
+from bridge.connectors.context import JoinContext, server_key
+from bridge.connectors.janus import JanusConnector, JanusJoin, janus_call_info
+from bridge.connectors.janus_session import JanusSession
 from bridge.control.shard import owns
-from bridge.live.calls import CallHost, JoinRequest
+from bridge.errors import BridgeError, ConnectorError
+from bridge.live.calls import CallHost, Join
 from bridge.tasks import TaskSet, report_failure
 
 __all__ = ["JanusAutoJoin"]
@@ -73,8 +70,8 @@ class JanusAutoJoin:
             except ConnectorError as exc:
                 log.warning("auto-join on %s: %s", self._shown, exc)
             except Exception as exc:  # an unexpected reply must not end auto-join for good
-                log.exception("auto-join on %s failed; starting again", self._shown)
-                report_failure("autojoin/poll", exc)
+                report_failure("autojoin/poll", exc,
+                               name=f"auto-join on {self._shown} (starting again)")
             finally:
                 await session.close()
             await backoff.sleep()
@@ -109,9 +106,8 @@ class JanusAutoJoin:
             request = JanusJoin(connector="janus", url=cfg.url, room=room,
                                 display_name=cfg.display_name,
                                 leave_when_empty=cfg.leave_when_empty)
-            _, factory = JanusConnector.from_request(request, self._ctx)
-            call = await self.manager.join(info, factory, request=JoinRequest("janus", request))
-        except (ConnectorError, ValueError) as exc:
+            call = await self.manager.join(Join.of(JanusConnector, request, self._ctx))
+        except (BridgeError, ValueError) as exc:  # ValueError: a room the request refuses
             if self._failed.get(info.id) != str(exc):
                 log.warning("auto-join of room %s on %s failed: %s", room, self._shown, exc)
             self._failed[info.id] = str(exc)

@@ -17,7 +17,7 @@ naming the replica that answered.
   connection: 502 ``owner_failed`` (in both it may have carried the request out).
 * Nothing is forwarded with ``shard.count`` 1 or without peer addresses, and a ``POST`` whose call
   id cannot be computed (bad JSON, unknown connector, invalid request) is answered here, with the
-  same error the owner would give.
+  same error the owner would give (the join is parsed once, :mod:`bridge.control.joining`).
 * ``GET /v1/calls`` lists this replica's calls only.
 
 Forwarding rather than redirecting: pod addresses resolve only inside the cluster, and clients
@@ -26,17 +26,15 @@ need not resend bodies or bearer tokens to a second host.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pydantic import ValidationError
 
 from bridge.config import ShardSettings
-from bridge.connectors.base import Connector, JoinContext
+from bridge.control.joining import parsed_join
 from bridge.control.shard import owner
 from bridge.logsafe import client_error
 
@@ -74,43 +72,8 @@ class Router:
 ROUTER = web.AppKey("router", Router)
 
 
-def _router(app: web.Application) -> Router | None:
-    """The app's router: set explicitly (``app[ROUTER]``) or from the engine's settings."""
-    from bridge.control.app import ENGINE  # bridge.control.app registers this middleware: import it late
-
-    router = app.get(ROUTER)
-    if router is not None:
-        return router
-    settings = getattr(app.get(ENGINE), "settings", None)
-    shard = getattr(settings, "shard", None)
-    return Router(shard) if isinstance(shard, ShardSettings) else None
-
-
 def _json_error(status: int, error: str, reason: str) -> web.Response:
     return web.json_response({"error": error, "reason": reason}, status=status)
-
-
-async def _post_call_id(request: web.Request) -> str | None:
-    """The call id ``POST /v1/calls`` would join, computed as the handler does (the connector's
-    ``from_request`` has no side effects); None when it cannot be (the handler says why)."""
-    from bridge.control.app import CONNECTORS
-
-    raw = await request.read()  # aiohttp keeps it: the handler reads it again
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    connectors: dict[str, type[Connector]] = request.app[CONNECTORS]
-    if not isinstance(body, dict) or not isinstance(body.get("connector"), str):
-        return None
-    cls = connectors.get(body["connector"])
-    if cls is None:
-        return None
-    try:
-        info, _ = cls.from_request(cls.Request.model_validate(body), JoinContext())
-    except (ValidationError, ValueError, TypeError, AttributeError, NotImplementedError):
-        return None  # the handler answers with the reason
-    return info.id
 
 
 def _route(request: web.Request) -> str:
@@ -124,12 +87,12 @@ async def forward_to_owner(request: web.Request, handler: Any) -> web.StreamResp
     route = _route(request)
     if not route.startswith("/v1/calls") or FORWARDED in request.headers:
         return await handler(request)
-    router = _router(request.app)
-    if router is None or router.shard.count == 1:
+    router = request.app[ROUTER]
+    if router.shard.count == 1:
         return await handler(request)
     call_id: str | None = None
     if route == "/v1/calls" and request.method == "POST":
-        call_id = await _post_call_id(request)
+        call_id = (await parsed_join(request)).info.id  # refused here as on the owner
     elif request.method in _CALL_ROUTES.get(route, ()):
         call_id = request.match_info.get("call_id")
     target = router.elsewhere(call_id) if call_id is not None else None

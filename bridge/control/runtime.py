@@ -10,7 +10,8 @@ first, then to the metrics sink, then to the sinks the caller adds (the console)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +22,7 @@ from bridge.delivery.prometheus import PrometheusSink
 from bridge.delivery.webhook import WebhookSink
 from bridge.live.calls import CallManager
 from bridge.pipeline.analysis import AnalysisEngine
+from bridge.tasks import record_failures
 from bridge.workers.pool import WorkerPool
 
 __all__ = ["Runtime"]
@@ -33,6 +35,7 @@ class Runtime:
     bus: EventBus
     engine: AnalysisEngine | None  # None with worker processes (each has its own)
     manager: CallManager | WorkerPool
+    _failures: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @classmethod
     def build(cls, settings: Settings, *sinks: Sink, registry: CollectorRegistry | None = None,
@@ -41,7 +44,7 @@ class Runtime:
         """``workers`` > 1: calls are held by that many worker processes. Raises ConfigError
         for an unusable webhook secret."""
         metrics = PrometheusSink(registry, max_speakers=settings.metrics.max_speakers)
-        webhooks = (WebhookSink(settings.webhooks, settings.outbox, metrics=metrics)
+        webhooks = (WebhookSink(settings.webhooks, settings.outbox, record=metrics.record)
                     if settings.webhooks else None)
         # Webhooks first: their emit returns once the event is durable, so nothing is printed
         # or exported that a crash right then could lose.
@@ -56,7 +59,9 @@ class Runtime:
         return cls(metrics, webhooks, bus, engine, manager)
 
     async def start(self, call: ev.CallInfo | None = None) -> None:
-        """Start the sinks and load the analyzers; report degraded ones (for ``call``, if any)."""
+        """Start the sinks and load the analyzers; report degraded ones (for ``call``, if any).
+        From here until :meth:`aclose`, tasks that die are counted in the metrics."""
+        self._failures.enter_context(record_failures(self.metrics.record))
         if self.webhooks is not None:
             await self.webhooks.start()
         if isinstance(self.manager, WorkerPool):
@@ -73,4 +78,5 @@ class Runtime:
             await self.engine.aclose()
         if self.webhooks is not None:
             await self.webhooks.aclose()
+        self._failures.close()
         self.metrics.close()

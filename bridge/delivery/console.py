@@ -1,8 +1,8 @@
 """Console sink: JSON lines, or a live table of speakers redrawn in place on a terminal.
 
-The table shows each speaker's latest stress index (with a bar), whether the baseline is still
-being calibrated, spikes so far, speech seconds and dominant emotion, and below it the latest
-event lines (an ``analyzer.degraded`` line stays there, first, for as long as the table). Where
+The table shows each speaker's latest stress index (with a bar), its state (calibrating the
+baseline, listening, in a spike, idle, left), spikes so far and dominant emotion, and below it
+the latest event lines (an ``analyzer.degraded`` line stays there, first, for as long as the table). Where
 stdout is not a terminal, the table mode prints one readable line per notable event instead.
 
 While the table is on screen, log records that would be written to the terminal (the logging
@@ -22,10 +22,32 @@ from typing import IO, Any
 
 from bridge import events as ev
 from bridge.delivery.summary import SpeakerSummaries
-from bridge.offline.analyze import describe
 from bridge.safe_text import terminal_safe
 
 __all__ = ["ConsoleSink"]
+
+
+
+def describe(event: Any) -> str | None:
+    """One human line for the events a person watching wants to see, else None."""
+    who = terminal_safe(event.speaker.display or event.speaker.id) if event.speaker else ""
+    d = event.data
+    if isinstance(event, ev.SpeakerJoined):
+        return f"{d.offset_s:7.1f}s  {who} joined"
+    if isinstance(event, ev.SpikeStarted):
+        return (f"{d.offset_s:7.1f}s  {who}: STRESS SPIKE started at {d.started_s:.1f}s "
+                f"(index {d.index:.2f}; {', '.join(d.components)})")
+    if isinstance(event, ev.SpikeEnded):
+        return f"{d.offset_s:7.1f}s  {who}: spike ended after {d.duration_s:.1f}s (peak {d.peak:.2f})"
+    if isinstance(event, ev.SpeakerIdle):
+        return f"{d.offset_s:7.1f}s  {who} idle (no audio for {d.silent_s:.0f}s)"
+    if isinstance(event, ev.SpeakerResumed):
+        return f"{d.offset_s:7.1f}s  {who} back after {d.idle_s:.0f}s"
+    if isinstance(event, ev.SpeakerLeft):
+        return f"{d.offset_s:7.1f}s  {who} left ({d.speech_s:.1f}s of speech, {d.spikes} spikes)"
+    if isinstance(event, ev.AnalyzerDegraded):
+        return f"{d.offset_s:7.1f}s  analyzer {d.analyzer} unavailable: {d.reason}"
+    return None
 
 
 class ConsoleSink:
@@ -58,7 +80,7 @@ class ConsoleSink:
             self.stream.write(event.model_dump_json() + "\n")
             self.stream.flush()
             return
-        self._speakers.record(event)
+        self._speakers.apply(event)
         line = describe(event)
         if line is not None:
             if self.live and isinstance(event, ev.AnalyzerDegraded):
@@ -71,14 +93,15 @@ class ConsoleSink:
     def render(self) -> str:
         lines = [f"{'speaker':<16} {'stress':>6}  {'':<20} {'state':<12} {'spikes':>6} "
                  f"{'emotion':<9}"]
-        for s in self._speakers:
-            name = terminal_safe(s.speaker)
-            index = "-" if s.latest_index is None else f"{s.latest_index:.2f}"
-            bar = "" if s.latest_index is None else "#" * round(s.latest_index * 20)
+        for summary in self._speakers:
+            name = terminal_safe(summary.speaker)
+            s = summary.state
+            index = "-" if s.index is None else f"{s.index:.2f}"
+            bar = "" if s.index is None else "#" * round(s.index * 20)
             state = ("left" if s.left else "idle" if s.idle else "SPIKE" if s.in_spike
                      else "calibrating" if s.calibrating else "listening")
             lines.append(f"{name[:16]:<16} {index:>6}  {bar:<20} {state:<12} "
-                         f"{s.spikes:>6} {s.dominant_emotion or '-':<9}")
+                         f"{s.spikes:>6} {summary.dominant_emotion or '-':<9}")
         return "\n".join([*lines, "", *self._degraded.values(), *self._notes])
 
     async def _redraw(self) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics (names in ARCHITECTURE.md): a sink of the event bus.
+"""Prometheus metrics (names and meanings: the README's Metrics section): a sink of the event bus.
 
 Everything here is built from what is pushed to it: events (``emit``) and typed statistics
 (``record``, :mod:`bridge.stats`). A speaker's series are created on ``speaker.joined``, updated
@@ -8,8 +8,9 @@ reaches back into the pipeline, so the same sink serves one process or a supervi
 worker processes (whose events and statistics arrive over their channels).
 
 At most ``max_speakers`` speakers are exported (the rest are counted in
-``affect_dropped_total{stage="metrics"}``, once per speaker left out). Webhook delivery
-counters are updated by the webhook sink.
+``affect_dropped_total{stage="metrics"}``, once per speaker left out). A speaker's state is the
+one fold of its events (:class:`bridge.delivery.summary.SpeakerState`). Webhook delivery
+counters and the outbox gauge come as statistics from the webhook sink, like every other.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from __future__ import annotations
 import platform
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 
 from bridge import events as ev
 from bridge import stats
-from bridge.tasks import failures
+from bridge.delivery.summary import SpeakerState
+from bridge.tasks import TaskFailures
 
 __all__ = ["DROP_STAGES", "PrometheusSink"]
 
@@ -48,15 +49,8 @@ def _version() -> str:
 
 @dataclass
 class _Speaker:
-    index: float | None = None
-    emotion: dict[str, float] | None = None
-    arousal: float | None = None
-    valence: float | None = None
-    dominance: float | None = None
-    speech_s: float = 0.0
-    spikes: int = 0
-    idle: bool = False
-    exported: bool = field(default=False)  # within max_speakers
+    state: SpeakerState
+    exported: bool  # within max_speakers
 
 
 class PrometheusSink:
@@ -64,6 +58,8 @@ class PrometheusSink:
                  ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.max_speakers = max_speakers
+        #: Tasks that died (``affect_task_failures_total``, ``/readyz``), recorded as stats.
+        self.task_failures = TaskFailures()
         r = self.registry
         self.build_info = Gauge("affect_build_info", "Build information (always 1).",
                                 ["version", "python"], registry=r)
@@ -104,55 +100,36 @@ class PrometheusSink:
         self._live = _LiveCollector(self)
         r.register(self._live)
 
-    def webhook_endpoint(self, endpoint: str) -> None:
-        """Export an endpoint's delivery counters at 0 from the start."""
-        for outcome in ("delivered", "retry", "failed", "disabled"):
-            self.webhook_deliveries.labels(endpoint, outcome)
-
     # --- events ----------------------------------------------------------------------------
 
     async def emit(self, event: ev.Event) -> None:
         self.on_event(event)
 
-    def on_event(self, event: Any) -> None:
-        kind = event.type
-        call = event.call.id if event.call is not None else None
-        key = (call, event.speaker.id) if call is not None and event.speaker is not None else None
+    def on_event(self, event: ev.Event) -> None:
+        if event.call is None:
+            return
+        call = event.call.id
         with self._lock:
-            if kind == "call.joined" and call is not None:
-                self._calls.add(call)
-            elif kind == "call.left" and call is not None:
-                self._calls.discard(call)
-                for k in [k for k in self._speakers if k[0] == call]:
-                    del self._speakers[k]  # speaker.left came first; never leave series behind
-            elif key is None:
-                return
-            elif kind == "speaker.joined":
-                self._add(key)
-            elif kind == "speaker.left":
-                self._speakers.pop(key, None)
-            elif (s := self._speakers.get(key)) is None:
-                return
-            elif kind == "affect.sample":
-                d = event.data
-                s.index = d.stress.index
-                # An emotion estimate: categorical (emotion, arousal, valence) or dimensional
-                # (arousal, valence, maybe dominance; no emotion). It replaces the last one; a
-                # sample without one (before the speaker's first) leaves the series as they are.
-                dims = (d.arousal, d.valence, d.dominance)
-                if d.emotion is not None or any(v is not None for v in dims):
-                    s.emotion, s.arousal, s.valence, s.dominance = (
-                        d.emotion, d.arousal, d.valence, d.dominance)
-            elif kind == "stress.spike.started":
-                s.spikes += 1
-            elif kind == "speaker.idle":
-                s.idle = True
-            elif kind == "speaker.resumed":
-                s.idle = False
+            match event:
+                case ev.CallJoined():
+                    self._calls.add(call)
+                case ev.CallLeft():
+                    self._calls.discard(call)
+                    for k in [k for k in self._speakers if k[0] == call]:
+                        del self._speakers[k]  # speaker.left came first; never leave series behind
+                case ev.SpeakerJoined(speaker=ev.SpeakerInfo() as info):
+                    self._add((call, info.id), info)
+                case ev.SpeakerLeft(speaker=ev.SpeakerInfo(id=sid)):
+                    self._speakers.pop((call, sid), None)
+                case _ if event.speaker is not None:
+                    s = self._speakers.get((call, event.speaker.id))
+                    if s is not None:
+                        s.state.apply(event)
 
-    def _add(self, key: tuple[str, str]) -> None:
+    def _add(self, key: tuple[str, str], info: ev.SpeakerInfo) -> None:
         exported = sum(s.exported for s in self._speakers.values())
-        speaker = self._speakers[key] = _Speaker(exported=exported < self.max_speakers)
+        speaker = self._speakers[key] = _Speaker(SpeakerState(info),
+                                                 exported=exported < self.max_speakers)
         if not speaker.exported:
             self.dropped.labels("metrics").inc()
 
@@ -166,26 +143,39 @@ class PrometheusSink:
             with self._lock:
                 s = self._speakers.get((stat.call, stat.speaker))
                 if s is not None:
-                    s.speech_s += stat.seconds
+                    s.state.apply(stat)
         elif isinstance(stat, stats.WindowLatency):
             self.pipeline_latency.observe(stat.seconds)
         elif isinstance(stat, stats.Dropped):
             self.dropped.labels(stat.stage).inc(stat.n)
         elif isinstance(stat, stats.WindowUnscored):
             self.unscored.labels(stat.reason).inc()
+        elif isinstance(stat, stats.TaskFailed):
+            with self._lock:
+                self.task_failures.add(stat)
         elif isinstance(stat, stats.InferenceBatch):
             if stat.size == 0:  # an item its full queue turned away
                 self.dropped.labels(f"inference_{stat.analyzer}").inc()
             else:
                 self.inference_seconds.labels(stat.analyzer).observe(stat.seconds)
                 self.inference_batch.labels(stat.analyzer).observe(stat.size)
+        elif isinstance(stat, stats.WebhookDelivery):
+            self.webhook_seconds.labels(stat.endpoint).observe(stat.seconds)
+            self.webhook_deliveries.labels(stat.endpoint, stat.outcome).inc()
+        elif isinstance(stat, stats.OutboxPending):
+            self.outbox_pending.set(stat.n)
+        elif isinstance(stat, stats.WebhookEndpoint):
+            for outcome in ("delivered", "retry", "failed", "disabled"):
+                self.webhook_deliveries.labels(stat.endpoint, outcome)
 
     def close(self) -> None:
         self.registry.unregister(self._live)
 
     def snapshot(self) -> tuple[int, list[tuple[tuple[str, str], _Speaker]]]:
+        """The calls joined, and a copy of every speaker's state (exported or not)."""
         with self._lock:
-            return len(self._calls), [(k, _Speaker(**vars(s))) for k, s in self._speakers.items()]
+            return len(self._calls), [(k, _Speaker(replace(s.state), s.exported))
+                                      for k, s in self._speakers.items()]
 
 
 class _LiveCollector(Collector):
@@ -216,16 +206,16 @@ class _LiveCollector(Collector):
         failed = CounterMetricFamily("affect_task_failures",
                                      "Tasks that died of an unexpected error, by kind.",
                                      labels=["task"])
-        for kind, n in sorted(failures().items()):
+        for kind, n in sorted(self.sink.task_failures.counts.items()):
             failed.add_metric([kind], n)
         n_calls, live = self.sink.snapshot()
         calls.add_metric([], n_calls)
         speakers.add_metric([], len(live))
-        idle.add_metric([], sum(s.idle for _, s in live))
-        for key, s in live:
-            if not s.exported:
+        idle.add_metric([], sum(s.state.idle for _, s in live))
+        for key, speaker in live:
+            if not speaker.exported:
                 continue
-            k = list(key)
+            s, k = speaker.state, list(key)
             if s.index is not None:
                 stress.add_metric(k, s.index)
             if s.arousal is not None:

@@ -29,12 +29,10 @@ import contextlib
 import email.utils
 import fnmatch
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,9 +40,9 @@ import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from bridge import events as ev
-from bridge.config import ConfigError, OutboxSettings, WebhookSettings
+from bridge import stats
+from bridge.config import ConfigError, OutboxSettings, WebhookSettings, read_secret
 from bridge.delivery.outbox import Outbox, OutboxRow
-from bridge.delivery.prometheus import PrometheusSink
 from bridge.tasks import TaskSet
 
 __all__ = ["WebhookSink", "load_secrets"]
@@ -58,21 +56,14 @@ MAX_RETRY_AFTER_S = 3600.0
 
 
 def load_secrets(cfg: WebhookSettings) -> list[Webhook]:
-    """The endpoint's signing secrets (``whsec_<base64>``, space-separated) from its file or
-    environment variable. Errors name where the secret was looked for, never its value, and the
-    endpoint by its label (no query string or user info)."""
+    """The endpoint's signing secrets (``whsec_<base64>``, space-separated for rotation) from
+    the first line of its file, else its environment variable (:func:`bridge.config.read_secret`).
+    Errors name where the secret was looked for, never its value, and the endpoint by its label
+    (no query string or user info)."""
     endpoint = endpoint_label(cfg)
-    if cfg.secret_file is not None:
-        where = f"secret_file {str(cfg.secret_file)!r}"
-        try:
-            raw = Path(cfg.secret_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"webhook {endpoint}: {where} is unreadable: {exc.strerror}"
-                              ) from None
-    else:
-        where = f"environment variable {cfg.secret_env}"
-        raw = os.environ.get(cfg.secret_env or "", "")
-    secrets = raw.split()
+    where = (f"secret_file {str(cfg.secret_file)!r}" if cfg.secret_file is not None
+             else f"environment variable {cfg.secret_env}")
+    secrets = (read_secret(cfg.secret_env, cfg.secret_file, f"webhook {endpoint}") or "").split()
     if not secrets:
         raise ConfigError(f"webhook {endpoint}: no signing secret in {where}")
     out = []
@@ -94,6 +85,17 @@ def endpoint_label(cfg: WebhookSettings) -> str:
     return f"{u.scheme}://{u.netloc.rsplit('@', 1)[-1]}{u.path}"
 
 
+@dataclass(frozen=True)
+class _Reply:
+    """What one request came to: its HTTP status (0: no answer), an error line for the outbox,
+    the Retry-After it asked for (429/503), and its duration."""
+
+    status: int
+    error: str
+    retry_after: float | None
+    seconds: float
+
+
 @dataclass
 class _Endpoint:
     cfg: WebhookSettings
@@ -108,15 +110,18 @@ class _Endpoint:
 
 
 class WebhookSink:
+    """``record`` gets the sink's statistics (deliveries, the outbox's backlog, events dropped):
+    the Prometheus sink's ``record`` in the service."""
+
     def __init__(self, endpoints: list[WebhookSettings], outbox: OutboxSettings, *,
-                 metrics: PrometheusSink | None = None) -> None:
+                 record: stats.Record = stats.ignore) -> None:
         labels = [endpoint_label(cfg) for cfg in endpoints]
         if len(set(labels)) != len(labels):
             raise ConfigError("two webhooks share a name/URL; give them distinct names")
         self.endpoints = [_Endpoint(cfg, label, load_secrets(cfg))
                           for cfg, label in zip(endpoints, labels, strict=True)]
         self.outbox = Outbox(outbox.path, max_rows=outbox.max_rows)
-        self.metrics = metrics
+        self._record = record
         self._queue: asyncio.Queue[tuple[ev.Event, asyncio.Future[None]]] = asyncio.Queue(
             maxsize=QUEUE_SIZE)
         self._tasks = TaskSet("webhooks")
@@ -132,10 +137,8 @@ class WebhookSink:
         await self.outbox.open()
         self.pending = (await self.outbox.counts())["pending"]
         self._gauge()
-        if self.metrics is not None:
-            for ep in self.endpoints:
-                self.metrics.webhook_endpoint(ep.label)
         for ep in self.endpoints:
+            self._record(stats.WebhookEndpoint(ep.label))
             self._http[ep.label] = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=ep.cfg.timeout_s),
                 connector=aiohttp.TCPConnector(limit=ep.cfg.max_in_flight))
@@ -257,6 +260,13 @@ class WebhookSink:
             ep.wake.set()
 
     async def _attempt(self, ep: _Endpoint, row: OutboxRow) -> None:
+        reply = await self._post(ep, row)
+        outcome = await self._settle(ep, row, reply)
+        self._record(stats.WebhookDelivery(ep.label, outcome, reply.seconds))
+        self._gauge()
+
+    async def _post(self, ep: _Endpoint, row: OutboxRow) -> _Reply:
+        """One signed request of ``row`` to ``ep``."""
         body = row.body.decode()
         now = datetime.now(UTC)
         signature = " ".join(secret.sign(row.event_id, now, body) for secret in ep.secrets)
@@ -275,33 +285,34 @@ class WebhookSink:
             error = f"HTTP {status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             status, error = 0, f"{type(exc).__name__}: {exc}".strip(": ")
-        if self.metrics is not None:
-            self.metrics.webhook_seconds.labels(ep.label).observe(time.perf_counter() - started)
+        return _Reply(status, error, retry_after, time.perf_counter() - started)
+
+    async def _settle(self, ep: _Endpoint, row: OutboxRow, reply: _Reply) -> str:
+        """Update the outbox after an attempt; returns its outcome (delivered, disabled, failed,
+        retry)."""
         attempts = row.attempts + 1
-        if 200 <= status < 300:
+        if 200 <= reply.status < 300:
             await self.outbox.delete(row.id)
-            self._outcome(ep, "delivered")
             self.pending -= 1
-        elif status == 410:
+            return "delivered"
+        if reply.status == 410:
             ep.disabled = True
             log.warning("webhook %s answered 410 Gone: endpoint disabled (replay a failed "
                         "event to enable it again)", ep.label)
             await self.outbox.fail(row.id, attempts, "HTTP 410: endpoint disabled")
-            self._outcome(ep, "disabled")
             self.pending -= 1
-        elif attempts > len(ep.cfg.retry_schedule_s):
-            await self.outbox.fail(row.id, attempts, error)
+            return "disabled"
+        if attempts > len(ep.cfg.retry_schedule_s):
+            await self.outbox.fail(row.id, attempts, reply.error)
             log.warning("webhook %s: event %s failed after %d attempts (%s)", ep.label,
-                        row.event_id, attempts, error)
-            self._outcome(ep, "failed")
+                        row.event_id, attempts, reply.error)
             self.pending -= 1
-        else:
-            delay = ep.cfg.retry_schedule_s[attempts - 1] * random.uniform(0.9, 1.1)
-            if retry_after is not None:
-                delay = retry_after
-            await self.outbox.reschedule(row.id, attempts, time.time() + delay, error)
-            self._outcome(ep, "retry")
-        self._gauge()
+            return "failed"
+        delay = ep.cfg.retry_schedule_s[attempts - 1] * random.uniform(0.9, 1.1)
+        if reply.retry_after is not None:
+            delay = reply.retry_after
+        await self.outbox.reschedule(row.id, attempts, time.time() + delay, reply.error)
+        return "retry"
 
     # --- failed rows -----------------------------------------------------------------------
 
@@ -323,21 +334,15 @@ class WebhookSink:
                 ep.wake.set()
         return True
 
-    # --- metrics ---------------------------------------------------------------------------
-
-    def _outcome(self, ep: _Endpoint, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.webhook_deliveries.labels(ep.label, outcome).inc()
+    # --- statistics ------------------------------------------------------------------------
 
     def _count_dropped(self, event_type: str, n: int = 1) -> None:
         log.debug("webhook outbox full: dropped %d %s", n, event_type)
-        if self.metrics is not None:
-            self.metrics.dropped.labels("webhook_outbox").inc(n)
+        self._record(stats.Dropped("webhook_outbox", n))
 
     def _gauge(self) -> None:
         self._changed.set()
-        if self.metrics is not None:
-            self.metrics.outbox_pending.set(max(0, self.pending))
+        self._record(stats.OutboxPending(max(0, self.pending)))
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -27,7 +27,7 @@ from bridge.delivery.console import ConsoleSink
 from bridge.delivery.prometheus import PrometheusSink
 from bridge.delivery.summary import SpeakerSummaries
 from bridge.demo.media_source import DemoSource
-from bridge.live.calls import CallManager
+from bridge.live.calls import CallManager, Join
 from bridge.live.ice import restrict_host_addresses
 from bridge.offline.analyze import AnalyzeResult, format_table
 
@@ -57,10 +57,10 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
     summaries = SpeakerSummaries()
     console = ConsoleSink("jsonl" if json_out else "table", stream)
 
-    async def record(event: Any) -> None:
-        summaries.record(event)
+    async def summarise(event: Any) -> None:
+        summaries.apply(event)
 
-    runtime = Runtime.build(settings, record, console.emit, silence_timeout_s=GONE_TIMEOUT_S,
+    runtime = Runtime.build(settings, summarise, console.emit, silence_timeout_s=GONE_TIMEOUT_S,
                             gone_timeout_s=GONE_TIMEOUT_S)
     manager = runtime.manager
     assert isinstance(manager, CallManager)  # the demo is one process
@@ -76,8 +76,8 @@ async def run_demo(settings: Settings, *, json_out: bool, loop: bool = False,
         metrics_site = await _serve_metrics(runtime.metrics, settings)
         await console.start()  # from here on, log lines are printed above the live table
         url = await source.start()
-        call = await manager.join(info, lambda i, on_sp, on_left: WhepConnector(
-            i, on_sp, on_left, url=url, tracks=len(DEMO_SPEAKERS), displays=list(DEMO_SPEAKERS)))
+        call = await manager.join(Join(info, lambda i, on_sp, on_left: WhepConnector(
+            i, on_sp, on_left, url=url, tracks=len(DEMO_SPEAKERS), displays=list(DEMO_SPEAKERS))))
         while True:  # until every speaker that came has gone again
             await call.empty.wait()
             if call.seen_speakers >= len(DEMO_SPEAKERS):

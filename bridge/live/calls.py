@@ -23,29 +23,34 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from bridge import events as ev
-from bridge.connectors.base import (
-    Connector,
-    ConnectorError,
-    ConnectorFactory,
-    SpeakerTrack,
-    discard_track,
-)
+from bridge.connectors.base import Connector, ConnectorFactory, SpeakerTrack, discard_track
+from bridge.connectors.context import JoinContext
+from bridge.errors import AlreadyJoined, JoinCancelled
 from bridge.live.speaker import LiveSpeaker
 from bridge.pipeline.analysis import AnalysisEngine, Emit
 from bridge.tasks import TaskSet
 
-__all__ = ["Call", "CallHost", "CallManager", "CallView", "JoinCancelled", "JoinRequest"]
+__all__ = ["Call", "CallHost", "CallManager", "CallView", "Join"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class JoinRequest:
-    """What a connector's factory was made from: its name and validated request model, so a
-    worker process can make the same factory (``cls.from_request``)."""
+class Join:
+    """A call to join, validated once where the request came in: the call, the factory that
+    makes its connector (what this process joins with) and, for a join a worker process can
+    make too, the connector's name and validated request model (a worker pool sends those)."""
 
-    connector: str
-    body: BaseModel
+    info: ev.CallInfo
+    factory: ConnectorFactory
+    connector: str | None = None
+    request: BaseModel | None = None
+
+    @classmethod
+    def of(cls, connector: type[Connector], request: BaseModel, ctx: JoinContext) -> Join:
+        """The join a connector's validated ``Request`` names (no connection is made here)."""
+        info, factory = connector.from_request(request, ctx)
+        return cls(info, factory, connector.name, request)
 
 
 class CallView(Protocol):
@@ -69,18 +74,9 @@ class CallHost(Protocol):
     @property
     def calls(self) -> Mapping[str, CallView]: ...
     def joined(self) -> list[Any]: ...
-    async def join(self, info: ev.CallInfo, factory: ConnectorFactory, *,
-                   request: JoinRequest | None = None) -> Any: ...
+    async def join(self, join: Join) -> Any: ...
     async def leave(self, call_id: str, reason: str) -> None: ...
     async def aclose(self, reason: str = "shutting down") -> None: ...
-
-
-class JoinCancelled(ConnectorError):
-    """The call was left while it was still joining."""
-
-    def __init__(self, call_id: str) -> None:
-        super().__init__(f"call {call_id} was left while it was joining; nothing of the join "
-                         "was kept", error="join_cancelled", status=409)
 
 
 @dataclass
@@ -138,13 +134,12 @@ class CallManager:
     def joined(self) -> list[Call]:
         return [c for c in list(self.calls.values()) if c.state == "joined"]
 
-    async def join(self, info: ev.CallInfo, factory: ConnectorFactory, *,
-                   request: JoinRequest | None = None) -> Call:
-        """Join a call; raises ConnectorError (and registers nothing) when that fails, and
-        :class:`JoinCancelled` when the call was left while joining. (``request``, the join
-        request the factory was made from, is for worker pools; here the factory is used.)"""
+    async def join(self, join: Join) -> Call:
+        """Join a call with its factory; raises ConnectorError (and registers nothing) when that
+        fails, AlreadyJoined, and JoinCancelled when the call was left while joining."""
+        info, factory = join.info, join.factory
         if info.id in self.calls:
-            raise ValueError(f"already in call {info.id}")
+            raise AlreadyJoined.call(info.id)
         loop = asyncio.get_running_loop()
 
         async def on_speaker(found: SpeakerTrack) -> None:
@@ -166,7 +161,7 @@ class CallManager:
                 raise
             if task.cancelled() or call.leaving:
                 await self._abandon(call)
-                raise JoinCancelled(info.id)
+                raise JoinCancelled.call(info.id)
             if task.exception() is not None:
                 self._unregister(call)
                 raise task.exception()  # type: ignore[misc]

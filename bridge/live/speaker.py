@@ -116,7 +116,7 @@ class LiveSpeaker:
             await asyncio.sleep(min([1.0, *due]))
 
     async def _drain(self) -> None:
-        feed: _Feed | None = None
+        feed: _Gatherer | None = None
         clock: MediaClock | None = None
         loop = asyncio.get_running_loop()
         try:
@@ -147,7 +147,7 @@ class LiveSpeaker:
                     continue
                 if clock is None:  # the speaker's timeline starts where its first frame arrived
                     clock = self.clock = MediaClock(wall - duration)
-                    feed = _Feed(self.analysis, FrameConverter(start_s=clock.end_s))
+                    feed = _Gatherer(self.analysis, FrameConverter(start_s=clock.end_s))
                 assert feed is not None
                 await feed.silence(clock.place(pts, time_base, duration, wall_s=wall,
                                                fresh=now - asked >= FRESH_S))
@@ -167,8 +167,7 @@ class LiveSpeaker:
             raise
         except Exception as exc:  # this speaker ends; the call and its other speakers go on
             self.reason = "error"
-            log.exception("speaker %s: draining its audio failed", self.speaker.id)
-            report_failure("speaker/drain", exc)
+            report_failure("speaker/drain", exc, name=f"draining speaker {self.speaker.id}")
         finally:
             self.ended.set()
 
@@ -202,7 +201,7 @@ class LiveSpeaker:
         await self.analysis.finish(self.reason, at_s=round(self._now(), 3))
 
 
-class _Feed:
+class _Gatherer:
     """Audio on its way to a speaker's analysis: converted chunks gather to ``FEED_S``; a gap
     first hands on what gathered, then enters as silence (the converter's clock moves on)."""
 

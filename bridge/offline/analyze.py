@@ -20,7 +20,7 @@ from bridge.pipeline.analysis import AnalysisEngine, SpeakerAnalysis
 from bridge.pipeline.audio import AudioDecodeError, channel_count, read_file, require_audio
 from bridge.safe_text import terminal_safe
 
-__all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files", "describe", "format_table",
+__all__ = ["AnalyzeResult", "SpeakerSummary", "analyze_files", "format_table",
            "plan_sources", "print_errors"]
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,13 @@ async def analyze_files(
     sources = plan_sources(paths, per)
     call = ev.CallInfo(id="analyze:" + (paths[0].stem if paths else "none"), connector="file",
                        room=None)
-    summaries = SpeakerSummaries({s.speaker_id: SpeakerSummary(s.speaker_id, s.display)
-                                  for s in sources})
+    summaries = SpeakerSummaries()
+    for s in sources:  # in the order given, each shown by its speaker id
+        summaries.add(ev.SpeakerInfo(id=s.speaker_id, display=s.display), name=s.speaker_id,
+                      source=s.display)
 
     async def emit(event: Any) -> None:
-        summaries.record(event)
+        summaries.apply(event)
         if out is not None:
             out.write(event.model_dump_json() + "\n")
         if on_event is not None:
@@ -194,28 +196,6 @@ def format_table(result: AnalyzeResult) -> str:
                        enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def describe(event: Any) -> str | None:
-    """One human line for the events a person watching wants to see, else None."""
-    who = terminal_safe(event.speaker.display or event.speaker.id) if event.speaker else ""
-    d = event.data
-    if isinstance(event, ev.SpeakerJoined):
-        return f"{d.offset_s:7.1f}s  {who} joined"
-    if isinstance(event, ev.SpikeStarted):
-        return (f"{d.offset_s:7.1f}s  {who}: STRESS SPIKE started at {d.started_s:.1f}s "
-                f"(index {d.index:.2f}; {', '.join(d.components)})")
-    if isinstance(event, ev.SpikeEnded):
-        return f"{d.offset_s:7.1f}s  {who}: spike ended after {d.duration_s:.1f}s (peak {d.peak:.2f})"
-    if isinstance(event, ev.SpeakerIdle):
-        return f"{d.offset_s:7.1f}s  {who} idle (no audio for {d.silent_s:.0f}s)"
-    if isinstance(event, ev.SpeakerResumed):
-        return f"{d.offset_s:7.1f}s  {who} back after {d.idle_s:.0f}s"
-    if isinstance(event, ev.SpeakerLeft):
-        return f"{d.offset_s:7.1f}s  {who} left ({d.speech_s:.1f}s of speech, {d.spikes} spikes)"
-    if isinstance(event, ev.AnalyzerDegraded):
-        return f"{d.offset_s:7.1f}s  analyzer {d.analyzer} unavailable: {d.reason}"
-    return None
 
 
 def print_errors(result: AnalyzeResult, stream: IO[str] = sys.stderr) -> None:

@@ -6,27 +6,18 @@ timeout error of the HTTP library the hub library uses, or huggingface_hub's own
 ``OfflineModeIsEnabled`` / ``LocalEntryNotFoundError`` / a 5xx ``HfHubHTTPError``. A
 :class:`HubFailure` then writes the one line that says what to do.
 
-``ShownOnceFilter`` and ``adopt_hub_logger`` keep the hub library's retry warnings to one line
-each: huggingface_hub gives its logger a handler of its own when it is imported, so each of its
-records was printed bare and again by the root handler; and it repeats the same "... thrown
-while requesting URL" line before every retry.
+The hub library's retry warnings are kept to one line each by the log set-up
+(:func:`bridge.logsafe.configure_logging`).
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import sys
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["NETWORK_LOGGERS", "ConfiguredModel", "HubFailure", "ShownOnceFilter", "adopt_hub_logger",
-           "hub_failure"]
-
-# Third-party loggers whose repeated lines are shown once (HTTP clients and the hub library).
-NETWORK_LOGGERS = ("huggingface_hub", "urllib3", "requests", "httpx", "httpx2", "httpcore",
-                   "httpcore2")
+__all__ = ["ConfiguredModel", "HubFailure", "hub_failure"]
 
 # Statuses for which huggingface_hub itself retries: the hub (or a mirror) is there but not
 # serving. A 401/404 means it was reached: the loader's own message says what is wrong.
@@ -125,41 +116,3 @@ def hub_failure(exc: BaseException) -> HubFailure | None:
         return None
     offline = refused_offline or (cause is None and bool(constants.HF_HUB_OFFLINE))
     return HubFailure(offline=offline, endpoint=constants.ENDPOINT, cause=cause or marker)
-
-
-class ShownOnceFilter(logging.Filter):
-    """For a handler: a line from ``NETWORK_LOGGERS`` that was already shown is not shown again
-    (the hub library logs the same failed request before every retry). Remembers the last
-    ``size`` lines."""
-
-    def __init__(self, size: int = 256) -> None:
-        super().__init__()
-        self._seen: OrderedDict[tuple[str, int, str], None] = OrderedDict()
-        self._size = size
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(NETWORK_LOGGERS):
-            return True
-        key = (record.name, record.levelno, record.getMessage())
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self._size:
-            self._seen.popitem(last=False)
-        return True
-
-
-def adopt_hub_logger(level: int) -> None:
-    """Import huggingface_hub's logging now (it gives its logger a handler and WARNING when
-    first imported), drop that handler so records reach the terminal once, through the root
-    handler and its format, and set ``level``."""
-    try:
-        import huggingface_hub.utils.logging  # noqa: F401 - its import configures the logger
-    except ImportError:  # pragma: no cover - a dependency of transformers
-        pass
-    logger = logging.getLogger("huggingface_hub")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(level)

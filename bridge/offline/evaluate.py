@@ -110,29 +110,7 @@ def read_labels(path: Path, label_range: tuple[float, float] | None = None) -> L
             if names[:3] == list(COLUMNS[:3]):
                 dims = _dimension_columns(names[3:], where)
                 continue
-        columns = COLUMNS if dims is None else (*COLUMNS[:3], *dims)
-        if len(cells) != len(columns):
-            raise LabelError(f"{where}: expected {len(columns)} columns ({', '.join(columns)}), "
-                             f"got {len(cells)}")
-        name, start, end = cells[:3]
-        try:
-            start_s, end_s = float(start), float(end)
-        except ValueError:
-            raise LabelError(f"{where}: start_s and end_s must be numbers, got "
-                             f"{start!r} and {end!r}") from None
-        if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0 or end_s <= start_s:
-            raise LabelError(f"{where}: needs 0 <= start_s < end_s, got {start_s:g} .. {end_s:g}")
-        if not name:
-            raise LabelError(f"{where}: the file column is empty")
-        file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
-        if not file.is_file():
-            raise LabelError(f"{where}: {name!r} does not exist (paths are relative to "
-                             f"{path.parent})")
-        if dims is None:
-            rows.append(Labelled(file, start_s, end_s, cells[3].lower(), n))
-        else:
-            values = _dimension_values(cells[3:], dims, low, high, where)
-            rows.append(Labelled(file, start_s, end_s, "", n, values))
+        rows.append(_row(path, cells, n, dims, (low, high), where))
     if not rows:
         raise LabelError(f"{path}: no labelled rows")
     if dims is not None:
@@ -141,6 +119,40 @@ def read_labels(path: Path, label_range: tuple[float, float] | None = None) -> L
     if label_range is not None:
         raise LabelError(f"{path.name}: a label range applies to dimensional labels only (a "
                          f"header file,start_s,end_s,arousal,...); these are categorical")
+    mode = _categorical_mode(path, rows)
+    _check_overlaps(path, rows)
+    return Labels(path, mode, rows)
+
+
+def _row(path: Path, cells: list[str], n: int, dims: tuple[str, ...] | None,
+         label_range: tuple[float, float], where: str) -> Labelled:
+    """One labelled row (its cells stripped); raises LabelError saying what is wrong."""
+    columns = COLUMNS if dims is None else (*COLUMNS[:3], *dims)
+    if len(cells) != len(columns):
+        raise LabelError(f"{where}: expected {len(columns)} columns ({', '.join(columns)}), "
+                         f"got {len(cells)}")
+    name, start, end = cells[:3]
+    try:
+        start_s, end_s = float(start), float(end)
+    except ValueError:
+        raise LabelError(f"{where}: start_s and end_s must be numbers, got "
+                         f"{start!r} and {end!r}") from None
+    if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0 or end_s <= start_s:
+        raise LabelError(f"{where}: needs 0 <= start_s < end_s, got {start_s:g} .. {end_s:g}")
+    if not name:
+        raise LabelError(f"{where}: the file column is empty")
+    file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
+    if not file.is_file():
+        raise LabelError(f"{where}: {name!r} does not exist (paths are relative to "
+                         f"{path.parent})")
+    if dims is None:
+        return Labelled(file, start_s, end_s, cells[3].lower(), n)
+    values = _dimension_values(cells[3:], dims, *label_range, where)
+    return Labelled(file, start_s, end_s, "", n, values)
+
+
+def _categorical_mode(path: Path, rows: list[Labelled]) -> str:
+    """``stress`` (calm/stressed) or ``emotion`` labels; LabelError for anything else."""
     known = ", ".join(sorted(STRESS_LABELS | (set(CANONICAL) - {"other"})))
     for r in rows:
         if r.label not in STRESS_LABELS and canonical_label(r.label) == "other":
@@ -154,8 +166,7 @@ def read_labels(path: Path, label_range: tuple[float, float] | None = None) -> L
             if r.label == "stressed":
                 raise LabelError(f"{path.name} row {r.row}: label 'stressed' cannot be mixed "
                                  f"with emotion labels (one kind per file)")
-    _check_overlaps(path, rows)
-    return Labels(path, mode, rows)
+    return mode
 
 
 def _check_overlaps(path: Path, rows: list[Labelled]) -> None:

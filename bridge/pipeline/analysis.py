@@ -143,8 +143,8 @@ class SpeakerAnalysis:
         self.speaker = speaker
         self._emit = emit
         self.offline = offline
-        self.windower = SpeechWindower(s.windowing.build(), s.vad.build(), silero=engine.vad_model)
-        self.stress = StressEngine(s.stress.build())
+        self.windower = SpeechWindower(s.windowing, s.vad, silero=engine.vad_model)
+        self.stress = StressEngine(s.stress)
         # Each window waits with the loop time it was cut at (pipeline latency).
         self._queue: asyncio.Queue[tuple[SpeechWindow | QuietWindow, float] | None] = asyncio.Queue(
             maxsize=queue_size)
@@ -155,10 +155,6 @@ class SpeakerAnalysis:
         self._unscored_logged = False
         self.dropped = 0
         self.latest_index: float | None = None
-
-    @property
-    def last_emotion(self) -> EmotionScores | None:
-        return self._last_emotion
 
     async def start(self, offset_s: float = 0.0) -> None:
         self._worker = asyncio.create_task(self._run(), name=f"speaker:{self.speaker.id}")
@@ -203,13 +199,9 @@ class SpeakerAnalysis:
         spike = self.stress.close(end, "stream ended")
         if spike is not None:
             await self._emit(self._spike_event(spike))
-        await self._emit(ev.SpeakerLeft(
-            call=self.call, speaker=self.speaker,
-            data=ev.SpeakerLeftData(offset_s=round(end if at_s is None else max(at_s, end), 3),
-                                    reason=reason,
-                                    speech_s=round(self.windower.speech_s, 3),
-                                    spikes=self.stress.spikes),
-        ))
+        await self._emit(ev.speaker_left(
+            self.call, self.speaker, offset_s=end if at_s is None else max(at_s, end),
+            reason=reason, speech_s=self.windower.speech_s, spikes=self.stress.spikes))
 
     async def _enqueue(self, window: SpeechWindow | QuietWindow) -> None:
         item = (window, asyncio.get_running_loop().time())
@@ -326,9 +318,8 @@ class SpeakerAnalysis:
             components=list(spike.main_components),
         )
         if spike.ended:
-            ended = ev.SpikeEndedData(**started.model_dump(), duration_s=round(spike.duration_s, 3),
-                                      reason=spike.reason)
-            return ev.SpikeEnded(call=self.call, speaker=self.speaker, data=ended)
+            return ev.spike_ended(self.call, self.speaker, started, offset_s=spike.at_s,
+                                  duration_s=spike.duration_s, reason=spike.reason)
         return ev.SpikeStarted(call=self.call, speaker=self.speaker, data=started)
 
     def _note_failure(self, name: str, exc: BaseException) -> None:
