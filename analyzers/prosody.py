@@ -161,6 +161,35 @@ def _spans(indices: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
 
 
+def _voicing(window: SpeechWindow, cfg: ProsodyConfig, lead: int, f0: npt.NDArray[np.float64],
+             frames: npt.NDArray[np.float32], rms: npt.NDArray[Any],
+             known_r: dict[int, float]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64],
+                                                 npt.NDArray[np.bool_]]:
+    """Which pitch frames are this speaker's voice: (candidates: the VAD passed them, loud
+    enough and not a voice leaking in; their periodicity r, from the cache where known;
+    voiced: periodic candidates in runs of at least ``min_run_ms``)."""
+    mask = window.speech_mask
+    # The VAD mask (its own frame grid) resampled onto the pitch frames.
+    vad = mask[np.minimum(((lead + np.arange(len(f0)) * HOP) / SAMPLE_RATE
+                           / window.frame_s).astype(int), len(mask) - 1)]
+    level = _db_array(rms)
+    candidate = vad & (level > cfg.silence_db)
+    if window.own_level_db is not None and cfg.crosstalk_db > 0:
+        # A voice leaking in (the room, the far end) is speech to the VAD, not this speaker.
+        candidate &= level >= window.own_level_db - cfg.crosstalk_db
+    r = np.zeros(len(f0), dtype=np.float64)
+    todo = candidate.copy()
+    for k, value in known_r.items():
+        if todo[k]:
+            r[k] = value
+            todo[k] = False
+    if todo.any():
+        r[todo] = _periodicity(frames[todo], SAMPLE_RATE / f0[todo], cfg.min_dip)
+    voiced = _long_runs(candidate & (r >= cfg.voicing_threshold),
+                        max(1, round(cfg.min_run_ms / 1000 * SAMPLE_RATE / HOP)))
+    return candidate, r, voiced
+
+
 def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
                     cache: FrameCache | None = None) -> ProsodyFeatures:
     cfg = config or ProsodyConfig()
@@ -180,24 +209,7 @@ def analyze_prosody(window: SpeechWindow, config: ProsodyConfig | None = None,
     first = window.first_sample + lead
     f0, frames, known_r = _pitch_frames(y, frame_length, cfg, window, cache, first)
     rms = np.sqrt(np.mean(frames**2, axis=1))
-    # The VAD mask (its own frame grid) resampled onto the pitch frames.
-    vad = mask[np.minimum(((lead + np.arange(len(f0)) * HOP) / SAMPLE_RATE
-                           / window.frame_s).astype(int), len(mask) - 1)]
-    level = _db_array(rms)
-    candidate = vad & (level > cfg.silence_db)
-    if window.own_level_db is not None and cfg.crosstalk_db > 0:
-        # A voice leaking in (the room, the far end) is speech to the VAD, not this speaker.
-        candidate &= level >= window.own_level_db - cfg.crosstalk_db
-    r = np.zeros(len(f0), dtype=np.float64)
-    todo = candidate.copy()
-    for k, value in known_r.items():
-        if todo[k]:
-            r[k] = value
-            todo[k] = False
-    if todo.any():
-        r[todo] = _periodicity(frames[todo], SAMPLE_RATE / f0[todo], cfg.min_dip)
-    voiced = _long_runs(candidate & (r >= cfg.voicing_threshold),
-                        max(1, round(cfg.min_run_ms / 1000 * SAMPLE_RATE / HOP)))
+    candidate, r, voiced = _voicing(window, cfg, lead, f0, frames, rms, known_r)
     if cache is not None and window.first_sample >= 0:
         half = frame_length // 2
         cache.put(window.stream, {

@@ -235,26 +235,7 @@ class SpeakerAnalysis:
                               self.speaker.id, window.end_s)
 
     async def _analyze(self, window: SpeechWindow) -> None:
-        prosody: ProsodyFeatures | None = None
-        emotion: EmotionScores | None = None
-        semantic: SemanticResult | None = None
-        extra: dict[str, Any] = {}
-        results = await asyncio.gather(
-            *(a.analyze(window, wait=self.offline) for a in self.engine.analyzers),
-            return_exceptions=True,
-        )
-        for analyzer, result in zip(self.engine.analyzers, results, strict=True):
-            if isinstance(result, BaseException):
-                self._note_failure(analyzer.name, result)
-            elif isinstance(result, ProsodyFeatures):
-                prosody = result
-            elif isinstance(result, EmotionScores):
-                emotion = result
-            elif isinstance(result, SemanticResult):
-                semantic = result
-            elif result is not None:
-                is_instance = dataclasses.is_dataclass(result) and not isinstance(result, type)
-                extra[analyzer.name] = dataclasses.asdict(cast(Any, result)) if is_instance else result
+        prosody, emotion, semantic, extra = await self._run_analyzers(window)
         if prosody is not None and prosody.unvoiced is not None:
             await self._unscored(window, prosody.unvoiced)
             return
@@ -298,6 +279,32 @@ class SpeakerAnalysis:
         ))
         for spike in estimate.spikes:
             await self._emit(self._spike_event(spike))
+
+    async def _run_analyzers(self, window: SpeechWindow) -> tuple[
+            ProsodyFeatures | None, EmotionScores | None, SemanticResult | None, dict[str, Any]]:
+        """Every analyzer on ``window`` at once: prosody, emotion and semantic results, and the
+        plugins' own (``extra``, by analyzer name). A failing analyzer is noted and left out."""
+        prosody: ProsodyFeatures | None = None
+        emotion: EmotionScores | None = None
+        semantic: SemanticResult | None = None
+        extra: dict[str, Any] = {}
+        results = await asyncio.gather(
+            *(a.analyze(window, wait=self.offline) for a in self.engine.analyzers),
+            return_exceptions=True,
+        )
+        for analyzer, result in zip(self.engine.analyzers, results, strict=True):
+            if isinstance(result, BaseException):
+                self._note_failure(analyzer.name, result)
+            elif isinstance(result, ProsodyFeatures):
+                prosody = result
+            elif isinstance(result, EmotionScores):
+                emotion = result
+            elif isinstance(result, SemanticResult):
+                semantic = result
+            elif result is not None:
+                is_instance = dataclasses.is_dataclass(result) and not isinstance(result, type)
+                extra[analyzer.name] = dataclasses.asdict(cast(Any, result)) if is_instance else result
+        return prosody, emotion, semantic, extra
 
     async def _unscored(self, window: SpeechWindow, why: str) -> None:
         """No voice in what the VAD passed (steady noise): no sample, no stress verdict; for
