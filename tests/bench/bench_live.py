@@ -341,7 +341,7 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
     from bridge import events as ev
     from bridge.config import load_settings
     from bridge.connectors.whep import WhepConnector
-    from bridge.live.calls import Call, CallManager
+    from bridge.live.calls import Call, CallManager, Join
     from bridge.live.ice import restrict_host_addresses
     from bridge.pipeline.analysis import AnalysisEngine
 
@@ -450,7 +450,7 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
             def factory(i: Any, on_sp: Any, on_left: Any, tracks: int = tracks) -> WhepConnector:
                 return WhepConnector(i, on_sp, on_left, url=args.source_whep, tracks=tracks)
 
-            calls.append(await manager.join(info, factory))
+            calls.append(await manager.join(Join(info, factory)))
         deadline = loop.time() + FLOW_TIMEOUT_S
         while True:  # until every speaker's audio flows
             pipes = pipelines()
