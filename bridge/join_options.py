@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = ["DEFAULT_DISPLAY", "HttpUrl", "JanusJoinOptions"]
 
 #: An ``http://`` or ``https://`` URL of at most 2048 characters (whether the bridge may reach
-#: it is the outbound allow-list's call, bridge/connectors/http.py).
+#: it is the outbound allow-list's call, bridge/allowlist.py).
 HttpUrl = Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
 
 DEFAULT_DISPLAY = "affect-bridge (monitoring)"

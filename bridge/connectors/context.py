@@ -43,7 +43,7 @@ def server_key(url: str) -> str:
 @dataclass(frozen=True, slots=True)
 class JoinContext:
     """What a connector joined on request takes from the service's config: ICE servers, the
-    outbound allow-list and limits (bridge/connectors/http.py), and the credentials of the Janus
+    outbound allow-list (bridge/allowlist.py) and limits, and the credentials of the Janus
     servers named in config (by URL)."""
 
     ice_servers: list[str] = field(default_factory=list)
