@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark: how many concurrent live speakers one bridge process keeps up with in real time.
 
-The full live path without the emotion model (``analyzers = ["prosody"]``): WebRTC receive
+The full live path without the emotion model (``analyzers = ["prosody"]``; with it:
+``--emotion MODEL``, ``base`` for a random-initialised wav2vec2-base): WebRTC receive
 (aiortc: UDP, SRTP, jitter buffer), Opus decode (aiortc's decoder thread per track), PyAV resample
 to 16 kHz mono, VAD + windowing, prosody (default executor), stress, events (counted, not
 written anywhere).
@@ -30,7 +31,9 @@ windows dropped because analysis fell behind, event-loop lag (a task sleeping 50
 RSS, the source's CPU time, and what the rest of the machine used (``/proc/stat``).
 
 Kept up in real time = every speaker received >= 0.95 x 50 frames/s, no window dropped, and the
-event loop's p99 lag under 200 ms.
+event loop's p99 lag under 200 ms; with ``--emotion``, also no emotion inference turned away (every
+window's estimate made). Its rows add the inferences made, those dropped, and the latency from a
+window's end to its event.
 
 All traffic stays on 127.0.0.1 (``restrict_host_addresses`` in both children). The source runs
 on the same machine and competes with the bridge for the cores, so figures understate what the
@@ -334,6 +337,40 @@ async def warm_up(engine: Any) -> None:
     await analysis.finish("warm-up over")
 
 
+class EmotionTally:
+    """The bridge's statistics as they are recorded (any thread): emotion inferences made and
+    turned away, and every window's latency from its end to its event."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items = self.batches = self.dropped = 0
+        self.latencies: list[float] = []
+
+    def record(self, stat: Any) -> None:
+        from bridge import stats
+
+        with self._lock:
+            if isinstance(stat, stats.InferenceBatch) and stat.analyzer == "emotion":
+                if stat.size == 0:  # an item its full queue turned away
+                    self.dropped += 1
+                else:
+                    self.items += stat.size
+                    self.batches += 1
+            elif isinstance(stat, stats.Dropped) and stat.stage.startswith("inference_emotion"):
+                self.dropped += stat.n
+            elif isinstance(stat, stats.WindowLatency):
+                self.latencies.append(stat.seconds)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"items": self.items, "batches": self.batches, "dropped": self.dropped,
+                    "latencies": len(self.latencies)}
+
+    def latencies_between(self, start: int, end: int) -> list[float]:
+        with self._lock:
+            return self.latencies[start:end]
+
+
 async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
     import psutil
@@ -350,12 +387,20 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # the orchestrator asks when we hang
     n = int(args.speakers)
     analyzers = [a for a in args.analyzers.split(",") if a]
-    engine = AnalysisEngine(load_settings(None, analyzers=analyzers))
+    tally = EmotionTally()
+    overrides: dict[str, Any] = {"analyzers": analyzers}
+    if args.emotion_model:
+        overrides["emotion"] = {"model": args.emotion_model}
+    engine = AnalysisEngine(load_settings(None, **overrides), record=tally.record)
     await engine.start()
+    if args.emotion_model and "emotion" in engine.degraded:
+        raise RuntimeError(f"the emotion model did not load: {engine.degraded['emotion']}")
     events: Counter[str] = Counter()
 
     async def emit(event: Any) -> None:
         events[event.type] += 1
+        if isinstance(event, ev.AffectSample) and event.data.arousal is not None:
+            events["affect.sample with emotion"] += 1
 
     manager = CallManager(engine, emit)
     source = psutil.Process(args.source_pid)
@@ -414,7 +459,10 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
             "frames": {sid: p.frames for sid, p in pipes.items()},
             "dropped": {sid: p.analysis.dropped for sid, p in pipes.items()},
             "audio_s": {sid: p.analysis.windower.audio_s for sid, p in pipes.items()},
-            "events": sum(events.values()),
+            "events": sum(v for k, v in events.items() if " " not in k),
+            "emotion": tally.snapshot(),
+            "samples": events["affect.sample"],
+            "samples_emotion": events["affect.sample with emotion"],
         }
 
     async def leave_all() -> None:
@@ -501,8 +549,11 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
     speakers_seen = len(b["frames"])
     lag_stats = lag_summary(lags)
     min_rate = min(rates) if rates and speakers_seen == n else 0.0
+    emo = {k: b["emotion"][k] - a["emotion"][k] for k in ("items", "batches", "dropped")}
+    latencies = tally.latencies_between(a["emotion"]["latencies"], b["emotion"]["latencies"])
     kept_up = (min_rate >= KEPT_UP_RATE * FRAME_RATE and dropped == 0
-               and lag_stats["p99_ms"] < KEPT_UP_LAG_MS)
+               and lag_stats["p99_ms"] < KEPT_UP_LAG_MS
+               and (not args.emotion_model or emo["dropped"] == 0))
     sent = src1["packets_sent"] - src0["packets_sent"]
     result: dict[str, Any] = {
         "speakers": n, "analyzers": analyzers, "per_call": args.per_call, "calls": len(sizes),
@@ -523,6 +574,13 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
         "packets_received_per_s_per_speaker": round((rtp1[0] - rtp0[0]) / (n * wall), 2),
         "packets_lost": rtp1[1] - rtp0[1],
         "dropped_windows": dropped,
+        "emotion": None if not args.emotion_model else {
+            "model": args.emotion_model, "inferences": emo["items"], "batches": emo["batches"],
+            "dropped": emo["dropped"],
+            "samples": b["samples"] - a["samples"],
+            "samples_with_emotion": b["samples_emotion"] - a["samples_emotion"],
+            "latency_p50_s": (round(statistics.median(latencies), 3) if latencies else None),
+            "latency_max_s": round(max(latencies), 3) if latencies else None},
         "dropped_windows_since_join": sum(b["dropped"].values()),
         "events_in_window": b["events"] - a["events"], "events_by_type": dict(events),
         "loop_lag": {k: round(v, 2) for k, v in lag_stats.items()},
@@ -617,6 +675,8 @@ def run_one(children: Children, logs: Path, n: int, args: argparse.Namespace, op
                 "--per-call", str(args.per_call)]
         if profile:
             argv.append("--_profile")
+        if args.emotion_model and "emotion" in analyzers:
+            argv += ["--_emotion-model", args.emotion_model]
         bridge = children.start(argv, br_log)
         try:
             timeout = FLOW_TIMEOUT_S + args.settle + args.seconds + 120
@@ -1043,14 +1103,27 @@ def print_summary(s: dict[str, Any], stopped: str | None, source: str) -> None:
           "understate the bridge's capacity on a dedicated host.")
 
 
+def emotion_checkpoint(which: str, directory: Path) -> str:
+    """``base``: a random-initialised wav2vec2-base classifier (4 emotions) built into
+    ``directory`` (bench_pipeline's builder); else the checkpoint directory given."""
+    if which != "base":
+        return str(Path(which).resolve())
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_pipeline import build_model
+
+    return str(build_model(directory / "wav2vec2-base-random"))
+
+
 def orchestrate(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     speakers = ([int(x) for x in args.speakers.split(",")] if args.speakers
                 else list(QUICK_SPEAKERS if args.quick else FULL_SPEAKERS))
     other_mode = "encode" if args.source == "opus" else "opus"
     compare = 0 if args.quick else (16 if args.compare_encode is None else args.compare_encode)
+    emotion_words = f", 'emotion' ({args.emotion})" if args.emotion else ""
     print(f"affect-bridge live benchmark: Python {platform.python_version()}, {cores} cores, "
-          f"{platform.machine()}; analyzers=['prosody']; N={speakers}; {args.per_call} speakers "
+          f"{platform.machine()}; analyzers=['prosody'{emotion_words}]; "
+          f"N={speakers}; {args.per_call} speakers "
           f"per WHEP session; window {args.seconds:.0f} s after {args.settle:.0f} s settling; "
           f"fresh source + bridge process per N; source: {SOURCE_WORDS[args.source]}; all "
           f"traffic on {LOOPBACK}", flush=True)
@@ -1067,10 +1140,15 @@ def orchestrate(args: argparse.Namespace) -> int:
         opus: list[Path] = []
         if args.source == "opus" or compare:
             opus = build_opus(logs, FLOW_TIMEOUT_S + args.settle + args.seconds + 60)
+        main_analyzers = "prosody"
+        if args.emotion:
+            args.emotion_model = emotion_checkpoint(args.emotion, logs)
+            main_analyzers = "prosody,emotion"
 
         def attempt(label: str, n: int, **kw: Any) -> dict[str, Any] | None:
             print(f"  N={n}{label} ...", end=" ", flush=True)
             kw.setdefault("source_mode", args.source)
+            kw.setdefault("analyzers", main_analyzers)
             try:
                 r = run_one(children, logs, n, args, opus, **kw)
             except RuntimeError as exc:
@@ -1079,7 +1157,11 @@ def orchestrate(args: argparse.Namespace) -> int:
                 return None
             print(f"{r['bridge_cpu_ms_per_speaker_s']:.2f} ms/spk-s, frames/s min "
                   f"{r['frames_per_s_min']:.1f}, dropped {r['dropped_windows']}, lag p99 "
-                  f"{r['loop_lag']['p99_ms']:.0f} ms: {'kept up' if r['kept_up'] else 'NOT kept up'}",
+                  f"{r['loop_lag']['p99_ms']:.0f} ms"
+                  + (f", emotion {r['emotion']['inferences']} inferences, "
+                     f"{r['emotion']['dropped']} dropped, latency p50 "
+                     f"{r['emotion']['latency_p50_s']} s" if r.get("emotion") else "")
+                  + f": {'kept up' if r['kept_up'] else 'NOT kept up'}",
                   flush=True)
             return r
 
@@ -1169,6 +1251,11 @@ def main() -> int:
     p.add_argument("--_source-stats", dest="source_stats", help=argparse.SUPPRESS)
     p.add_argument("--_opus", dest="opus", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--_analyzers", dest="analyzers", default="prosody", help=argparse.SUPPRESS)
+    p.add_argument("--_emotion-model", dest="emotion_model", help=argparse.SUPPRESS)
+    p.add_argument("--emotion", metavar="MODEL",
+                   help="with the emotion model on: a checkpoint directory, or 'base' for a "
+                        "random-initialised wav2vec2-base classifier built here (in-process "
+                        "path only)")
     p.add_argument("--_settle", dest="settle", type=float, help=argparse.SUPPRESS)
     p.add_argument("--_profile", dest="profile_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
