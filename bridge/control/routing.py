@@ -34,6 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.config import ShardSettings
+from bridge.control.errors import error
 from bridge.control.joining import parsed_join
 from bridge.control.shard import owner
 from bridge.logsafe import client_error
@@ -70,10 +71,6 @@ class Router:
 
 
 ROUTER = web.AppKey("router", Router)
-
-
-def _json_error(status: int, error: str, reason: str) -> web.Response:
-    return web.json_response({"error": error, "reason": reason}, status=status)
 
 
 def _route(request: web.Request) -> str:
@@ -122,7 +119,7 @@ async def _forward(request: web.Request, router: Router, index: int, base: str
         # Nothing reached the owner: nothing changed anywhere.
         client_error(log, "%s %s: owner %s unreachable (%s)", request.method,
                      request.path[:200], where, type(exc).__name__)
-        return _json_error(502, "owner_unreachable",
+        return error(502, "owner_unreachable",
                            f"the call's owner ({where}) cannot be reached "
                            f"({type(exc).__name__}); nothing was changed")
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -131,7 +128,7 @@ async def _forward(request: web.Request, router: Router, index: int, base: str
         client_error(log, "%s %s: owner %s %s", request.method, request.path[:200], where,
                      "did not answer in time" if timed_out else
                      f"failed mid-request ({type(exc).__name__})")
-        return _json_error(504 if timed_out else 502,
+        return error(504 if timed_out else 502,
                            "owner_timeout" if timed_out else "owner_failed",
                            f"the call's owner ({where}) "
                            + ("did not answer in time" if timed_out else
