@@ -177,6 +177,38 @@ def test_the_matmul_feature_encoder_computes_what_the_convolutions_do(
         assert 0.5 * float((a - b).abs().sum()) < 0.05
 
 
+@pytest.mark.parametrize("norm,bias", [("group", False), ("group", True), ("layer", True)])
+def test_the_matmul_encoder_alone_equals_the_convolutions_row_by_row(norm: str,
+                                                                     bias: bool) -> None:
+    """Both encoder forms (wav2vec2-base's group norm on the first layer, folded into its
+    product; large models' layer norm on every layer, with conv biases), a batch of two
+    different signals: each row is what the convolutions give it alone."""
+    import torch
+    from transformers import Wav2Vec2Config
+    from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2FeatureEncoder
+
+    from analyzers.encoder import MatmulFeatureEncoder
+
+    torch.manual_seed(3)
+    cfg = Wav2Vec2Config(conv_dim=(32, 32, 32, 32, 32, 32, 32), feat_extract_norm=norm,
+                         conv_bias=bias)
+    original = Wav2Vec2FeatureEncoder(cfg).eval()
+    with torch.no_grad():  # affine norms away from their identity start
+        for module in original.modules():
+            if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    converted = MatmulFeatureEncoder(original)
+    rows = torch.stack([torch.from_numpy(harmonic(150, 1.3)),
+                        torch.from_numpy(harmonic(260, 1.3, seed=5)) * 3 + 0.2])
+    with torch.inference_mode():
+        together = converted(rows)
+        for i in range(2):
+            alone = original(rows[i:i + 1])
+            assert together[i:i + 1].shape == alone.shape
+            assert torch.allclose(together[i:i + 1], alone, atol=1e-4, rtol=1e-3)
+
+
 def test_folding_the_weight_norm_changes_no_result(tiny_emotion_model: Path) -> None:
     import torch
     from transformers import AutoModelForAudioClassification
