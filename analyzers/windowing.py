@@ -68,6 +68,7 @@ class SpeechWindower:
         self._new_speech: deque[npt.NDArray[np.float32]] = deque(
             maxlen=max(1, math.ceil(self.config.emotion_max_s / self.vad.frame_s))
         )
+        self._chunk_frames = max(1, round(self.config.emotion_chunk_s / self.vad.frame_s))
         self._levels: deque[float] = deque(maxlen=round(LEVEL_MEMORY_S / self.vad.frame_s))
         self._origin_s: float | None = None
         self.stream = next(_STREAMS)
@@ -182,11 +183,15 @@ class SpeechWindower:
             return None
         samples = np.concatenate(self._frames)
         # New speech waits until a whole emotion chunk has gathered (fewer, longer model calls:
-        # each call has a fixed cost), or the stream ends.
-        pending_s = len(self._new_speech) * self.vad.frame_s
-        if self._new_speech and (final or pending_s + 1e-9 >= self.config.emotion_chunk_s):
-            new_speech = np.concatenate(self._new_speech)
-            self._new_speech.clear()
+        # each call has a fixed cost), or the stream ends. A chunk is exactly that long, the
+        # rest waits for the next one: chunks of one length from many speakers share one
+        # forward pass (analyzers/batching.py).
+        if final:
+            take = len(self._new_speech)
+        else:
+            take = self._chunk_frames if len(self._new_speech) >= self._chunk_frames else 0
+        if take:
+            new_speech = np.concatenate([self._new_speech.popleft() for _ in range(take)])
         else:
             new_speech = np.zeros(0, np.float32)
         end = self.now_s

@@ -54,7 +54,11 @@ def test_every_voiced_second_reaches_the_emotion_model_once_in_chunks() -> None:
     windows = stream(talk(30.0), w) + w.flush()
     handed = [len(x.new_speech) / SR for x in windows]
     nonzero = [h for h in handed if h > 0]
-    assert all(h >= 3.0 - 1e-6 for h in nonzero[:-1])  # only the last (flush) may be shorter
+    # Every chunk but the last (the flush) is one length, the chunk's to a VAD frame: chunks
+    # of several speakers can share a forward pass. The rest waits for the next chunk.
+    assert len(nonzero) > 3 and len(set(nonzero[:-1])) == 1
+    assert nonzero[0] == pytest.approx(3.0, abs=w.vad.frame_s / 2)
+    assert nonzero[-1] <= nonzero[0]
     assert sum(handed) == pytest.approx(w.speech_s, abs=0.01)
 
 
