@@ -52,6 +52,13 @@ class SchedulerStats:
 _STOP = object()
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A callable run on the inference thread between batches (:meth:`run_soon`)."""
+
+    fn: Callable[[], None]
+
+
 class InferenceScheduler(Generic[In, Out]):
     def __init__(
         self,
@@ -100,6 +107,13 @@ class InferenceScheduler(Generic[In, Out]):
         except Exception:  # a broken metrics hook never breaks inference
             logging.getLogger(__name__).exception("batch observer failed")
 
+    def run_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the inference thread after what is queued now (a measurement that must
+        use the thread's own settings). Its exceptions are logged; inference goes on."""
+        if self._closed:
+            raise RuntimeError("inference scheduler is closed")
+        self._queue.put(_Job(fn))
+
     @property
     def pending(self) -> int:
         return self._queue.qsize()
@@ -122,6 +136,9 @@ class InferenceScheduler(Generic[In, Out]):
             first = self._queue.get()
             if first is _STOP:
                 return
+            if isinstance(first, _Job):
+                self._run_job(first)
+                continue
             batch = [first]
             deadline = time.monotonic() + self.max_wait_s
             stop = False
@@ -135,10 +152,21 @@ class InferenceScheduler(Generic[In, Out]):
                 if nxt is _STOP:
                     stop = True
                     break
+                if isinstance(nxt, _Job):  # after this batch, in queue order
+                    self._run_batch(batch)  # type: ignore[arg-type]
+                    batch = []
+                    self._run_job(nxt)
+                    break
                 batch.append(nxt)
             self._run_batch(batch)  # type: ignore[arg-type]
             if stop:
                 return
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            job.fn()
+        except Exception:  # a failed measurement must not kill inference
+            logging.getLogger(__name__).exception("job on the inference thread failed")
 
     def _run_batch(self, batch: list[tuple[In, Future[Out]]]) -> None:
         live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]

@@ -10,6 +10,7 @@ prepared for the next start (:mod:`analyzers.prepared`) and run in batches of eq
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -33,9 +34,11 @@ from analyzers.encoder import has_convertible_encoder
 from analyzers.heads import CANONICAL, CIRCUMPLEX, Head, canonical_label, scores_from_probabilities
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.precision import (
+    BatchChoice,
     DecisionCache,
     candidates,
     choose,
+    choose_batch,
     decision_key,
     files_digest,
     probe_signals,
@@ -73,7 +76,9 @@ class EmotionConfig:
     min_audio_s: Annotated[float, Field(
         ge=0.1, description="shorter speech is not sent to the model")] = 1.0
     max_batch: Annotated[int, Field(
-        ge=0, le=256, description="0: 1 on CPU (batching does not pay there), 8 on GPU")] = 0
+        ge=0, le=256, description="0: on GPU 8; on CPU measured by the live service at start "
+                                  "(1, 2, 4 or 8 chunks per forward pass, kept with the "
+                                  "precision; 1 until measured, and for analyze)")] = 0
     max_wait_ms: Annotated[float, Field(
         ge=0, le=5000, description="how long the scheduler waits to fill a batch")] = 20.0
     queue_size: Annotated[int, Field(
@@ -180,6 +185,8 @@ class EmotionModel:
         self._dtype: Any = None
         self._normalize: bool | None = None  # set when inputs are made without transformers
         self._cache = DecisionCache()
+        self._key_cache: str | None = None  # the precision decision's key, once computed
+        self.batch: BatchChoice | None = None  # measured or cached (CPU, max_batch 0)
 
     @property
     def loaded(self) -> bool:
@@ -209,6 +216,7 @@ class EmotionModel:
             self.configure_thread()
             key = self._key()
             if not download and self._use_prepared(key):
+                self.batch = self._cached_batch()
                 self._finish(f"prepared, {time.perf_counter() - started:.1f} s")
                 return
         if download:
@@ -226,6 +234,7 @@ class EmotionModel:
         if self.device == "cpu" and key is None:
             key = self._key()
         self._model = self._in_precision(model.to(self.device), key)
+        self.batch = self._cached_batch()
         self._keep_prepared(key)
         self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
 
@@ -316,7 +325,8 @@ class EmotionModel:
         files = checkpoint_files(self.config.model)
         if not files:
             return None
-        return decision_key(files_digest(files, self._cache), self.config.tolerance)
+        self._key_cache = decision_key(files_digest(files, self._cache), self.config.tolerance)
+        return self._key_cache
 
     def _cached_variant(self, key: str | None) -> str | None:
         decision = self._cache.get(key) if key else None
@@ -403,7 +413,43 @@ class EmotionModel:
     def max_batch(self) -> int:
         if self.config.max_batch > 0:
             return self.config.max_batch
-        return 1 if self.device == "cpu" else 8
+        if self.device != "cpu":
+            return 8
+        return self.batch.size if self.batch is not None else 1
+
+    @property
+    def batch_unknown(self) -> bool:
+        """Whether the batch size is to be measured here (CPU, ``max_batch = 0``, no cached
+        measurement for this checkpoint, precision, processor and thread count)."""
+        return self.config.max_batch == 0 and self.device == "cpu" and self.batch is None
+
+    def _batch_key(self) -> str | None:
+        import torch
+
+        if self._key_cache is None:
+            return None
+        raw = f"{self._key_cache}|{self.precision}|threads {torch.get_num_threads()}|chunk 4.0"
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def _cached_batch(self) -> BatchChoice | None:
+        key = self._batch_key() if self.config.max_batch == 0 else None
+        return self._cache.get_batch(key) if key else None
+
+    def measure_batch(self, chunk_s: float = 4.0) -> BatchChoice:
+        """Blocking, on the inference thread: time 1, 2, 4 and 8 equal-length chunks per
+        forward pass (:func:`~analyzers.precision.choose_batch`), keep the choice in the cache
+        and in :attr:`batch`."""
+        probes = probe_signals(chunk_s)
+        chunks = {b: [probes[i % len(probes)] for i in range(b)] for b in (1, 2, 4, 8)}
+        started = time.perf_counter()
+        choice = choose_batch(lambda b: self.predict(chunks[b]), chunk_s=chunk_s)
+        key = self._batch_key()
+        if key is not None:
+            self._cache.put_batch(key, choice)
+        self.batch = choice
+        log.info("emotion %s, measured in %.1f s", choice.describe(),
+                 time.perf_counter() - started)
+        return choice
 
     def predict(self, waveforms: list[npt.NDArray[np.float32]]) -> list[EmotionScores]:
         """Blocking inference on a batch; call from the scheduler thread only."""
@@ -444,6 +490,19 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
     def from_options(cls, options: dict[str, Any], *,
                      on_batch: BatchObserver | None = None) -> EmotionAnalyzer:
         return cls(EmotionConfig(**options), on_batch=on_batch)
+
+    def warm_up(self) -> None:
+        """Live service, after :meth:`load`: where the batch size is still unknown, measure it
+        on the inference thread, behind whatever is queued (the service is ready meanwhile;
+        until it is done, chunks run one by one)."""
+        scheduler = self._scheduler
+        if scheduler is None or not self.model.batch_unknown:
+            return
+
+        def measure() -> None:
+            scheduler.max_batch = self.model.measure_batch().size
+
+        scheduler.run_soon(measure)
 
     def load(self) -> None:
         """Blocking. Raises :class:`ModelUnavailable`; the caller reports the degradation."""

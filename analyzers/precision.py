@@ -12,6 +12,10 @@ Measuring costs a few seconds, so the decision is cached (:class:`DecisionCache`
 file in the user's cache directory) under a key of the checkpoint's content hash, the processor
 and the torch version: a later start on the same machine pays nothing, a changed checkpoint or
 processor measures again, and an unreadable cache is ignored (one log line) and rewritten.
+
+The batch size of the live service is chosen the same way (:func:`choose_batch`: equal-length
+chunks of several speakers in one forward pass, where the processor gains from the larger
+matrices) and kept in the same file.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ import numpy.typing as npt
 
 from analyzers.types import SAMPLE_RATE
 
-__all__ = ["PRECISIONS", "Decision", "DecisionCache", "cache_dir", "candidates", "choose",
-           "cpu_flags", "decision_key", "files_digest", "native_bf16", "probe_signals", "processor",
-           "to_precision", "total_variation"]
+__all__ = ["PRECISIONS", "BatchChoice", "Decision", "DecisionCache", "cache_dir", "candidates",
+           "choose", "choose_batch", "cpu_flags", "decision_key", "files_digest", "native_bf16",
+           "probe_signals", "processor", "to_precision", "total_variation"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,7 @@ class DecisionCache:
         data.setdefault("version", CACHE_VERSION)
         data.setdefault("decisions", {})
         data.setdefault("digests", {})
+        data.setdefault("batches", {})
         self._data = data
         return data
 
@@ -147,6 +152,26 @@ class DecisionCache:
 
     def put(self, key: str, decision: Decision) -> None:
         self._load()["decisions"][key] = asdict(decision)
+        self._save()
+
+    def get_batch(self, key: str) -> BatchChoice | None:
+        entry = self._load()["batches"].get(key)
+        if entry is None:
+            return None
+        try:
+            choice = BatchChoice(int(entry["size"]),
+                                 {int(k): float(v) for k, v in entry["rates"].items()})
+            if choice.size < 1:
+                raise ValueError(choice.size)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            log.warning("precision cache %s: batch entry %s is malformed; measuring again",
+                        self.path, key[:12])
+            return None
+        return choice
+
+    def put_batch(self, key: str, choice: BatchChoice) -> None:
+        self._load()["batches"][key] = {"size": choice.size,
+                                        "rates": {str(k): v for k, v in choice.rates.items()}}
         self._save()
 
     def digest(self, path: Path) -> str:
@@ -201,6 +226,46 @@ class Decision:
                  + (f" (TV {self.agreement[p]:.4f})" if p in self.agreement else "")
                  for p in self.rates]
         return f"{self.precision}: " + ", ".join(parts) + (f"; {self.note}" if self.note else "")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChoice:
+    """How many equal-length chunks share one forward pass, and what each size did."""
+
+    size: int
+    #: audio-seconds per second at each batch size measured (the batch's whole audio)
+    rates: dict[int, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        base = self.rates.get(1)
+        parts = [f"{b}: {r:.1f}" + (f" ({r / base:.2f}x)" if base and b != 1 else "")
+                 for b, r in sorted(self.rates.items())]
+        return f"batch {self.size} (audio-s/s by batch size: {', '.join(parts)})"
+
+
+def choose_batch(run: Callable[[int], object], *, sizes: tuple[int, ...] = (1, 2, 4, 8),
+                 rounds: int = 3, min_gain: float = 1.10, near: float = 0.95,
+                 chunk_s: float = 4.0,
+                 clock: Callable[[], float] = time.perf_counter) -> BatchChoice:
+    """Time ``run(b)`` (one forward pass over ``b`` chunks of ``chunk_s`` seconds) for every
+    size, interleaved over ``rounds`` (a noisy machine slows all sizes alike), medians.
+    Batching wins only where it pays: the best size must beat one chunk alone by ``min_gain``,
+    and then the smallest size within ``near`` of the best is taken (smaller batches wait less
+    to fill)."""
+    for b in sizes:  # warm-up: first-call allocations at each shape
+        run(b)
+    seen: dict[int, list[float]] = {b: [] for b in sizes}
+    for _ in range(rounds):
+        for b in sizes:
+            started = clock()
+            run(b)
+            seen[b].append(b * chunk_s / max(clock() - started, 1e-9))
+    rates = {b: float(np.median(v)) for b, v in seen.items()}
+    best = max(rates.values())
+    size = 1
+    if best >= rates.get(1, best) * min_gain:
+        size = min(b for b, r in rates.items() if r >= near * best)
+    return BatchChoice(size, {b: round(r, 2) for b, r in rates.items()})
 
 
 def probe_signals(seconds: float = 2.0) -> list[npt.NDArray[np.float32]]:

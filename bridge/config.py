@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from analyzers.emotion import EmotionConfig
+from analyzers.loading import usable_cpus
 from analyzers.prosody import ProsodyConfig
 from analyzers.semantic import SemanticConfig
 from analyzers.stress import StressConfig
@@ -371,22 +372,6 @@ class Settings(BaseSettings):
         options["emotion"] = dataclasses.asdict(self.emotion)
         options["semantic"] = dataclasses.asdict(self.semantic)
         return options
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU limit
-    (``cpu.max``, what a Kubernetes CPU limit sets), rounded up."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, -(-int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
 
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:

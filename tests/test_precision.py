@@ -15,9 +15,11 @@ import pytest
 import analyzers.emotion as emotion_module
 from analyzers.emotion import EmotionConfig, EmotionModel, fold_weight_norm
 from analyzers.precision import (
+    BatchChoice,
     DecisionCache,
     candidates,
     choose,
+    choose_batch,
     native_bf16,
     to_precision,
 )
@@ -325,3 +327,89 @@ def test_download_models_fetches_without_measuring_or_preparing(
     assert result.returncode == 0, result.stderr
     assert "in the local cache" in result.stdout
     assert not (cache / "precision.json").exists() and not (cache / "models").exists()
+
+
+class _Clock:
+    """A clock that ``run`` advances by what a batch "costs": timing without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("cost,expected", [
+    (lambda b: 0.2 * b, 1),  # no gain: every chunk costs the same alone or together
+    (lambda b: 0.05 + 0.15 * b, 4),  # a fixed cost shared: 8 is best, 4 within 5 % of it
+    (lambda b: 0.2 * b * (1.0 if b < 4 else 0.95), 1),  # 5 % is no gain worth waiting for
+    (lambda b: 0.2 * b * (1.0 if b < 2 else 0.7), 2),  # AMX-like: the gain from 2 chunks on
+])
+def test_the_batch_size_is_the_smallest_that_pays(cost: Any, expected: int) -> None:
+    clock = _Clock()
+
+    def run(b: int) -> None:
+        clock.now += cost(b)
+
+    choice = choose_batch(run, clock=clock)
+    assert choice.size == expected
+    assert sorted(choice.rates) == [1, 2, 4, 8]
+    assert choice.rates[1] == pytest.approx(4.0 / cost(1), rel=1e-3)
+
+
+def test_batch_choices_survive_the_cache_and_bad_entries_are_ignored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "precision.json"
+    DecisionCache(path).put_batch("k", BatchChoice(4, {1: 20.0, 4: 31.5}))
+    assert DecisionCache(path).get_batch("k") == BatchChoice(4, {1: 20.0, 4: 31.5})
+    assert DecisionCache(path).get_batch("other") is None
+    data = json.loads(path.read_text())
+    data["batches"]["k"] = {"size": 0, "rates": {}}
+    path.write_text(json.dumps(data))
+    assert DecisionCache(path).get_batch("k") is None
+    assert any("malformed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
+        tiny_emotion_model: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """warm_up (live only) measures on the inference thread and sets the scheduler's batch;
+    the next start reads it from the cache; results batched are each speaker's own."""
+    import threading
+
+    from analyzers.emotion import EmotionAnalyzer
+
+    measured: list[str] = []
+    real = EmotionModel.measure_batch
+
+    def spy(self: EmotionModel, chunk_s: float = 4.0) -> BatchChoice:
+        measured.append(threading.current_thread().name)
+        return real(self, chunk_s)
+
+    monkeypatch.setattr(EmotionModel, "measure_batch", spy)
+    monkeypatch.setattr(emotion_module, "choose_batch",
+                        lambda run, **kw: (run(2), BatchChoice(2, {1: 10.0, 2: 14.0}))[1])
+    first = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    first.load()
+    assert first.scheduler is not None and first.scheduler.max_batch == 1
+    assert first.model.batch_unknown
+    first.warm_up()
+    waves = [harmonic(150 + 40 * i, 4.0, seed=i) for i in range(4)]
+    together = [f.result(30) for f in [first.scheduler.submit(w) for w in waves]]
+    assert measured == ["emotion-inference"]
+    assert first.scheduler.max_batch == 2 and not first.model.batch_unknown
+    alone = [first.model.predict([w])[0] for w in waves]
+    for a, b in zip(alone, together, strict=True):
+        assert _tv(a, b) < 1e-5
+    first.close()
+
+    later = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    later.load()  # prepared, and the batch size from the cache
+    assert later.scheduler is not None and later.scheduler.max_batch == 2
+    later.warm_up()
+    later.close()
+    assert measured == ["emotion-inference"]
+    forced = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu",
+                                           max_batch=3))
+    forced.load()
+    assert forced.scheduler is not None and forced.scheduler.max_batch == 3
+    forced.close()
