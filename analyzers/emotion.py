@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -187,6 +188,7 @@ class EmotionModel:
         self._cache = DecisionCache()
         self._key_cache: str | None = None  # the precision decision's key, once computed
         self.batch: BatchChoice | None = None  # measured or cached (CPU, max_batch 0)
+        self._saver: threading.Thread | None = None  # writes the prepared copy (background)
 
     @property
     def loaded(self) -> bool:
@@ -198,7 +200,7 @@ class EmotionModel:
         what = self.head.describe() if self.head else "not loaded"
         return f"{self.family} ({what}) in {self.precision} on {self.device}"
 
-    def load(self, *, download: bool = False) -> None:
+    def load(self, *, download: bool = False, background: bool = False) -> None:
         """Blocking: load the model. Raises :class:`ModelUnavailable` (:class:`ModelRefused`
         for a checkpoint this product will not run, see :mod:`analyzers.checkpoint`).
 
@@ -208,6 +210,8 @@ class EmotionModel:
         HuggingFace cache are read: weights are fetched ahead of time (``affect-bridge
         download-models``), never on a first call. ``download`` fetches, inspects and loads, but
         measures nothing and prepares nothing (it runs at image build, not where it serves).
+        ``background``: the prepared copy is traced and written by a thread of its own while
+        inference starts (:meth:`wait_prepared`); the process waits for it before it exits.
         """
         started = time.perf_counter()
         self.device = self._resolve_device()
@@ -235,7 +239,12 @@ class EmotionModel:
             key = self._key()
         self._model = self._in_precision(model.to(self.device), key)
         self.batch = self._cached_batch()
-        self._keep_prepared(key)
+        if background:
+            self._saver = threading.Thread(target=self._keep_prepared, args=(key,),
+                                           name="emotion-prepare")
+            self._saver.start()
+        else:
+            self._keep_prepared(key)
         self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
 
     def _resolve_device(self) -> str:
@@ -298,12 +307,17 @@ class EmotionModel:
                                      value_range=self.config.dimension_range)
         return model
 
+    def wait_prepared(self, timeout: float | None = None) -> None:
+        """Until the prepared copy written in the background (if any) is on disk."""
+        if self._saver is not None:
+            self._saver.join(timeout)
+
     def _keep_prepared(self, key: str | None) -> None:
         if key is None or self.head is None or not eligible(self._extractor):
             return
         saved = save_prepared(self._model, key, self.precision, self._labels,
                               bool(getattr(self._extractor, "do_normalize", False)),
-                              probe_signals()[1], kind=self.head.kind,
+                              probe_signals(1.0)[1], kind=self.head.kind,
                               value_range=self.head.value_range, family=self.family)
         if saved is not None:
             log.info("emotion model kept prepared in %s", saved)
@@ -506,7 +520,7 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
 
     def load(self) -> None:
         """Blocking. Raises :class:`ModelUnavailable`; the caller reports the degradation."""
-        self.model.load()
+        self.model.load(background=True)
         self._scheduler = InferenceScheduler(
             self.model.predict,
             on_start=self.model.configure_thread,
@@ -516,3 +530,7 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
             name="emotion-inference",
             observer=self.on_batch,
         )
+
+    def close(self) -> None:
+        super().close()
+        self.model.wait_prepared()

@@ -244,7 +244,7 @@ class BatchChoice:
 
 
 def choose_batch(run: Callable[[int], object], *, sizes: tuple[int, ...] = (1, 2, 4, 8),
-                 rounds: int = 3, min_gain: float = 1.10, near: float = 0.95,
+                 rounds: int = 2, min_gain: float = 1.10, near: float = 0.95,
                  chunk_s: float = 4.0,
                  clock: Callable[[], float] = time.perf_counter) -> BatchChoice:
     """Time ``run(b)`` (one forward pass over ``b`` chunks of ``chunk_s`` seconds) for every
@@ -348,7 +348,7 @@ def choose(model: Any, run: Run, options: list[str], *, tolerance: float = 0.05,
     within ``tolerance`` and beats fp32 by ``min_gain`` wins (within measurement noise fp32,
     the exact one, stays). Candidates are built one at a time and dropped when beaten. Returns
     the model converted and the decision."""
-    probes = probe_signals()
+    probes = probe_signals(1.0)
     reference, fp32_rate = _measure(run, model, probes)
     rates = {"fp32": fp32_rate}
     agreement: dict[str, float] = {}
