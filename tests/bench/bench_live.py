@@ -55,6 +55,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -761,15 +762,22 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
         urls = json.loads(_read_line(source, 60, "the source", src_log))
         port = _free_port()
         cfg = logs / f"service-{tag}.toml"
-        cfg.write_text(f'analyzers = ["prosody"]\nworkers = {workers}\nlog_level = "WARNING"\n'
+        emotion = getattr(args, "emotion_model", None)
+        analyzers = '["prosody", "emotion"]' if emotion else '["prosody"]'
+        cfg.write_text(f'analyzers = {analyzers}\nworkers = {workers}\nlog_level = "INFO"\n'
                        f'[live]\nice_host_addresses = ["{LOOPBACK}"]\n'
-                       f'[outbound]\nallow = ["{LOOPBACK}"]\n', encoding="utf-8")
+                       f'[outbound]\nallow = ["{LOOPBACK}"]\n'
+                       + (f'[emotion]\nmodel = "{emotion}"\ndevice = "cpu"\n' if emotion
+                          else ""), encoding="utf-8")
         with open(br_log, "w", encoding="utf-8") as err:
             service = subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg), "--listen",
                  f"{LOOPBACK}:{port}"], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT,
                 env={**os.environ, "HF_HUB_OFFLINE": "1",
-                     "AFFECT_BRIDGE_API_TOKEN": SERVICE_TOKEN})
+                     "AFFECT_BRIDGE_API_TOKEN": SERVICE_TOKEN,
+                     # one cache for every run: the first service start measures the
+                     # precision and the batch size, later ones read them (as deployed)
+                     "AFFECT_BRIDGE_CACHE_DIR": str(logs / "cache")})
         children.procs.append(service)  # type: ignore[arg-type]
         base = f"http://{LOOPBACK}:{port}"
         auth = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
@@ -783,6 +791,13 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
                                    + br_log.read_text()[-3000:])
             time.sleep(0.2)
         root = psutil.Process(service.pid)
+        if emotion:  # the first start measures the batch size once ready: not in the figures
+            cache = logs / "cache" / "precision.json"
+            deadline = time.monotonic() + 180
+            while not (cache.is_file() and json.loads(cache.read_text()).get("batches")):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no emotion batch size was measured in 180 s")
+                time.sleep(0.5)
         time.sleep(2.0)
         base_rss, base_pss = _tree_mem_mb(root)
         sizes = [min(args.per_call, n - i) for i in range(0, n, args.per_call)]
@@ -816,6 +831,9 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
             return _metric(m1, name, labels) - _metric(m0, name, labels)
 
         frames = delta("affect_audio_frames_total")
+        emo_items = delta("affect_inference_batch_size_sum", 'analyzer="emotion"')
+        emo_batches = delta("affect_inference_batch_size_count", 'analyzer="emotion"')
+        emo_dropped = delta("affect_dropped_total", 'stage="inference_emotion"')
         windows = delta("affect_dropped_total", 'stage="window_queue"')
         channel = delta("affect_dropped_total", 'stage="worker_channel"')
         lat_n = delta("affect_pipeline_latency_seconds_count")
@@ -824,7 +842,8 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
         rate = frames / (n * wall)
         cpu = cpu1 - cpu0
         kept = (rate >= KEPT_UP_RATE * FRAME_RATE and windows == 0 and channel == 0
-                and lat_mean is not None and lat_mean < 1.0)
+                and lat_mean is not None and lat_mean < 1.0 and emo_dropped == 0)
+        batch_sizes = re.findall(r"emotion batch (\d+) \(", br_log.read_text(errors="replace"))
         return {"speakers": n, "workers": workers, "wall_s": round(wall, 2),
                 "frames_per_speaker_s": round(rate, 2), "dropped_windows": int(windows),
                 "dropped_channel": int(channel), "latency_mean_s": lat_mean,
@@ -838,6 +857,11 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
                 "pss_mb_per_speaker": round((pss - base_pss) / n, 2),
                 "base_rss_mb": round(base_rss, 1), "base_pss_mb": round(base_pss, 1),
                 "calls_per_worker": dict(sorted((str(k), v) for k, v in placed.items())),
+                "emotion": None if not emotion else {
+                    "inferences": int(emo_items), "batches": int(emo_batches),
+                    "dropped": int(emo_dropped),
+                    "mean_batch": round(emo_items / emo_batches, 2) if emo_batches else None,
+                    "batch_sizes_measured": [int(b) for b in batch_sizes]},
                 "kept_up": kept}
     finally:
         if service is not None:
@@ -867,8 +891,12 @@ def orchestrate_workers(args: argparse.Namespace) -> int:
     speakers = ([int(x) for x in args.speakers.split(",")] if args.speakers
                 else [24, 32, 40, 48, 56, 64, 72, 80, 88, 96])
     cores = os.cpu_count() or 1
+    from analyzers.precision import processor
+
+    emotion = f", 'emotion' ({args.emotion})" if args.emotion else ""
     print(f"affect-bridge live benchmark, the service: `affect-bridge run --workers W` for W in "
-          f"{counts}; Python {platform.python_version()}, {cores} cores; analyzers=['prosody']; "
+          f"{counts}; Python {platform.python_version()}, {cores} cores "
+          f"({processor()}); analyzers=['prosody'{emotion}]; "
           f"N={speakers}; {args.per_call} speakers per WHEP session; window {args.seconds:.0f} s "
           f"after {args.settle:.0f} s settling; fresh source + service per run; source: "
           f"{SOURCE_WORDS['opus']}", flush=True)
@@ -878,6 +906,8 @@ def orchestrate_workers(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         logs = Path(tmp)
         opus = build_opus(logs, FLOW_TIMEOUT_S + args.settle + args.seconds + 60)
+        if args.emotion:
+            args.emotion_model = emotion_checkpoint(args.emotion, logs)
         try:
             for w in counts:
                 best[w] = None
@@ -889,6 +919,11 @@ def orchestrate_workers(args: argparse.Namespace) -> int:
                         print(f"failed: {str(exc)[:300]}")
                         break
                     runs.append(r)
+                    emo = r.get("emotion")
+                    if emo:
+                        print(f"emotion {emo['inferences']} inferences in {emo['batches']} "
+                              f"batches (batch size chosen {emo['batch_sizes_measured']}), "
+                              f"{emo['dropped']} turned away;", end=" ")
                     print(f"{r['frames_per_speaker_s']:.1f} frames/spk-s, dropped "
                           f"{r['dropped_windows']}+{r['dropped_channel']}, latency "
                           f"{fmt(r['latency_mean_s'], 3)} s, {r['cores']:.2f} cores "
