@@ -43,7 +43,7 @@ def _thread_rate(model: Any, x: Any, runs: int) -> list[float]:
         for _ in range(runs):
             t0 = time.thread_time()
             model(x)
-            out.append(x.shape[1] / SR / (time.thread_time() - t0))
+            out.append(x.numel() / SR / (time.thread_time() - t0))  # every row's audio
     return out
 
 
@@ -75,8 +75,16 @@ def precision_part(model_dir: Path, repeat: int) -> dict[str, Any]:
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         x = torch.from_numpy((audio - audio.mean()) / np.sqrt(audio.var() + 1e-7))[None]
         with torch.inference_mode():
-            logits = model(x.to(dtype)).logits
+            out = model(x.to(dtype))
+            logits = out["logits"] if isinstance(out, dict) else out.logits  # traced: a dict
         return torch.softmax(logits.double(), -1)[0].numpy()
+
+    started = time.perf_counter()
+    _, decision = choose(copy.deepcopy(folded), probs, candidates())
+    choose_s = time.perf_counter() - started
+    chosen = decision.precision
+    prepared = f"{chosen} prepared"  # what the bridge runs: the traced copy (analyzers/prepared)
+    variants[prepared] = _traced(variants[chosen])
 
     probes = probe_signals()
     reference = [probs(folded, p) for p in probes]
@@ -94,11 +102,8 @@ def precision_part(model_dir: Path, repeat: int) -> dict[str, Any]:
             dtype = next(p.dtype for p in m.parameters() if p.is_floating_point())
             rates[name] += _thread_rate(m, x.to(dtype), 2)
     median = {name: float(np.median(v)) for name, v in rates.items()}
-
-    started = time.perf_counter()
-    _, decision = choose(copy.deepcopy(folded), probs, candidates())
-    choose_s = time.perf_counter() - started
-    chosen = decision.precision
+    dtype = next(p.dtype for p in variants[prepared].parameters() if p.is_floating_point())
+    batches = _batch_rates(variants[prepared], x.to(dtype), repeat)
     profiles = {label: _profile(variants[name], x)
                 for label, name in (("before (int8, conv encoder, weight norm per call)",
                                      "int8 (before)"), (f"now ({chosen})", chosen))}
@@ -108,6 +113,8 @@ def precision_part(model_dir: Path, repeat: int) -> dict[str, Any]:
         "audio_s_per_cpu_s": {k: round(v, 2) for k, v in median.items()},
         "agreement_tv": {k: round(v, 5) for k, v in agreement.items()},
         "default_vs_before": median[chosen] / median["int8 (before)"],
+        "prepared_vs_before": median[prepared] / median["int8 (before)"],
+        "prepared_batch_rates": batches,
         "profiles": profiles,
     }
     print("\n== emotion inference, one thread, 4 s input, median of "
@@ -118,10 +125,47 @@ def precision_part(model_dir: Path, repeat: int) -> dict[str, Any]:
     if not native_bf16():
         print("  bf16: not a candidate here (no AMX / AVX512-BF16: torch emulates it)")
     print(f"  auto chose {chosen} in {choose_s:.1f} s ({decision.describe()})")
-    print(f"  default now / before: {result['default_vs_before']:.2f}x")
+    print(f"  default now / before: {result['default_vs_before']:.2f}x eager, "
+          f"{result['prepared_vs_before']:.2f}x prepared (what the bridge runs)")
+    base = batches["1"]
+    print(f"  {prepared}, one thread, audio-s per CPU-s by batch of equal 4 s chunks: "
+          + ", ".join(f"{b}: {r:.1f} ({r / base:.2f}x)" for b, r in batches.items()))
     for label, rows in profiles.items():
         print(f"  profile {label}: " + ", ".join(f"{r['op']} {r['ms']:.0f} ms" for r in rows[:6]))
     return result
+
+
+def _traced(model: Any) -> Any:
+    """``model`` as analyzers/prepared.py keeps it: traced, saved, loaded again."""
+    import tempfile
+
+    import torch
+
+    from analyzers.precision import probe_signals
+    from analyzers.prepared import load_prepared, save_prepared
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["AFFECT_BRIDGE_CACHE_DIR"] = tmp
+        try:
+            save_prepared(model, "bench" * 8, "x", ["a", "b", "c", "d"], True,
+                          probe_signals(1.0)[1])
+            loaded = load_prepared("bench" * 8, "x")
+        finally:
+            del os.environ["AFFECT_BRIDGE_CACHE_DIR"]
+    assert loaded is not None
+    with torch.inference_mode():
+        return loaded.module
+
+
+def _batch_rates(model: Any, x: Any, repeat: int) -> dict[str, float]:
+    """One thread, batches of 1, 2, 4, 8 copies of ``x``, interleaved: audio-s per CPU-s."""
+    seen: dict[int, list[float]] = {b: [] for b in (1, 2, 4, 8)}
+    for b in seen:
+        _thread_rate(model, x.expand(b, -1).contiguous(), 1)  # warm-up per shape
+    for _ in range(repeat):
+        for b in seen:
+            seen[b] += _thread_rate(model, x.expand(b, -1).contiguous(), max(1, 4 // b))
+    return {str(b): round(float(np.median(v)), 2) for b, v in seen.items()}
 
 
 def _profile(model: Any, x: Any) -> list[dict[str, Any]]:
