@@ -909,6 +909,10 @@ def orchestrate_workers(args: argparse.Namespace) -> int:
         if args.emotion:
             args.emotion_model = emotion_checkpoint(args.emotion, logs)
         try:
+            if args.emotion:  # the first start on a machine measures and prepares: not reported
+                print("  warm-up start (precision, prepared model, batch size; not reported) ...",
+                      flush=True)
+                run_service(children, logs, 1, counts[0], args, opus)
             for w in counts:
                 best[w] = None
                 for n in speakers:
