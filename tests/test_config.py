@@ -140,14 +140,19 @@ def test_unknown_analyzer_fails_at_start(tmp_path: Path) -> None:
 
 
 def test_log_level_from_config(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    clip = tmp_path / "clip.flac"  # 3 s of the calm fixture: the warning comes at load
+    audio, rate = sf.read(CALM, frames=3 * 16000, dtype="float32")
+    sf.write(clip, audio, rate)
     cfg = tmp_path / "quiet.toml"
     cfg.write_text('log_level = "ERROR"\n')
-    quiet = run_cli("analyze", str(CALM), "--format", "table", "--config", str(cfg))
-    loud = run_cli("analyze", str(CALM), "--format", "table")
+    quiet = run_cli("analyze", str(clip), "--format", "table", "--config", str(cfg))
+    loud = run_cli("analyze", str(clip), "--format", "table")
     assert quiet.returncode == loud.returncode == 0
     assert "WARNING" in loud.stderr and "WARNING" not in quiet.stderr
     cfg.write_text('log_level = "CHATTY"\n')
-    assert run_cli("analyze", str(CALM), "--config", str(cfg)).returncode == 2
+    assert run_cli("analyze", str(clip), "--config", str(cfg)).returncode == 2
 
 
 async def test_the_demo_writes_nothing_into_the_working_directory(

@@ -200,6 +200,9 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
     later_cpu = float(np.median([c.cpu_s for c in later]))
     later_rss = max(c.peak_rss_mb for c in later)
     whole = run_child([*analyze, str(conversation)], conversation_s, workdir, "whole", env)
+    # The same, the first time on the machine with this checkpoint (an empty cache).
+    whole_first = run_child([*analyze, str(conversation)], conversation_s, workdir,
+                            "whole-first", {"AFFECT_BRIDGE_CACHE_DIR": str(workdir / "cache2")})
     reference = run_child([sys.executable, "-c", _REFERENCE_CHILD, str(model_dir),
                            str(conversation)], conversation_s, workdir, "reference", env)
     run_rss = _run_peak_rss(config, env)
@@ -211,6 +214,9 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
         "whole_cpu_s": whole.cpu_s, "whole_rss_mb": whole.peak_rss_mb,
         "reference_cpu_s": reference.cpu_s, "reference_rss_mb": reference.peak_rss_mb,
         "whole_vs_reference_per_cpu": reference.cpu_s / whole.cpu_s,
+        "whole_first_cpu_s": whole_first.cpu_s, "whole_first_rss_mb": whole_first.peak_rss_mb,
+        "whole_first_vs_reference_per_cpu": reference.cpu_s / whole_first.cpu_s,
+        "whole_first_vs_later": whole_first.cpu_s / whole.cpu_s,
         "run_ready_rss_mb": run_rss,
     }
     print("\n== start-up: fresh processes (CPU = user + sys of the process; RSS = its peak)")
@@ -222,9 +228,12 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
           f"{later_rss:6.0f} MB  = {result['clip_later_vs_imports']:.2f}x the imports")
     print(f"  analyze {conversation_s:.0f} s conversation, whole process      {whole.cpu_s:6.2f} "
           f"CPU-s  {whole.peak_rss_mb:6.0f} MB")
+    print(f"  the same, first time with this checkpoint       {whole_first.cpu_s:6.2f} "
+          f"CPU-s  {whole_first.peak_rss_mb:6.0f} MB  = {result['whole_first_vs_later']:.2f}x "
+          "the later run")
     print(f"  reference approach, whole process            {reference.cpu_s:6.2f} CPU-s  "
           f"{reference.peak_rss_mb:6.0f} MB  -> ours {result['whole_vs_reference_per_cpu']:.2f}x "
-          "per CPU-s")
+          f"per CPU-s later, {result['whole_first_vs_reference_per_cpu']:.2f}x the first time")
     print(f"  affect-bridge run with the model, peak RSS once ready: {run_rss:.0f} MB")
     return result
 
