@@ -248,10 +248,11 @@ def choose_batch(run: Callable[[int], object], *, sizes: tuple[int, ...] = (1, 2
                  chunk_s: float = 4.0,
                  clock: Callable[[], float] = time.perf_counter) -> BatchChoice:
     """Time ``run(b)`` (one forward pass over ``b`` chunks of ``chunk_s`` seconds) for every
-    size, interleaved over ``rounds`` (a noisy machine slows all sizes alike), medians.
-    Batching wins only where it pays: the best size must beat one chunk alone by ``min_gain``,
-    and then the smallest size within ``near`` of the best is taken (smaller batches wait less
-    to fill)."""
+    size, after a warm-up at each, interleaved over ``rounds``. A size's gain is its rate over
+    one chunk alone *in the same round* (a noisy machine slows a round's sizes alike). Batching
+    wins only where it pays in every round: a size qualifies when each round shows at least
+    ``min_gain``, and of those the smallest within ``near`` of the best median gain is taken
+    (smaller batches fill sooner). Otherwise one chunk at a time."""
     for b in sizes:  # warm-up: first-call allocations at each shape
         run(b)
     seen: dict[int, list[float]] = {b: [] for b in sizes}
@@ -261,10 +262,14 @@ def choose_batch(run: Callable[[int], object], *, sizes: tuple[int, ...] = (1, 2
             run(b)
             seen[b].append(b * chunk_s / max(clock() - started, 1e-9))
     rates = {b: float(np.median(v)) for b, v in seen.items()}
-    best = max(rates.values())
     size = 1
-    if best >= rates.get(1, best) * min_gain:
-        size = min(b for b, r in rates.items() if r >= near * best)
+    if 1 in seen:
+        gains = {b: [r / one for r, one in zip(seen[b], seen[1], strict=True)] for b in sizes}
+        paying = {b: float(np.median(g)) for b, g in gains.items()
+                  if b != 1 and min(g) >= min_gain}
+        if paying:
+            best = max(paying.values())
+            size = min(b for b, g in paying.items() if g >= near * best)
     return BatchChoice(size, {b: round(r, 2) for b, r in rates.items()})
 
 

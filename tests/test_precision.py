@@ -357,6 +357,18 @@ def test_the_batch_size_is_the_smallest_that_pays(cost: Any, expected: int) -> N
     assert choice.rates[1] == pytest.approx(4.0 / cost(1), rel=1e-3)
 
 
+def test_a_gain_seen_in_one_round_only_is_noise() -> None:
+    """Round 1 (after the warm-up) shows batches 30 % cheaper, round 2 none: no batching."""
+    clock, calls = _Clock(), []
+
+    def run(b: int) -> None:
+        calls.append(b)
+        second_round = len(calls) > 8  # 4 warm-up calls, then 4 per round
+        clock.now += 0.2 * b * (1.0 if b == 1 or second_round else 0.7)
+
+    assert choose_batch(run, clock=clock).size == 1
+
+
 def test_batch_choices_survive_the_cache_and_bad_entries_are_ignored(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "precision.json"
