@@ -45,7 +45,14 @@ from analyzers.precision import (
     probe_signals,
     to_precision,
 )
-from analyzers.prepared import Prepared, eligible, load_prepared, normalize, save_prepared
+from analyzers.prepared import (
+    Prepared,
+    PrepareLock,
+    eligible,
+    load_prepared,
+    normalize,
+    save_prepared,
+)
 from analyzers.types import SAMPLE_RATE, EmotionScores
 
 __all__ = [
@@ -230,21 +237,34 @@ class EmotionModel:
             except Exception as exc:  # the hub unreachable, a repository that is not there
                 raise ModelUnavailable(f"cannot download emotion model {self.config.model!r}: "
                                        f"{first_sentence(exc)}") from exc
-        model = self._from_checkpoint()
-        if download:
+            model = self._from_checkpoint()
             self._model, self.precision = model, "fp32"
             self._finish("downloaded")
             return
-        if self.device == "cpu" and key is None:
-            key = self._key()
-        self._model = self._in_precision(model.to(self.device), key)
-        self.batch = self._cached_batch()
-        if background:
-            self._saver = threading.Thread(target=self._keep_prepared, args=(key,),
-                                           name="emotion-prepare")
-            self._saver.start()
-        else:
-            self._keep_prepared(key)
+        lock = PrepareLock.acquire(key) if key is not None else None
+        try:
+            if lock is not None:  # another process may have prepared it while this one waited
+                self._cache.refresh()
+                if self._use_prepared(key):
+                    self.batch = self._cached_batch()
+                    self._finish(f"prepared by another process, "
+                                 f"{time.perf_counter() - started:.1f} s")
+                    return
+            model = self._from_checkpoint()
+            if self.device == "cpu" and key is None:
+                key = self._key()
+            self._model = self._in_precision(model.to(self.device), key)
+            self.batch = self._cached_batch()
+            if background:  # the lock goes with the thread: released once the copy is written
+                self._saver = threading.Thread(target=self._keep_prepared, args=(key, lock),
+                                               name="emotion-prepare")
+                self._saver.start()
+                lock = None
+            else:
+                self._keep_prepared(key)
+        finally:
+            if lock is not None:
+                lock.release()
         self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
 
     def _resolve_device(self) -> str:
@@ -312,7 +332,14 @@ class EmotionModel:
         if self._saver is not None:
             self._saver.join(timeout)
 
-    def _keep_prepared(self, key: str | None) -> None:
+    def _keep_prepared(self, key: str | None, lock: PrepareLock | None = None) -> None:
+        try:
+            self._save_prepared(key)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _save_prepared(self, key: str | None) -> None:
         if key is None or self.head is None or not eligible(self._extractor):
             return
         saved = save_prepared(self._model, key, self.precision, self._labels,

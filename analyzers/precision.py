@@ -136,6 +136,13 @@ class DecisionCache:
         self._data = data
         return data
 
+    def refresh(self) -> None:
+        """Read the file again (another process may have written it), keeping the file digests
+        computed here."""
+        digests = dict(self._data["digests"]) if self._data is not None else {}
+        self._data = None
+        self._load()["digests"].update(digests)
+
     def get(self, key: str) -> Decision | None:
         entry = self._load()["decisions"].get(key)
         if entry is None:

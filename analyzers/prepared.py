@@ -21,10 +21,12 @@ time. A file that cannot be read is ignored with a log line and written again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ import numpy.typing as npt
 from analyzers.precision import cache_dir
 from analyzers.types import SAMPLE_RATE
 
-__all__ = ["Prepared", "eligible", "load_prepared", "normalize", "prepared_path",
+__all__ = ["PrepareLock", "Prepared", "eligible", "load_prepared", "normalize", "prepared_path",
            "save_prepared"]
 
 log = logging.getLogger(__name__)
@@ -131,3 +133,46 @@ def load_prepared(key: str, precision: str) -> Prepared | None:
         log.warning("prepared emotion model %s is unreadable (%s); preparing it again", path,
                     type(exc).__name__)
         return None
+
+
+class PrepareLock:
+    """One process at a time measures and prepares a checkpoint (``run --workers N`` starts N
+    at once): an exclusive ``flock`` on a file beside the prepared models. The others wait, then
+    read what the first one cached and prepared instead of measuring again."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, key: str, timeout_s: float = 600.0) -> PrepareLock | None:
+        """Wait (polling) for the lock of ``key``. None when the cache directory cannot hold a
+        lock file or another process held it past ``timeout_s`` (logged): go on without it."""
+        path = cache_dir() / "models" / f"{key[:40]}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.info("no preparation lock at %s (%s); measuring without one", path,
+                     exc.strerror or type(exc).__name__)
+            return None
+        deadline, waited = time.monotonic() + timeout_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(fd)
+            except BlockingIOError:
+                if not waited:
+                    log.info("another process is preparing this emotion model; waiting for it")
+                    waited = True
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    log.warning("the emotion model's preparation lock is still held after %.0f s;"
+                                " preparing it here too", timeout_s)
+                    return None
+                time.sleep(0.1)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -425,3 +425,31 @@ def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
     forced.load()
     assert forced.scheduler is not None and forced.scheduler.max_batch == 3
     forced.close()
+
+
+def test_processes_started_together_measure_and_prepare_once(
+        tiny_emotion_model: Path, cache_dir: Path) -> None:
+    """`run --workers 2` on a fresh machine: two processes load the same checkpoint at once.
+    One measures and prepares; the other waits for it and loads what it prepared."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import logging, sys\n"
+              "logging.basicConfig(level=logging.INFO)\n"
+              "from analyzers.emotion import EmotionAnalyzer, EmotionConfig\n"
+              "a = EmotionAnalyzer(EmotionConfig(model=sys.argv[1], device='cpu'))\n"
+              "a.load()\n"
+              "a.close()\n")
+    env = {**os.environ, "AFFECT_BRIDGE_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tiny_emotion_model)], cwd=ROOT,
+                              env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    measured = [log for log in logs if "measured in" in log]
+    assert len(measured) == 1, logs
+    other = next(log for log in logs if "measured in" not in log)
+    assert "prepared" in other and "from the checkpoint" not in other, other
+    assert len(list((cache_dir / "models").glob("*.pt"))) == 1
