@@ -92,6 +92,7 @@ def save_prepared(model: Any, key: str, precision: str, labels: list[str], do_no
     try:
         x = torch.from_numpy(normalize(example) if do_normalize else example)[None].to(dtype)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".prepared-", suffix=".pt")
         os.close(fd)
         with torch.inference_mode(), warnings.catch_warnings():
@@ -105,6 +106,17 @@ def save_prepared(model: Any, key: str, precision: str, labels: list[str], do_no
             Path(tmp).unlink(missing_ok=True)
         return None
     return path
+
+
+def _remove_stale(directory: Path, older_s: float = 3600.0) -> None:
+    """Temporary files of saves that never finished (a process killed while writing one)."""
+    now = time.time()
+    for tmp in directory.glob(".prepared-*.pt"):
+        try:
+            if now - tmp.stat().st_mtime > older_s:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def load_prepared(key: str, precision: str) -> Prepared | None:

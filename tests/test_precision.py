@@ -453,3 +453,22 @@ def test_processes_started_together_measure_and_prepare_once(
     other = next(log for log in logs if "measured in" not in log)
     assert "prepared" in other and "from the checkpoint" not in other, other
     assert len(list((cache_dir / "models").glob("*.pt"))) == 1
+
+
+def test_a_save_killed_halfway_leaves_no_file_behind_for_long(
+        tiny_emotion_model: Path, cache_dir: Path) -> None:
+    """A temporary file of a save that never finished (an hour old) is removed by the next
+    save; a fresh one (another process writing now) is left alone."""
+    import os
+    import time
+
+    models = cache_dir / "models"
+    models.mkdir(parents=True)
+    stale, fresh = models / ".prepared-old.pt", models / ".prepared-new.pt"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    hour_ago = time.time() - 3700
+    os.utime(stale, (hour_ago, hour_ago))
+    _load(tiny_emotion_model)
+    assert not stale.exists() and fresh.exists()
+    assert len([p for p in models.glob("*.pt") if not p.name.startswith(".")]) == 1
