@@ -31,7 +31,6 @@ from analyzers.checkpoint import (
     local_root,
     missing_after_load,
 )
-from analyzers.encoder import has_convertible_encoder
 from analyzers.heads import CANONICAL, CIRCUMPLEX, Head, canonical_label, scores_from_probabilities
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.precision import (
@@ -397,6 +396,8 @@ class EmotionModel:
         if wanted != "auto":
             self.precision = wanted
             return self._runs(to_precision(model, wanted))
+        from analyzers.encoder import has_convertible_encoder  # torch: only with the model
+
         options = candidates()
         if not has_convertible_encoder(model):  # "+matmul" would measure the same model twice
             options = [o for o in options if "+" not in o]

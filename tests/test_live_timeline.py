@@ -56,13 +56,13 @@ async def test_gaps_keep_wall_time_and_quiet_speakers_come_back(tmp_path: Path) 
     """Speaker A sends with gaps (10 s talk, 10 s nothing, 10 s talk, 10 s nothing, 20 s talk):
     after 60 s its timeline is within 0.5 s of wall time, and windows reaching into a gap show
     the pause. Meanwhile speaker B, heard by an ``affect-bridge run`` process of its own (so
-    that process's memory is B's alone), talks, sends nothing for 62 s (idle after
+    that process's memory is B's alone), talks, sends nothing for 34 s (idle after
     silence_timeout_s), and talks again: the same speaker, baseline kept, analysed again within
     1 s, and the bridge's RSS flat while B is silent. (Before: gaps vanished from the timeline,
     offsets fell 20 s behind, and a speaker silent past the timeout was dropped for good.)"""
     pcm = speech_48k()
     gappy = [("talk", 10.0), ("gap", 10.0), ("talk", 10.0), ("gap", 10.0), ("talk", 20.0)]
-    quiet = [("talk", 14.0), ("gap", 62.0), ("talk", 12.0)]
+    quiet = [("talk", 14.0), ("gap", 34.0), ("talk", 12.0)]  # as long as A's script
     sender_a = ScriptedTrack(pcm, gappy)
     sender_b = ScriptedTrack(pcm, quiet)
     server_a = ScriptedWhep(lambda: [sender_a])
@@ -147,7 +147,7 @@ async def test_gaps_keep_wall_time_and_quiet_speakers_come_back(tmp_path: Path) 
     assert not before[-1]["data"]["stress"]["calibrating"]
     assert not after[0]["data"]["stress"]["calibrating"]  # the baseline was kept
     # Analysed again at once: the resumed audio sits where the silence ended on the timeline
-    # (speech 14 s + silence 62 s after the first audio), and the next window follows it.
+    # (speech 14 s + silence 34 s after the first audio), and the next window follows it.
     resumed_at = back["data"]["offset_s"]
     [joined] = [e for e in events if e["type"] == "speaker.joined"]
     started_at = joined["data"]["offset_s"]  # its track came just before its first frame
@@ -155,7 +155,7 @@ async def test_gaps_keep_wall_time_and_quiet_speakers_come_back(tmp_path: Path) 
     assert after[0]["data"]["window_end_s"] - resumed_at < 4.5
     # B's bridge process while B was silent: memory flat.
     print(f"RSS of B's bridge over {len(rss)} s of silence: {min(rss):.1f}..{max(rss):.1f} MB")
-    assert len(rss) >= 40 and max(rss) - min(rss) < 5.0, rss
+    assert len(rss) >= 20 and max(rss) - min(rss) < 5.0, rss
     # B never left while silent (the process was killed at the end, so no speaker.left).
     assert not [e for e in events if e["type"] == "speaker.left"]
 
