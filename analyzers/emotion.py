@@ -220,6 +220,8 @@ class EmotionModel:
         inference starts (:meth:`wait_prepared`); the process waits for it before it exits.
         """
         started = time.perf_counter()
+        if not download and local_root(self.config.model) is None:
+            inspect_checkpoint(self.config.model)  # raises: not here (before torch is imported)
         self.device = self._resolve_device()
         key = None
         if self.device == "cpu":

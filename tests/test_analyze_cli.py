@@ -348,11 +348,13 @@ def test_debug_turns_on_this_projects_loggers_only() -> None:
             logging.getLogger(name).setLevel(logging.NOTSET)
 
 
-def test_without_the_emotion_model_torch_is_never_imported(tmp_path: Path) -> None:
-    """Prosody alone needs no torch: a run without a model analyzer does not pay its import
-    (about 1.5 CPU-s and 180 MB per process here)."""
-    cfg = tmp_path / "prosody.toml"
-    cfg.write_text('analyzers = ["prosody"]\n')
+@pytest.mark.parametrize("analyzers", ['["prosody"]', '["prosody", "emotion"]'])
+def test_without_the_emotion_model_torch_is_never_imported(tmp_path: Path,
+                                                           analyzers: str) -> None:
+    """Prosody alone needs no torch, nor does an emotion model whose weights are not here: such
+    a run does not pay torch's import (about 1.5 CPU-s and 180 MB per process here)."""
+    cfg = tmp_path / "analyzers.toml"
+    cfg.write_text(f"analyzers = {analyzers}\n")
     code = ("import runpy, sys\n"
             "sys.argv = ['affect-bridge', 'analyze', '--format', 'table', '--config', "
             f"{str(cfg)!r}, {str(CALM)!r}]\n"
@@ -360,6 +362,7 @@ def test_without_the_emotion_model_torch_is_never_imported(tmp_path: Path) -> No
             "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
             "print('torch' in sys.modules, 'transformers' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                            "HF_HOME": str(tmp_path / "hf")})  # no weights
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "False False", proc.stdout[-500:]
