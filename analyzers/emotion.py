@@ -538,7 +538,7 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
     def warm_up(self) -> None:
         """Live service, after :meth:`load`: where the batch size is still unknown, measure it
         on the inference thread, behind whatever is queued (the service is ready meanwhile;
-        until it is done, chunks run one by one)."""
+        chunks that arrive wait for the measurement, then run with the size it chose)."""
         scheduler = self._scheduler
         if scheduler is None or not self.model.batch_unknown:
             return
