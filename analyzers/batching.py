@@ -142,6 +142,7 @@ class InferenceScheduler(Generic[In, Out]):
             batch = [first]
             deadline = time.monotonic() + self.max_wait_s
             stop = False
+            job: _Job | None = None  # one that arrived while the batch filled: run after it
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
@@ -152,13 +153,13 @@ class InferenceScheduler(Generic[In, Out]):
                 if nxt is _STOP:
                     stop = True
                     break
-                if isinstance(nxt, _Job):  # after this batch, in queue order
-                    self._run_batch(batch)  # type: ignore[arg-type]
-                    batch = []
-                    self._run_job(nxt)
+                if isinstance(nxt, _Job):
+                    job = nxt
                     break
                 batch.append(nxt)
             self._run_batch(batch)  # type: ignore[arg-type]
+            if job is not None:
+                self._run_job(job)
             if stop:
                 return
 

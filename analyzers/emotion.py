@@ -467,12 +467,13 @@ class EmotionModel:
         measurement for this checkpoint, precision, processor and thread count)."""
         return self.config.max_batch == 0 and self.device == "cpu" and self.batch is None
 
-    def _batch_key(self) -> str | None:
+    def _batch_key(self, chunk_s: float = 4.0) -> str | None:
         import torch
 
         if self._key_cache is None:
             return None
-        raw = f"{self._key_cache}|{self.precision}|threads {torch.get_num_threads()}|chunk 4.0"
+        raw = (f"{self._key_cache}|{self.precision}|threads {torch.get_num_threads()}"
+               f"|chunk {chunk_s}")
         return hashlib.sha256(raw.encode()).hexdigest()
 
     def _cached_batch(self) -> BatchChoice | None:
@@ -487,7 +488,7 @@ class EmotionModel:
         chunks = {b: [probes[i % len(probes)] for i in range(b)] for b in (1, 2, 4, 8)}
         started = time.perf_counter()
         choice = choose_batch(lambda b: self.predict(chunks[b]), chunk_s=chunk_s)
-        key = self._batch_key()
+        key = self._batch_key(chunk_s)
         if key is not None:
             self._cache.put_batch(key, choice)
         self.batch = choice

@@ -119,6 +119,34 @@ def test_scheduler_batches_across_callers_and_keeps_order() -> None:
         sched.close()
 
 
+def test_a_job_runs_on_the_inference_thread_in_queue_order_and_may_fail() -> None:
+    """run_soon: a job queued while a batch fills runs after that batch and before what was
+    queued after it, on the inference thread; one that raises is logged, inference goes on."""
+    gate = threading.Event()
+    order: list[str] = []
+
+    def predict(batch: list[int]) -> list[int]:
+        gate.wait(5)
+        order.append(f"batch {batch}")
+        return batch
+
+    def job() -> None:
+        order.append(f"job on {threading.current_thread().name}")
+        raise RuntimeError("a failed measurement")
+
+    sched = InferenceScheduler(predict, max_batch=4, max_wait_ms=500, queue_size=16,
+                               name="emotion-inference")
+    try:
+        first = sched.submit(1)  # the thread takes it and waits for more, up to 500 ms
+        sched.run_soon(job)
+        later = sched.submit(2)
+        gate.set()
+        assert first.result(5) == 1 and later.result(5) == 2
+        assert order == ["batch [1]", "job on emotion-inference", "batch [2]"]
+    finally:
+        sched.close()
+
+
 def test_scheduler_isolates_a_failing_batch() -> None:
     def predict(batch: list[int]) -> list[int]:
         if -1 in batch:

@@ -184,8 +184,9 @@ async def test_two_workers_share_the_calls_and_a_killed_worker_loses_nothing(
 def test_workers_share_the_model_threads_out() -> None:
     """threads = 0 is half the cores for one process; N workers each get half of their share
     (at least 1); a number set in config is kept."""
+    from analyzers.loading import usable_cpus
     from bridge import stats
-    from bridge.config import load_settings, usable_cpus
+    from bridge.config import load_settings
     from bridge.workers.pool import WorkerPool
 
     async def emit(_: Any) -> None:

@@ -31,9 +31,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from analyzers.loading import usable_cpus
 from bridge import events as ev
 from bridge import stats
-from bridge.config import Settings, usable_cpus
+from bridge.config import Settings
 from bridge.delivery.summary import SpeakerState
 from bridge.errors import AlreadyJoined, BridgeError, JoinCancelled, Unavailable
 from bridge.live.calls import Join

@@ -144,14 +144,18 @@ def _traced(model: Any) -> Any:
     from analyzers.precision import probe_signals
     from analyzers.prepared import load_prepared, save_prepared
 
+    before = os.environ.get("AFFECT_BRIDGE_CACHE_DIR")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["AFFECT_BRIDGE_CACHE_DIR"] = tmp
         try:
             save_prepared(model, "bench" * 8, "x", ["a", "b", "c", "d"], True,
                           probe_signals(1.0)[1])
             loaded = load_prepared("bench" * 8, "x")
-        finally:
-            del os.environ["AFFECT_BRIDGE_CACHE_DIR"]
+        finally:  # the caller's cache directory, as it was
+            if before is None:
+                del os.environ["AFFECT_BRIDGE_CACHE_DIR"]
+            else:
+                os.environ["AFFECT_BRIDGE_CACHE_DIR"] = before
     assert loaded is not None
     with torch.inference_mode():
         return loaded.module
