@@ -1,8 +1,9 @@
 """Prosody of a speech window: F0 level and range, jitter, shimmer, HNR, energy, rate, pauses.
 
-F0 comes from ``librosa.yin`` (ISC licence, about 2 ms of CPU per audio-second here; pyin is
-~35x dearer, parselmouth is GPL-3: see the README's "Pitch" section). Voicing, HNR, jitter and
-shimmer are measured on the waveform with the F0 track as a guide:
+F0 comes from yin (``analyzers.pitch``: librosa.yin's arithmetic value for value, without
+librosa's import; about 2 ms of CPU per audio-second here; pyin is ~35x dearer, parselmouth is
+GPL-3: see the README's "Pitch" section). Voicing, HNR, jitter and shimmer are measured
+on the waveform with the F0 track as a guide:
 
 * voicing and HNR: Boersma's (1993) normalised autocorrelation at the F0 lag, corrected for the
   analysis window; HNR = 10 log10(r / (1 - r)), averaged over voiced frames. Voice means
@@ -37,14 +38,15 @@ import threading
 from collections import OrderedDict
 from typing import Annotated, Any
 
-import librosa
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
-from scipy.signal import find_peaks
 
+from analyzers.peaks import find_peaks
+from analyzers.pitch import frames as frame_rows
+from analyzers.pitch import yin
 from analyzers.types import SAMPLE_RATE, ProsodyFeatures, SpeechWindow
 
 __all__ = ["FrameCache", "ProsodyAnalyzer", "ProsodyConfig", "analyze_prosody"]
@@ -119,12 +121,12 @@ class FrameCache:
 def _pitch_frames(y: npt.NDArray[np.float32], frame_length: int, cfg: ProsodyConfig,
                   window: SpeechWindow, cache: FrameCache | None, first: int,
                   ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32], dict[int, float]]:
-    """yin F0 per 10 ms frame (as ``librosa.yin(center=True)`` on ``y``, which starts at
+    """yin F0 per 10 ms frame (as ``librosa.yin(center=True)`` would give on ``y``, which starts at
     stream sample ``first``), the frames, and the periodicity already known for some of them
     (from the cache)."""
     half = frame_length // 2
     ypad = np.pad(y, half)
-    frames = librosa.util.frame(ypad, frame_length=frame_length, hop_length=HOP).T
+    frames = frame_rows(ypad, frame_length, HOP)
     n = len(frames)
     f0 = np.full(n, np.nan)
     known_r: dict[int, float] = {}
@@ -137,9 +139,8 @@ def _pitch_frames(y: npt.NDArray[np.float32], frame_length: int, cfg: ProsodyCon
                 known_r[k] = hit[1]
     missing = np.flatnonzero(np.isnan(f0))
     for a, b in _spans(missing):
-        f0[a:b] = librosa.yin(ypad[a * HOP:(b - 1) * HOP + frame_length], fmin=cfg.fmin_hz,
-                              fmax=cfg.fmax_hz, sr=SAMPLE_RATE, frame_length=frame_length,
-                              hop_length=HOP, center=False)
+        f0[a:b] = yin(ypad[a * HOP:(b - 1) * HOP + frame_length], fmin=cfg.fmin_hz,
+                      fmax=cfg.fmax_hz, sr=SAMPLE_RATE, frame_length=frame_length, hop_length=HOP)
     if cache is not None:
         cache.hits += n - len(missing)
         cache.misses += len(missing)
@@ -264,9 +265,8 @@ class ProsodyAnalyzer:
         """Nothing to load; present so every analyzer plugin has the same life cycle."""
 
     def warm_up(self) -> None:
-        """Blocking: analyse one synthetic voiced window, so the lazy imports and the JIT
-        compilation of the pitch tracker (about 2 CPU-s, once per process) happen now and not
-        in a live call's first windows."""
+        """Blocking: analyse one synthetic voiced window, so the lazy imports and first-call
+        set-up (FFT plans) happen now and not in a live call's first windows."""
         n = int(4.0 * SAMPLE_RATE)
         t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
         f0 = 140.0 + 20.0 * np.sin(2 * np.pi * 0.5 * t)
@@ -451,5 +451,5 @@ def _syllable_nuclei(rms: npt.NDArray, voiced: npt.NDArray[np.bool_]) -> int:
     # Smooth over ~30 ms so a single cycle's ripple is not counted as a nucleus.
     smooth = np.convolve(intensity, np.ones(3) / 3, mode="same")
     floor = float(np.max(smooth)) - 25.0
-    peaks, _ = find_peaks(smooth, prominence=2.0, distance=8, height=floor)
+    peaks = find_peaks(smooth, prominence=2.0, distance=8, height=floor)
     return int(np.count_nonzero(voiced[peaks]))
