@@ -10,8 +10,7 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    HF_HOME=/models \
-    NUMBA_CACHE_DIR=/tmp/numba
+    HF_HOME=/models
 
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
