@@ -281,10 +281,13 @@ class SileroVoiceActivityDetector:
         chunks = self._chunks(samples)
         if chunks is None:
             return np.zeros(0, dtype=bool)
-        if self._silent(chunks):
-            return self._hangover.apply(np.zeros(len(chunks), dtype=bool))
-        probs, self._stream = self.model.probabilities(chunks, self._stream)
-        return self._hangover.apply(probs >= self.config.threshold)
+        silent = self._silent_rows(chunks)
+        probs = np.zeros(len(chunks), dtype=np.float32)
+        for a, b in _true_runs(~silent):
+            if a > 0:  # a silent chunk came before: the stream starts afresh
+                self._stream = self.model.initial_state()
+            probs[a:b], self._stream = self.model.probabilities(chunks[a:b], self._stream)
+        return self._decide(probs, silent)
 
     async def process_batched(self, samples: npt.NDArray[np.float32],
                               batch: SileroBatch) -> npt.NDArray[np.bool_]:
@@ -292,19 +295,29 @@ class SileroVoiceActivityDetector:
         chunks = self._chunks(samples)
         if chunks is None:
             return np.zeros(0, dtype=bool)
-        if self._silent(chunks):
-            return self._hangover.apply(np.zeros(len(chunks), dtype=bool))
-        probs, self._stream = await batch.probabilities(chunks, self._stream)
-        return self._hangover.apply(probs >= self.config.threshold)
+        silent = self._silent_rows(chunks)
+        probs = np.zeros(len(chunks), dtype=np.float32)
+        for a, b in _true_runs(~silent):
+            if a > 0:
+                self._stream = self.model.initial_state()
+            probs[a:b], self._stream = await batch.probabilities(chunks[a:b], self._stream)
+        return self._decide(probs, silent)
 
-    def _silent(self, chunks: npt.NDArray[np.float32]) -> bool:
-        """Digital silence (every sample under -80 dBFS: a muted microphone, a gap filled
-        with zeros) is no speech without asking the network; the stream starts afresh after
-        it, as the network's own state would have settled to silence."""
-        if float(np.max(np.abs(chunks))) >= SILENT_PEAK:
-            return False
-        self._stream = self.model.initial_state()
-        return True
+    @staticmethod
+    def _silent_rows(chunks: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """Chunks of digital silence (every sample under -80 dBFS: a muted microphone, a gap
+        filled with zeros): no speech, without asking the network, and the stream starts afresh
+        after them, as the network's own state would have settled to silence. Judged chunk by
+        chunk, so the decisions do not depend on how the audio was cut into calls (20 ms frames
+        live, a second at a time offline)."""
+        result: npt.NDArray[np.bool_] = np.max(np.abs(chunks), axis=1) < SILENT_PEAK
+        return result
+
+    def _decide(self, probs: npt.NDArray[np.float32], silent: npt.NDArray[np.bool_],
+                ) -> npt.NDArray[np.bool_]:
+        if silent[-1]:
+            self._stream = self.model.initial_state()
+        return self._hangover.apply((probs >= self.config.threshold) & ~silent)
 
     def _chunks(self, samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | None:
         """The complete 512-sample chunks now available (the rest waits for the next call)."""
@@ -314,6 +327,12 @@ class SileroVoiceActivityDetector:
         n = len(audio) // self.frame_len
         self._pending = audio[n * self.frame_len :].copy()
         return audio[: n * self.frame_len].reshape(n, self.frame_len) if n else None
+
+
+def _true_runs(flags: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """Half-open index runs where ``flags`` is true."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def make_detector(config: VadConfig | None = None, silero: SileroModel | None = None) -> Detector:

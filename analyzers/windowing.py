@@ -114,13 +114,16 @@ class SpeechWindower:
             return []
         frames = whole.reshape(n, self._frame)
         level = 10 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-12)
-        self._levels.extend(level[decisions].tolist())
         due: list[SpeechWindow | QuietWindow] = []
         for i in range(n):
             self._frames.append(frames[i])
             self._mask.append(bool(decisions[i]))
             if decisions[i]:
                 self._new_speech.append(frames[i])
+                # Frame by frame, so a window's own level never includes later frames (it
+                # did up to the end of the caller's chunk: results depended on how the audio
+                # was cut, 20 ms live, a FLAC file's 4096-sample frames offline).
+                self._levels.append(float(level[i]))
             self._frames_seen += 1
             if self.now_s + 1e-9 >= self._next_due_s:
                 self._next_due_s += self.config.hop_s

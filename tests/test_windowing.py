@@ -159,3 +159,33 @@ def test_windows_carry_the_speakers_own_level_once_known() -> None:
     tone = harmonic(160, 1.5)
     expected = 10 * np.log10(np.mean(tone.astype(np.float64) ** 2))
     assert windows[-1].own_level_db == pytest.approx(expected, abs=1.5)
+
+
+@pytest.mark.parametrize("engine", ["webrtc", "silero"])
+def test_windows_do_not_depend_on_how_the_audio_is_cut(engine: str) -> None:
+    """Live audio comes in 20 ms frames, a file in its codec's frames, analyze joins a second
+    at a time: the windows (masks, speech, the speaker's own level) must be the same. Digital
+    silence in the middle of a chunk, and a voice that gets louder, are where they used not
+    to be (the own level looked ahead to the end of the caller's chunk; Silero judged silence
+    per call)."""
+    from bridge.pipeline.audio import read_file
+    from tests.conftest import CALM
+
+    speech = np.concatenate([c.samples for [c] in read_file(CALM)])[:12 * SR]
+    audio = np.concatenate([0.3 * speech[:5 * SR], np.zeros(SR // 3, np.float32),
+                            speech[5 * SR:]]).astype(np.float32)
+
+    def windows(cut: int) -> list[tuple[float, float | None, bytes, bytes]]:
+        w = SpeechWindower(WindowConfig(), VadConfig(engine=engine))  # type: ignore[arg-type]
+        out = []
+        for i in range(0, len(audio), cut):
+            out += w.push_due(AudioChunk(audio[i:i + cut], i / SR))
+        return [(x.end_s, getattr(x, "own_level_db", None),
+                 np.asarray(getattr(x, "speech_mask", [])).tobytes(),
+                 np.asarray(getattr(x, "new_speech", [])).tobytes()) for x in out]
+
+    frame_by_frame = windows(320)
+    assert sum(1 for _, level, _, _ in frame_by_frame if level is not None) >= 3
+    assert windows(4096) == frame_by_frame
+    assert windows(SR) == frame_by_frame
+    assert windows(3 * SR + 17) == frame_by_frame
