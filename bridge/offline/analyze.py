@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from analyzers.types import AudioChunk
 from bridge import events as ev
 from bridge.config import Settings
@@ -141,9 +143,8 @@ async def _run_file(
             batch = await loop.run_in_executor(None, next, reader, None)
             if batch is None:
                 break
-            for chunks in batch:
-                for sp, chunk in zip(speakers, chunks, strict=False):
-                    await sp.feed(chunk)
+            for sp, chunk in zip(speakers, batch, strict=False):
+                await sp.feed(chunk)
     except AudioDecodeError as exc:
         reason = "decode error"
         for s in sources:
@@ -160,8 +161,11 @@ async def _run_file(
             summaries[s.speaker_id].audio_s = sp.windower.audio_s
 
 
-def _batched(frames: Iterator[list[AudioChunk]]) -> Generator[list[list[AudioChunk]], None, None]:
-    """Group decoded frames into about READ_S seconds, so each executor hop carries real work."""
+def _batched(frames: Iterator[list[AudioChunk]]) -> Generator[list[AudioChunk], None, None]:
+    """Decoded frames joined into about READ_S seconds per channel, so each executor hop, and
+    each speaker's feed (its VAD submission, its windower pass), carries real work. A file's
+    frames are contiguous, and the VAD and the windower cut frames and windows on their own
+    grid, so the events are the same as frame by frame (tests/test_golden.py)."""
     batch: list[list[AudioChunk]] = []
     seconds = 0.0
     try:
@@ -169,14 +173,20 @@ def _batched(frames: Iterator[list[AudioChunk]]) -> Generator[list[list[AudioChu
             batch.append(chunks)
             seconds += chunks[0].duration_s
             if seconds >= READ_S:
-                yield batch
+                yield _joined(batch)
                 batch, seconds = [], 0.0
         if batch:
-            yield batch
+            yield _joined(batch)
     finally:
         close = getattr(frames, "close", None)
         if close is not None:
             close()
+
+
+def _joined(batch: list[list[AudioChunk]]) -> list[AudioChunk]:
+    """Consecutive frames (each one chunk per channel) as one chunk per channel."""
+    return [AudioChunk(np.concatenate([chunks[i].samples for chunks in batch]), batch[0][i].start_s)
+            for i in range(len(batch[0]))]
 
 
 def format_table(result: AnalyzeResult) -> str:
