@@ -509,9 +509,13 @@ class EmotionModel:
         by_length: dict[int, list[int]] = {}
         for i, wave in enumerate(waveforms):
             by_length.setdefault(len(wave), []).append(i)
+        # A prepared (TorchScript) model runs its traced graph as it is: the profiling
+        # executor's optimisation passes cost about 0.2 CPU-s over a process's first two calls
+        # and gave no steady-state gain here (0.13 s per 4 s chunk either way, the same output).
+        optimize = not isinstance(self._model, torch.jit.ScriptModule)
         for group in by_length.values():
             values = self._inputs([waveforms[i] for i in group]).to(self.device, self._dtype)
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.jit.optimized_execution(optimize):
                 out = self.head.outputs(self._model(values)["logits"]).cpu().numpy()
             for i, row in zip(group, out, strict=True):
                 rows[i] = row

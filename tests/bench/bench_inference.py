@@ -203,12 +203,20 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
              for i in range(2)]
     later_cpu = float(np.median([c.cpu_s for c in later]))
     later_rss = max(c.peak_rss_mb for c in later)
-    whole = run_child([*analyze, str(conversation)], conversation_s, workdir, "whole", env)
-    # The same, the first time on the machine with this checkpoint (an empty cache).
+    # The whole analysis and the reference, alternating, three times each (this machine's
+    # speed drifts by tens of percent within minutes): medians of each, ratio of the medians.
+    wholes, references = [], []
+    for i in range(3):
+        wholes.append(run_child([*analyze, str(conversation)], conversation_s, workdir,
+                                f"whole-{i}", env))
+        references.append(run_child([sys.executable, "-c", _REFERENCE_CHILD, str(model_dir),
+                                     str(conversation)], conversation_s, workdir,
+                                    f"reference-{i}", env))
+    whole, reference = _median_run(wholes), _median_run(references)
+    # The same, the first time on the machine with this checkpoint (an empty cache): once,
+    # between two later runs (their median above), each first run needing a fresh cache.
     whole_first = run_child([*analyze, str(conversation)], conversation_s, workdir,
                             "whole-first", {"AFFECT_BRIDGE_CACHE_DIR": str(workdir / "cache2")})
-    reference = run_child([sys.executable, "-c", _REFERENCE_CHILD, str(model_dir),
-                           str(conversation)], conversation_s, workdir, "reference", env)
     run_rss = _run_peak_rss(config, env)
     result = {
         "import_torch_transformers_cpu_s": imports.cpu_s,
@@ -230,6 +238,9 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
           f"{first.peak_rss_mb:6.0f} MB  (measures precision, prepares the model)")
     print(f"  analyze 3 s clip, later (median of 2)        {later_cpu:6.2f} CPU-s  "
           f"{later_rss:6.0f} MB  = {result['clip_later_vs_imports']:.2f}x the imports")
+    print("  (whole process and reference: medians of 3 alternating runs: "
+          f"{', '.join(f'{w.cpu_s:.2f}' for w in wholes)} / "
+          f"{', '.join(f'{r.cpu_s:.2f}' for r in references)} CPU-s)")
     print(f"  analyze {conversation_s:.0f} s conversation, whole process      {whole.cpu_s:6.2f} "
           f"CPU-s  {whole.peak_rss_mb:6.0f} MB")
     print(f"  the same, first time with this checkpoint       {whole_first.cpu_s:6.2f} "
@@ -238,8 +249,14 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
     print(f"  reference approach, whole process            {reference.cpu_s:6.2f} CPU-s  "
           f"{reference.peak_rss_mb:6.0f} MB  -> ours {result['whole_vs_reference_per_cpu']:.2f}x "
           f"per CPU-s later, {result['whole_first_vs_reference_per_cpu']:.2f}x the first time")
-    print(f"  affect-bridge run with the model, peak RSS once ready: {run_rss:.0f} MB")
+    print(f"  affect-bridge run with the model, peak RSS once ready (all its processes, "
+          f"summed): {run_rss:.0f} MB")
     return result
+
+
+def _median_run(runs: list[Any]) -> Any:
+    """The run with the median CPU time."""
+    return sorted(runs, key=lambda r: r.cpu_s)[len(runs) // 2]
 
 
 # The reference approach as a whole process: its imports, model load and one request.
@@ -253,8 +270,33 @@ ref.analyze(Path(sys.argv[2]).read_bytes())
 """
 
 
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(hwm.split()[1]) / 1024
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (the supervisor's workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _run_peak_rss(config: Path, env: dict[str, str]) -> float:
-    """``affect-bridge run`` with ``config``: its peak RSS (VmHWM) once /readyz answers."""
+    """``affect-bridge run`` with ``config``: the peak RSS (VmHWM) of its processes (the
+    supervisor and its workers), summed, once /readyz answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -271,9 +313,7 @@ def _run_peak_rss(config: Path, env: dict[str, str]) -> float:
             except OSError:
                 pass
             time.sleep(0.1)
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-        return int(hwm.split()[1]) / 1024
+        return sum(_peak_rss_mb(pid) for pid in [proc.pid, *_descendants(proc.pid)])
     finally:
         proc.terminate()
         proc.wait(30)

@@ -417,7 +417,7 @@ async def bridge_main(args: argparse.Namespace) -> dict[str, Any]:
         profiler = cProfile.Profile(time.thread_time)
 
     # Warm-up, before the baseline: the first window analysed pulls in lazily imported modules
-    # and caches (librosa, scipy: ~140 MB once per process, not per speaker) and starts the
+    # and caches (once per process, not per speaker) and starts the
     # executor's threads. ~10 s of a clip through the offline pipeline, events discarded.
     await warm_up(engine)
     import gc

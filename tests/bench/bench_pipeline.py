@@ -48,6 +48,8 @@ import numpy.typing as npt
 import soundfile as sf
 from procstat import machine_busy_s  # tests/bench/, beside this script
 
+from analyzers.precision import processor
+
 # Before transformers / huggingface_hub are imported (they are imported lazily below).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -693,8 +695,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "python": platform.python_version(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "machine": platform.machine(),
+        "machine": platform.machine(), "processor": processor(),
     }
+    print(f"processor: {report['processor']}")
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}, "
           f"os.cpu_count() = {os.cpu_count()}")
 
