@@ -4,7 +4,7 @@ An :class:`AllowList` admits hosts by name (``example.org``, ``*.example.org``),
 network (``10.0.0.0/8``, ``[fd00::1]``), each with an optional port; a URL is checked before any
 connection is made, by its name and by every address the name resolves to
 (:meth:`AllowList.check`), and the HTTP client checks every DNS answer again
-(:mod:`bridge.connectors.http`). Config validates its ``outbound.allow`` entries here, without
+(:mod:`bridge.outbound`). Config validates its ``outbound.allow`` entries here, without
 any network code. :func:`redact_url` is what logs and error reasons show of a URL.
 """
 

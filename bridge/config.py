@@ -293,7 +293,7 @@ class MetricsSettings(_Section):
 
 
 class OutboundSettings(_Section):
-    """Requests to media servers (bridge/connectors/http.py). The control API may join only servers
+    """Requests to media servers (bridge/outbound.py). The control API may join only servers
     named in config ([[janus]] urls) and those ``allow`` admits."""
 
     allow: list[str] = Field(

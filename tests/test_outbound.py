@@ -1,4 +1,4 @@
-"""Outbound requests to media servers (bridge/connectors/http.py): the control API joins only servers
+"""Outbound requests to media servers (bridge/outbound.py): the control API joins only servers
 the allow-list admits and connects nowhere else; no redirects; WHEP ``Location`` on the same
 origin only (the token goes nowhere else); upstream bodies never echoed; size and time limits;
 secrets in URLs never logged; a fuzz of WHEP answers. Every server here is on 127.0.0.x."""

@@ -1,5 +1,5 @@
 """What a connector joined on request takes from the service's config: ICE servers, the outbound
-allow-list and limits (:mod:`bridge.connectors.http`), and the credentials of the media servers
+allow-list and limits (:mod:`bridge.outbound`), and the credentials of the media servers
 named in config (Janus: :class:`JanusAuth`, by :func:`server_key`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from bridge.allowlist import AllowList, redact_url
 from bridge.config import Settings
-from bridge.connectors.http import OutboundLimits
+from bridge.outbound import OutboundLimits
 
 __all__ = ["JanusAuth", "JoinContext", "join_context", "server_key"]
 

@@ -39,10 +39,10 @@ from bridge.connectors.base import (
     receiver_of,
 )
 from bridge.connectors.context import JanusAuth, JoinContext, server_key
-from bridge.connectors.http import OutboundLimits
 from bridge.connectors.janus_session import NO_SUCH_ROOM, EventHandler, JanusError, JanusSession, plugin_data
 from bridge.errors import ConnectorError
 from bridge.join_options import DEFAULT_DISPLAY, JanusJoinOptions
+from bridge.outbound import OutboundLimits
 from bridge.tasks import TaskSet
 
 __all__ = ["JanusConnector", "JanusJoin", "janus_call_info"]

@@ -3,7 +3,7 @@
 :class:`JanusSession` creates the session, attaches plugin handles, sends plugin messages (their
 answers come in the POST's reply or, when Janus acks first, on the long poll), trickles, keeps the
 session alive and destroys it. Every request carries the :class:`JanusAuth` credentials and goes
-through one :class:`~bridge.connectors.http.MediaServerClient`. Janus's refusals are
+through one :class:`~bridge.outbound.MediaServerClient`. Janus's refusals are
 :class:`JanusError`; the VideoRoom room connector (:mod:`bridge.connectors.janus`) builds on this.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 from bridge.allowlist import AllowList, redact_url
 from bridge.connectors.base import finish_on_cancel
 from bridge.connectors.context import JanusAuth
-from bridge.connectors.http import MediaServerClient, OutboundLimits
 from bridge.errors import ConnectorError
+from bridge.outbound import MediaServerClient, OutboundLimits
 from bridge.tasks import TaskSet
 
 __all__ = ["NO_SUCH_ROOM", "NO_SUCH_SESSION", "VIDEOROOM", "EventHandler", "JanusError",
@@ -52,7 +52,7 @@ class JanusSession:
 
     ``lost`` is set (with ``lost_reason``) when the session is gone: Janus answered "no such
     session", or the API stopped answering. Requests go through one
-    :class:`~bridge.connectors.http.MediaServerClient` (``allow``: the hosts it may reach, default the
+    :class:`~bridge.outbound.MediaServerClient` (``allow``: the hosts it may reach, default the
     URL's own; ``limits``: time and size), with ``auth``'s ``apisecret`` and ``token``.
     """
 

@@ -4,7 +4,7 @@ POST an SDP offer (``application/sdp``, optional bearer token), read the answer 
 ``Location``; DELETE that location on leave (the token and the DELETE go to the endpoint's
 origin only). Every audio track of the session is a speaker; display names come from the join's
 ``displays``, in track order (``track N`` past its end). Requests go through one
-:class:`~bridge.connectors.http.MediaServerClient`.
+:class:`~bridge.outbound.MediaServerClient`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from bridge.connectors.base import (
     receiver_of,
 )
 from bridge.connectors.context import JoinContext
-from bridge.connectors.http import MediaServerClient
 from bridge.errors import ConnectorError
 from bridge.join_options import HttpUrl
+from bridge.outbound import MediaServerClient
 from bridge.tasks import TaskSet
 
 __all__ = ["WhepConnector", "WhepJoin"]

@@ -1,8 +1,10 @@
-"""Outbound HTTP to media servers (WHEP, Janus): one hardened client, one allow-list.
+"""Outbound HTTP to media servers (WHEP, Janus) and to an inference server: one hardened client,
+one allow-list.
 
 The control API lets an authenticated client name a media server; without limits that makes the
-bridge a proxy into whatever network it runs in (SSRF). So every request to a media server goes
-through a :class:`MediaServerClient`:
+bridge a proxy into whatever network it runs in (SSRF). So every request to a media server, and
+to the configured inference server (``[emotion] backend = "remote"``), goes through a
+:class:`MediaServerClient`:
 
 - to the **origin of the server's URL only** (a WHEP ``Location`` on another host is refused, so
   the bearer token only ever goes where the join went);
@@ -25,6 +27,7 @@ import json as jsonlib
 import socket
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
@@ -78,13 +81,14 @@ class MediaServerClient:
     names the server in error reasons ("WHEP endpoint", "Janus")."""
 
     def __init__(self, url: str, *, what: str, allow: AllowList | None = None,
-                 limits: OutboundLimits | None = None) -> None:
+                 limits: OutboundLimits | None = None, ssl: SSLContext | None = None) -> None:
         self.url = URL(url)
         self.origin = self.url.origin()
         self.what = what
         self.shown = redact_url(self.url)
         self._allow = allow if allow else AllowList.origins([url])
         self.limits = limits or OutboundLimits()
+        self._ssl = ssl  # None: the system's CA store
         self._http: aiohttp.ClientSession | None = None
 
     def same_origin(self, url: str) -> URL | None:
@@ -112,7 +116,7 @@ class MediaServerClient:
             await self._allow.check(str(target))
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(resolver=_AllowListResolver(self._allow),
-                                               limit=16),
+                                               limit=16, ssl=self._ssl or True),
                 timeout=aiohttp.ClientTimeout(total=self.limits.timeout_s))
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.limits.timeout_s)
         try:
