@@ -10,6 +10,7 @@ prepared for the next start (:mod:`analyzers.prepared`) and run in batches of eq
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -19,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from analyzers.batching import BatchObserver, InferenceScheduler, SpeechChunkAnalyzer
@@ -60,6 +61,7 @@ __all__ = [
     "EmotionAnalyzer",
     "EmotionConfig",
     "EmotionModel",
+    "RemoteConfig",
     "canonical_label",
     "scores_from_probabilities",
 ]
@@ -68,6 +70,52 @@ log = logging.getLogger(__name__)
 
 
 _PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8", "fp16")  # [emotion] precision
+
+
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class RemoteConfig:
+    """``[emotion.remote]``: an Open Inference Protocol (KServe v2) endpoint serving a model
+    exported by ``affect-bridge export-model`` (input ``waveform``, FP32 [batch, samples] of
+    16 kHz audio; output ``scores``, FP32 [batch, len(labels)]). The requests themselves are
+    made by the bridge (bridge/pipeline/remote.py): only to this URL's origin, no redirects."""
+
+    url: Annotated[str, Field(
+        pattern=r"^$|^https?://[^\s/?#@]+(/[^\s?#]*)?$", max_length=2048,
+        description="the server's base URL (http or https, no user info, query or fragment)")] = ""
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+                                description="the model's name on the server")] = "affect-emotion"
+    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{0,64}$",
+                                  description="the model version; empty: the server's "
+                                              "default")] = ""
+    labels: Annotated[list[str], Field(
+        max_length=64, description="the model's output labels in order (export-model prints "
+                                   "them)")] = dataclasses.field(default_factory=list)
+    kind: Literal["categorical", "dimensional"] = "categorical"
+    value_range: Annotated[tuple[float, float], Field(
+        description="a dimensional model's output range, mapped onto -1..1")] = (0.0, 1.0)
+    timeout_s: Annotated[float, Field(gt=0, le=60, description="per request")] = 5.0
+    max_in_flight: Annotated[int, Field(
+        ge=1, le=1024, description="requests waiting on the server, per process; a chunk "
+                                   "beyond that is dropped (counted), as a full local queue "
+                                   "drops")] = 8
+    token_env: Annotated[str, Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$|^$",
+        description="environment variable holding a bearer token")] = ""
+    token_file: Annotated[str, Field(max_length=4096,
+                                     description="file holding a bearer token")] = ""
+    ca_file: Annotated[str, Field(max_length=4096,
+                                  description="CA bundle for an https server with a private "
+                                              "CA (default: the system's)")] = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RemoteConfig:
+        if self.token_env and self.token_file:
+            raise ValueError("set token_env or token_file, not both")
+        if self.kind == "dimensional" and not self.value_range[0] < self.value_range[1]:
+            raise ValueError("value_range must be (low, high) with low < high")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be distinct")
+        return self
 
 
 @dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
@@ -110,6 +158,10 @@ class EmotionConfig:
     dimension_range: Annotated[tuple[float, float], Field(
         description="a dimensional model's output range, mapped linearly onto -1..1 "
                     "(audEERING's models: 0..1)")] = (0.0, 1.0)
+    backend: Annotated[Literal["local", "remote"], Field(
+        description="local: the model runs in this process; remote: on an Open Inference "
+                    "Protocol server ([emotion.remote])")] = "local"
+    remote: RemoteConfig = dataclasses.field(default_factory=RemoteConfig)
 
     @field_validator("precision")
     @classmethod
@@ -117,6 +169,16 @@ class EmotionConfig:
         if v not in _PRECISION_CHOICES:
             raise ValueError(f"must be auto, fp32, bf16, int8 or fp16, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _remote_complete(self) -> EmotionConfig:
+        if self.backend == "remote":
+            if not self.remote.url:
+                raise ValueError("backend 'remote' needs [emotion.remote] url")
+            if not self.remote.labels:
+                raise ValueError("backend 'remote' needs [emotion.remote] labels (export-model "
+                                 "prints them)")
+        return self
 
     @field_validator("dimension_range")
     @classmethod

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Dropped", "FramesReceived", "InferenceBatch", "OutboxPending", "Record", "SpeechHeard",
+__all__ = ["Dropped", "FramesReceived", "InferenceBatch", "OutboxPending", "Record", "RemoteFailure",
+           "SpeechHeard",
            "Stat", "TaskFailed", "WebhookDelivery", "WebhookEndpoint", "WindowLatency",
            "WindowUnscored", "from_wire", "ignore", "to_wire"]
 
@@ -63,6 +64,16 @@ class InferenceBatch:
     analyzer: str
     size: int
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFailure:
+    """A request to the inference server failed (``analyzer``: emotion; ``reason``: unreachable
+    (refused, reset or timed out), http_error (a status other than 200), bad_response (not the
+    tensor asked for))."""
+
+    analyzer: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +120,13 @@ class OutboxPending:
 
 
 Stat = (FramesReceived | SpeechHeard | Dropped | WindowLatency | InferenceBatch | WindowUnscored
-        | TaskFailed | WebhookEndpoint | WebhookDelivery | OutboxPending)
+        | TaskFailed | WebhookEndpoint | WebhookDelivery | OutboxPending | RemoteFailure)
 Record = Callable[[Stat], None]
 
 _TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in
                                 (FramesReceived, SpeechHeard, Dropped, WindowLatency,
                                  InferenceBatch, WindowUnscored, TaskFailed, WebhookEndpoint,
-                                 WebhookDelivery, OutboxPending)}
+                                 WebhookDelivery, OutboxPending, RemoteFailure)}
 
 
 def ignore(stat: Stat) -> None:

@@ -339,6 +339,19 @@ def test_workers_value_goes_into_the_config(tmp_path: Path) -> None:
     assert load_settings(path).worker_count() == 3
 
 
+def test_remote_emotion_values_become_a_valid_config(tmp_path: Path) -> None:
+    """Emotion on an inference server, as the values file's comment shows it."""
+    remote = {"url": "http://triton.inference.svc:8000", "model": "affect-emotion",
+              "labels": ["neutral", "happy", "angry", "sad"], "token_env": "INFERENCE_TOKEN"}
+    text = _config(render({"config": {"emotion": {"backend": "remote", "remote": remote}}}))
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    settings = load_settings(path)
+    assert settings.emotion.backend == "remote"
+    assert settings.emotion.remote.url == remote["url"]
+    assert settings.emotion.remote.labels == remote["labels"]
+
+
 def test_gpu_needs_a_cuda_image() -> None:
     with helm.Chart.load(str(CHART)) as chart:
         with pytest.raises(helm.HelmError, match=r"gpu\.enabled needs gpu\.image\.repository"

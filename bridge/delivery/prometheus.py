@@ -76,6 +76,10 @@ class PrometheusSink:
             buckets=BATCH_BUCKETS, registry=r)
         self.dropped = Counter("affect_dropped_total", "Work dropped, by stage.", ["stage"],
                                registry=r)
+        self.remote_failures = Counter(
+            "affect_remote_inference_failures_total",
+            "Requests to the inference server that failed, by analyzer and reason "
+            "(unreachable, http_error, bad_response).", ["analyzer", "reason"], registry=r)
         self.frames = Counter("affect_audio_frames_total", "Audio frames received.", registry=r)
         self.unscored = Counter("affect_windows_unscored_total",
                                 "Speech windows not scored, by reason (unvoiced: too little "
@@ -159,6 +163,8 @@ class PrometheusSink:
             else:
                 self.inference_seconds.labels(stat.analyzer).observe(stat.seconds)
                 self.inference_batch.labels(stat.analyzer).observe(stat.size)
+        elif isinstance(stat, stats.RemoteFailure):
+            self.remote_failures.labels(stat.analyzer, stat.reason).inc()
         elif isinstance(stat, stats.WebhookDelivery):
             self.webhook_seconds.labels(stat.endpoint).observe(stat.seconds)
             self.webhook_deliveries.labels(stat.endpoint, stat.outcome).inc()

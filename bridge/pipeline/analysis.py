@@ -34,6 +34,8 @@ from analyzers.windowing import SpeechWindower
 from bridge import events as ev
 from bridge import stats
 from bridge.config import Settings
+from bridge.outbound import OutboundLimits
+from bridge.pipeline.remote import RemoteEmotionAnalyzer, RemoteUnavailable
 
 __all__ = ["AnalysisEngine", "Emit", "SpeakerAnalysis"]
 
@@ -55,6 +57,7 @@ class AnalysisEngine:
         self.record = record
         self.analyzers: list[Analyzer] = []
         self.degraded: dict[str, str] = {}
+        self._down: set[str] = set()  # loaded, but their (remote) model does not answer now
         self.vad_model: SileroModel | None = None  # the silero VAD every speaker shares
         self.vad_batch: SileroBatch | None = None  # its thread, batching across speakers
         self.started = False
@@ -72,8 +75,9 @@ class AnalysisEngine:
         def on_batch(analyzer: str, size: int, seconds: float) -> None:
             record(stats.InferenceBatch(analyzer, size, seconds))
 
-        built = load_analyzers(self.settings.analyzers, self.settings.analyzer_options(),
-                               self._registry, on_batch=on_batch)
+        built = [self._backend(a) for a in load_analyzers(
+            self.settings.analyzers, self.settings.analyzer_options(), self._registry,
+            on_batch=on_batch)]
         loop = asyncio.get_running_loop()
         if self.settings.vad.engine == "silero" and self.vad_model is None:
             # The VAD is no optional analyzer: a model that cannot be loaded stops the start.
@@ -83,6 +87,13 @@ class AnalysisEngine:
         for analyzer in built:
             try:
                 await loop.run_in_executor(None, analyzer.load)
+                check = getattr(analyzer, "check", None)
+                if callable(check):  # a remote model: is the server there, is it the model?
+                    await check()
+            except RemoteUnavailable as exc:  # the server may come up later: keep trying
+                self.mark_down(analyzer.name, str(exc))
+                log.warning("analyzer %s: %s; its estimates start when the server answers",
+                            analyzer.name, exc)
             except ModelUnavailable as exc:
                 self.degraded[analyzer.name] = str(exc)
                 log.warning("analyzer %s unavailable, continuing without it: %s",
@@ -96,6 +107,33 @@ class AnalysisEngine:
                 except Exception:  # a warm-up is an optimisation: never fatal
                     log.exception("analyzer %s: warm-up failed", analyzer.name)
         self.started = True
+
+    def _backend(self, analyzer: Analyzer) -> Analyzer:
+        """The emotion analyzer on an inference server when ``[emotion] backend = "remote"``."""
+        emotion = self.settings.emotion
+        if analyzer.name != "emotion" or emotion.backend != "remote":
+            return analyzer
+        out = self.settings.outbound
+        return cast(Analyzer, RemoteEmotionAnalyzer(
+            emotion, limits=OutboundLimits(out.timeout_s, out.max_response_bytes),
+            record=self.record))
+
+    def mark_down(self, name: str, reason: str) -> bool:
+        """A loaded analyzer's model stopped answering (a remote server): degraded until
+        :meth:`mark_up`. True when it was up until now (the caller tells the world once)."""
+        was_up = name not in self._down
+        self._down.add(name)
+        self.degraded[name] = reason
+        return was_up
+
+    def mark_up(self, name: str) -> bool:
+        """The analyzer's model answers again. True when it was down."""
+        if name not in self._down:
+            return False
+        self._down.discard(name)
+        self.degraded.pop(name, None)
+        log.info("analyzer %s answers again; its estimates resume", name)
+        return True
 
     def degraded_events(self, call: ev.CallInfo | None = None) -> list[ev.AnalyzerDegraded]:
         return [
@@ -112,6 +150,9 @@ class AnalysisEngine:
         loop = asyncio.get_running_loop()
         for analyzer in self.analyzers:
             await loop.run_in_executor(None, analyzer.close)
+            aclose = getattr(analyzer, "aclose", None)
+            if callable(aclose):
+                await aclose()
         self.analyzers = []
         if self.vad_batch is not None:
             await loop.run_in_executor(None, self.vad_batch.close)
@@ -293,12 +334,15 @@ class SpeakerAnalysis:
             return_exceptions=True,
         )
         for analyzer, result in zip(self.engine.analyzers, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, RemoteUnavailable):
+                await self._model_down(analyzer.name, str(result), window.end_s)
+            elif isinstance(result, BaseException):
                 self._note_failure(analyzer.name, result)
             elif isinstance(result, ProsodyFeatures):
                 prosody = result
             elif isinstance(result, EmotionScores):
                 emotion = result
+                self.engine.mark_up(analyzer.name)
             elif isinstance(result, SemanticResult):
                 semantic = result
             elif result is not None:
@@ -328,6 +372,17 @@ class SpeakerAnalysis:
             return ev.spike_ended(self.call, self.speaker, started, offset_s=spike.at_s,
                                   duration_s=spike.duration_s, reason=spike.reason)
         return ev.SpikeStarted(call=self.call, speaker=self.speaker, data=started)
+
+    async def _model_down(self, name: str, reason: str, at_s: float) -> None:
+        """A remote model did not answer: this window goes without its estimate (the last one
+        is not carried on), and the first failure after success says so (``analyzer.degraded``,
+        once per process and outage)."""
+        if name == "emotion":
+            self._last_emotion = None
+        if self.engine.mark_down(name, reason):
+            log.warning("analyzer %s: %s", name, reason)
+            await self._emit(ev.AnalyzerDegraded(call=self.call, data=ev.AnalyzerDegradedData(
+                offset_s=round(at_s, 3), analyzer=name, reason=reason)))
 
     def _note_failure(self, name: str, exc: BaseException) -> None:
         count = self._failures.get(name, 0) + 1
