@@ -1,5 +1,5 @@
 """``affect-bridge`` command line: analyze, evaluate, demo, run, schema, download-models,
-models check."""
+models check, export-model."""
 
 from __future__ import annotations
 
@@ -103,6 +103,21 @@ def _model_commands(sub: Any) -> None:
     c.add_argument("--precision", default="auto",
                    choices=["auto", "fp32", "bf16", "int8"], help="as [emotion] precision")
     c.add_argument("--json", action="store_true", help="the report as JSON")
+    x = sub.add_parser("export-model", help="write an emotion checkpoint as a model repository "
+                       "that Triton and MLServer serve ([emotion] backend = \"remote\")")
+    x.add_argument("model", help="a local checkpoint directory, or a hub id in the local cache")
+    x.add_argument("--format", required=True, choices=["triton"],
+                   help="triton: a Triton model repository (pytorch_libtorch) that MLServer "
+                        "serves too")
+    x.add_argument("directory", type=Path, metavar="DIR", help="the model repository; the model "
+                   "goes into DIR/NAME, which must not exist or be empty")
+    x.add_argument("--name", default="affect-emotion", help="the model's name on the server "
+                   "(default: affect-emotion)")
+    x.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32 (default; runs on any server) or bf16 (where this processor "
+                        "computes it natively)")
+    x.add_argument("--trust-remote-code", action="store_true",
+                   help="accept a checkpoint with its own model code (runs that code)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             return _download(args)
         if args.command == "models":
             return _models_check(args)
+        if args.command == "export-model":
+            return _export_model(args)
     except (AudioDecodeError, ConfigError, PluginError) as exc:
         print(f"affect-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -247,6 +264,21 @@ def _models_check(args: argparse.Namespace) -> int:
     return EXIT_USAGE if report["refused"] else EXIT_OK
 
 
+def _export_model(args: argparse.Namespace) -> int:
+    from analyzers.loading import ModelUnavailable
+    from bridge.offline.export import ExportError, export_model, format_export
+
+    try:
+        exported = export_model(args.model, args.directory, name=args.name,
+                                precision=args.precision,
+                                trust_remote_code=args.trust_remote_code)
+    except (ExportError, ModelUnavailable) as exc:
+        print(f"affect-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_export(exported))
+    return EXIT_OK
+
+
 def _download(args: argparse.Namespace) -> int:
     """Fetch the weights of every configured model into the HuggingFace cache (image builds).
 
@@ -259,7 +291,8 @@ def _download(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     loaders: list[tuple[ConfiguredModel, EmotionModel | SpeechRecognizer | SentimentModel]] = []
-    if "emotion" in settings.analyzers:
+    if "emotion" in settings.analyzers and settings.emotion.backend == "local":
+        # remote: the inference server holds the weights, the bridge none
         loaders.append((ConfiguredModel("emotion model", "[emotion] model",
                                         settings.emotion.model),
                         EmotionModel(settings.emotion)))
