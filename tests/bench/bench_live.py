@@ -767,8 +767,8 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
         cfg.write_text(f'analyzers = {analyzers}\nworkers = {workers}\nlog_level = "INFO"\n'
                        f'[live]\nice_host_addresses = ["{LOOPBACK}"]\n'
                        f'[outbound]\nallow = ["{LOOPBACK}"]\n'
-                       + (f'[emotion]\nmodel = "{emotion}"\ndevice = "cpu"\n' if emotion
-                          else ""), encoding="utf-8")
+                       + (_emotion_toml(emotion, args) if emotion else ""),
+                       encoding="utf-8")
         with open(br_log, "w", encoding="utf-8") as err:
             service = subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg), "--listen",
@@ -791,7 +791,8 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
                                    + br_log.read_text()[-3000:])
             time.sleep(0.2)
         root = psutil.Process(service.pid)
-        if emotion:  # the first start measures the batch size once ready: not in the figures
+        if emotion and not getattr(args, "serving", None):
+            # the first start measures the batch size once ready: not in the figures
             cache = logs / "cache" / "precision.json"
             deadline = time.monotonic() + 180
             while not (cache.is_file() and json.loads(cache.read_text()).get("batches")):
@@ -819,11 +820,15 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
         placed = Counter(c.get("worker") for c in requests.get(
             base + "/v1/calls", headers=auth, timeout=10).json()["calls"])
         src = psutil.Process(source.pid)
+        serving = getattr(args, "serving", None)
+        server = psutil.Process(serving._proc.pid) if serving is not None else None
+        srv0 = _tree_cpu(server) if server is not None else 0.0
         m0, cpu0, src0, t0 = metrics(), _tree_cpu(root), _tree_cpu(src), time.monotonic()
         busy0 = machine_busy_s()
         time.sleep(args.seconds)
         m1, cpu1, src1, t1 = metrics(), _tree_cpu(root), _tree_cpu(src), time.monotonic()
         busy1 = machine_busy_s()
+        srv1 = _tree_cpu(server) if server is not None else 0.0
         rss, pss = _tree_mem_mb(root)
         wall = t1 - t0
 
@@ -834,6 +839,10 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
         emo_items = delta("affect_inference_batch_size_sum", 'analyzer="emotion"')
         emo_batches = delta("affect_inference_batch_size_count", 'analyzer="emotion"')
         emo_dropped = delta("affect_dropped_total", 'stage="inference_emotion"')
+        emo_seconds = delta("affect_inference_seconds_sum", 'analyzer="emotion"')
+        emo_failed = sum(_metric(m1, "affect_remote_inference_failures_total", f'reason="{r}"')
+                         - _metric(m0, "affect_remote_inference_failures_total", f'reason="{r}"')
+                         for r in ("unreachable", "http_error", "bad_response"))
         windows = delta("affect_dropped_total", 'stage="window_queue"')
         channel = delta("affect_dropped_total", 'stage="worker_channel"')
         lat_n = delta("affect_pipeline_latency_seconds_count")
@@ -842,7 +851,8 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
         rate = frames / (n * wall)
         cpu = cpu1 - cpu0
         kept = (rate >= KEPT_UP_RATE * FRAME_RATE and windows == 0 and channel == 0
-                and lat_mean is not None and lat_mean < 1.0 and emo_dropped == 0)
+                and lat_mean is not None and lat_mean < 1.0 and emo_dropped == 0
+                and emo_failed == 0)
         batch_sizes = re.findall(r"emotion batch (\d+) \(", br_log.read_text(errors="replace"))
         return {"speakers": n, "workers": workers, "wall_s": round(wall, 2),
                 "frames_per_speaker_s": round(rate, 2), "dropped_windows": int(windows),
@@ -861,7 +871,13 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
                     "inferences": int(emo_items), "batches": int(emo_batches),
                     "dropped": int(emo_dropped),
                     "mean_batch": round(emo_items / emo_batches, 2) if emo_batches else None,
-                    "batch_sizes_measured": [int(b) for b in batch_sizes]},
+                    "batch_sizes_measured": [int(b) for b in batch_sizes],
+                    "mean_inference_s": round(emo_seconds / emo_batches, 3)
+                    if emo_batches else None,
+                    "remote_failures": int(emo_failed),
+                    "server_cores": round((srv1 - srv0) / wall, 3) if server else None,
+                    "server_cpu_ms_per_speaker_s": round(1000 * (srv1 - srv0) / (n * wall), 3)
+                    if server else None},
                 "kept_up": kept}
     finally:
         if service is not None:
@@ -874,6 +890,36 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
             if service in children.procs:
                 children.procs.remove(service)  # type: ignore[arg-type]
         children.stop(source)
+
+
+def _emotion_toml(emotion: str, args: argparse.Namespace) -> str:
+    serving = getattr(args, "serving", None)
+    if serving is None:
+        return f'[emotion]\nmodel = "{emotion}"\ndevice = "cpu"\n'
+    meta = json.loads((serving.repository / "affect-emotion" / "affect-bridge.json").read_text())
+    return (f'[emotion]\nbackend = "remote"\n[emotion.remote]\nurl = "{serving.url}"\n'
+            f'model = "affect-emotion"\nlabels = {json.dumps(meta["labels"])}\n'
+            'max_in_flight = 16\n')
+
+
+def start_serving(checkpoint: str, logs: Path, threads: int, precision: str) -> Any:
+    """The checkpoint exported in ``precision`` and served by MLServer on loopback with
+    ``threads`` torch threads."""
+    sys.path.insert(0, str(ROOT))
+    from bridge.offline.export import export_model
+    from tests.serving import ModelServer
+
+    exported = export_model(checkpoint, logs / "serving" / "models", precision=precision)
+    path = exported.path / "model-settings.json"
+    settings = json.loads(path.read_text())
+    settings["parameters"]["extra"]["threads"] = threads
+    path.write_text(json.dumps(settings))
+    server = ModelServer(logs / "serving" / "models", logs / "serving")
+    server.start()
+    print(f"  MLServer serving the exported model ({precision}) on {server.url} ({threads} "
+          "torch threads), "
+          f"ready in {server.startups[-1]:.1f} s", flush=True)
+    return server
 
 
 def _free_port() -> int:
@@ -908,8 +954,13 @@ def orchestrate_workers(args: argparse.Namespace) -> int:
         opus = build_opus(logs, FLOW_TIMEOUT_S + args.settle + args.seconds + 60)
         if args.emotion:
             args.emotion_model = emotion_checkpoint(args.emotion, logs)
+        args.serving = None
+        if args.emotion and args.remote:
+            args.serving = start_serving(args.emotion_model, logs, args.remote_threads,
+                                         args.remote_precision)
         try:
-            if args.emotion:  # the first start on a machine measures and prepares: not reported
+            if args.emotion and not args.remote:
+                # the first start on a machine measures and prepares: not reported
                 print("  warm-up start (precision, prepared model, batch size; not reported) ...",
                       flush=True)
                 run_service(children, logs, 1, counts[0], args, opus)
@@ -927,7 +978,12 @@ def orchestrate_workers(args: argparse.Namespace) -> int:
                     if emo:
                         print(f"emotion {emo['inferences']} inferences in {emo['batches']} "
                               f"batches (batch size chosen {emo['batch_sizes_measured']}), "
-                              f"{emo['dropped']} turned away;", end=" ")
+                              f"{emo['dropped']} turned away, mean inference "
+                              f"{emo['mean_inference_s']} s"
+                              + (f", server {emo['server_cores']} cores "
+                                 f"({emo['server_cpu_ms_per_speaker_s']} ms/spk-s), "
+                                 f"{emo['remote_failures']} failed" if args.remote else "")
+                              + ";", end=" ")
                     print(f"{r['frames_per_speaker_s']:.1f} frames/spk-s, dropped "
                           f"{r['dropped_windows']}+{r['dropped_channel']}, latency "
                           f"{fmt(r['latency_mean_s'], 3)} s, {r['cores']:.2f} cores "
@@ -941,6 +997,8 @@ def orchestrate_workers(args: argparse.Namespace) -> int:
                     best[w] = r
         finally:
             children.kill_all()
+            if args.serving is not None:
+                args.serving.stop()
     print("\nlargest N kept up in real time:")
     for w, r in best.items():
         if r is None:
@@ -1295,6 +1353,15 @@ def main() -> int:
                    help="with the emotion model on: a checkpoint directory, or 'base' for a "
                         "random-initialised wav2vec2-base classifier built here (in-process "
                         "path only)")
+    p.add_argument("--remote", action="store_true",
+                   help="with --emotion and --workers: the model exported (export-model) and "
+                        "served by a real MLServer on loopback (.venv-serving), the service "
+                        "with [emotion] backend = \"remote\"; the server's CPU is reported "
+                        "apart")
+    p.add_argument("--remote-threads", type=int, default=1,
+                   help="the server's torch threads (1)")
+    p.add_argument("--remote-precision", default="fp32", choices=("fp32", "bf16"),
+                   help="the exported model's precision (fp32; bf16 where native)")
     p.add_argument("--_settle", dest="settle", type=float, help=argparse.SUPPRESS)
     p.add_argument("--_profile", dest="profile_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
