@@ -113,9 +113,10 @@ def _model_commands(sub: Any) -> None:
                    "goes into DIR/NAME, which must not exist or be empty")
     x.add_argument("--name", default="affect-emotion", help="the model's name on the server "
                    "(default: affect-emotion)")
-    x.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="fp32 (default; runs on any server) or bf16 (where this processor "
-                        "computes it natively)")
+    x.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "bf16+matmul"],
+                   help="fp32 (default; runs on any server), bf16 or bf16+matmul (the feature "
+                        "encoder as matrix products: faster on a CPU server; both where this "
+                        "processor computes bf16 natively)")
     x.add_argument("--trust-remote-code", action="store_true",
                    help="accept a checkpoint with its own model code (runs that code)")
 

@@ -214,18 +214,20 @@ def test_the_server_goes_down_and_comes_back_on_its_port(server: ModelServer) ->
     np.testing.assert_allclose(server.infer(DIMENSIONAL, [_voice(1.0)]), before, atol=1e-6)
 
 
-def test_bf16_where_the_processor_has_it(tiny_emotion_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["bf16", "bf16+matmul"])
+def test_bf16_where_the_processor_has_it(tiny_emotion_model: Path, tmp_path: Path,
+                                         precision: str) -> None:
     from analyzers.precision import native_bf16
     from bridge.offline.export import ExportError, export_model
 
     if not native_bf16():
         with pytest.raises(ExportError, match="bf16 is not native"):
-            export_model(str(tiny_emotion_model), tmp_path, precision="bf16")
+            export_model(str(tiny_emotion_model), tmp_path, precision=precision)
         assert not any(tmp_path.iterdir())
         return
-    exported = export_model(str(tiny_emotion_model), tmp_path, precision="bf16")
+    exported = export_model(str(tiny_emotion_model), tmp_path, precision=precision)
     meta = json.loads((exported.path / "affect-bridge.json").read_text())
-    assert meta["precision"] == "bf16" and meta["check"]["difference"] <= 0.05
+    assert meta["precision"] == precision and meta["check"]["difference"] <= 0.05
 
 
 def _one_line_error(stderr: str) -> str:

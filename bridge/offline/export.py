@@ -44,7 +44,9 @@ __all__ = ["INPUT", "OUTPUT", "ExportError", "ExportMismatch", "Exported", "expo
            "format_export"]
 
 INPUT, OUTPUT = "waveform", "scores"
-PRECISIONS = ("fp32", "bf16")
+# bf16+matmul: bf16 with the feature encoder as matrix products (analyzers/encoder.py), what the
+# bridge itself runs on native-bf16 CPUs; for a CPU server of that kind.
+PRECISIONS = ("fp32", "bf16", "bf16+matmul")
 FORMAT = 1  # affect-bridge.json's format
 RUNTIME_MODULE = "affect_bridge_runtime"
 META = "affect-bridge.json"
@@ -100,7 +102,7 @@ def export_model(model: str, directory: Path, *, name: str = "affect-emotion",
     info = inspect_checkpoint(model, trust_remote_code=trust_remote_code)  # before torch loads
     if info.refusal:
         raise ModelRefused(info.refusal)
-    if precision == "bf16":
+    if precision.startswith("bf16"):
         from analyzers.precision import native_bf16
 
         if not native_bf16():
@@ -133,7 +135,8 @@ def _trace(model: str, precision: str, trust_remote_code: bool) -> tuple[Any, An
     from analyzers.precision import probe_signals, to_precision
     from analyzers.prepared import eligible
 
-    loaded = EmotionModel(EmotionConfig(model=model, device="cpu", precision=precision,
+    loaded = EmotionModel(EmotionConfig(model=model, device="cpu",
+                                        precision=precision.partition("+")[0],
                                         trust_remote_code=trust_remote_code))
     fp32 = loaded._from_checkpoint()  # inspects, refuses, loads: the product's own loading
     extractor, head = loaded._extractor, loaded.head

@@ -1360,7 +1360,7 @@ def main() -> int:
                         "apart")
     p.add_argument("--remote-threads", type=int, default=1,
                    help="the server's torch threads (1)")
-    p.add_argument("--remote-precision", default="fp32", choices=("fp32", "bf16"),
+    p.add_argument("--remote-precision", default="fp32", choices=("fp32", "bf16", "bf16+matmul"),
                    help="the exported model's precision (fp32; bf16 where native)")
     p.add_argument("--_settle", dest="settle", type=float, help=argparse.SUPPRESS)
     p.add_argument("--_profile", dest="profile_child", action="store_true", help=argparse.SUPPRESS)

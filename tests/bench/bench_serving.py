@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="per measurement (20)")
     p.add_argument("--clients", default="1,2,4,8", help="concurrent clients (1,2,4,8)")
     p.add_argument("--threads", type=int, default=2, help="the server's torch threads (2)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "bf16+matmul"))
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
     from bench_pipeline import build_model
