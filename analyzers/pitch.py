@@ -1,13 +1,13 @@
 """yin F0 (de Cheveigne & Kawahara 2002) in numpy and ``scipy.fft``: the same arithmetic as
-``librosa.yin(center=False)`` 0.10-0.11, step for step, without librosa's import.
+``librosa.yin(center=False)`` 0.11, step for step, without librosa's import.
 
 Why not call librosa: every process that analyses prosody (each ``run`` worker, each ``analyze``)
 paid for importing librosa and numba and loading librosa's compiled numba kernels, about 1.5
 CPU-s and tens of MB per process, for four small array functions (framing, the cumulative mean
 normalised difference, local minima, parabolic interpolation). Measured in the README's
 "Performance" section. ``tests/test_pitch.py`` checks that the F0 track equals librosa's, value
-for value, on speech, noise, silence and tones, so every published figure made with librosa.yin
-stands.
+for value, on speech, noise, silence and tones, so every published figure made with librosa 0.11's yin
+stands (0.10 computed the difference function otherwise).
 """
 
 from __future__ import annotations

@@ -267,12 +267,15 @@ def _models_check(args: argparse.Namespace) -> int:
 
 def _export_model(args: argparse.Namespace) -> int:
     from analyzers.loading import ModelUnavailable
-    from bridge.offline.export import ExportError, export_model, format_export
+    from bridge.offline.export import ExportError, ExportMismatch, export_model, format_export
 
     try:
         exported = export_model(args.model, args.directory, name=args.name,
                                 precision=args.precision,
                                 trust_remote_code=args.trust_remote_code)
+    except ExportMismatch as exc:  # the traced model disagrees: nothing was written
+        print(f"affect-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (ExportError, ModelUnavailable) as exc:
         print(f"affect-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

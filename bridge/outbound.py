@@ -81,7 +81,8 @@ class MediaServerClient:
     names the server in error reasons ("WHEP endpoint", "Janus")."""
 
     def __init__(self, url: str, *, what: str, allow: AllowList | None = None,
-                 limits: OutboundLimits | None = None, ssl: SSLContext | None = None) -> None:
+                 limits: OutboundLimits | None = None, ssl: SSLContext | None = None,
+                 connections: int = 16) -> None:
         self.url = URL(url)
         self.origin = self.url.origin()
         self.what = what
@@ -89,6 +90,7 @@ class MediaServerClient:
         self._allow = allow if allow else AllowList.origins([url])
         self.limits = limits or OutboundLimits()
         self._ssl = ssl  # None: the system's CA store
+        self._connections = connections
         self._http: aiohttp.ClientSession | None = None
 
     def same_origin(self, url: str) -> URL | None:
@@ -116,7 +118,8 @@ class MediaServerClient:
             await self._allow.check(str(target))
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(resolver=_AllowListResolver(self._allow),
-                                               limit=16, ssl=self._ssl or True),
+                                               limit=self._connections,
+                                               ssl=self._ssl or True),
                 timeout=aiohttp.ClientTimeout(total=self.limits.timeout_s))
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.limits.timeout_s)
         try:

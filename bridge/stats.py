@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Dropped", "FramesReceived", "InferenceBatch", "OutboxPending", "Record", "RemoteFailure",
-           "SpeechHeard",
-           "Stat", "TaskFailed", "WebhookDelivery", "WebhookEndpoint", "WindowLatency",
-           "WindowUnscored", "from_wire", "ignore", "to_wire"]
+__all__ = ["AnalyzerState", "Dropped", "FramesReceived", "InferenceBatch", "OutboxPending",
+           "Record", "RemoteFailure", "SpeechHeard", "Stat", "TaskFailed", "WebhookDelivery",
+           "WebhookEndpoint", "WindowLatency", "WindowUnscored", "from_wire", "ignore",
+           "to_wire"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,16 @@ class RemoteFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalyzerState:
+    """A loaded analyzer's model stopped answering (``reason``: why) or answers again
+    (``reason`` empty): a remote inference server down and back. With ``--workers`` this is how
+    the supervisor's ``/readyz`` learns of it."""
+
+    analyzer: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class WindowUnscored:
     """A window came due but was not scored (``reason``: ``unvoiced``, too little periodic
     voicing in what the VAD passed: noise, not a voice)."""
@@ -120,13 +130,14 @@ class OutboxPending:
 
 
 Stat = (FramesReceived | SpeechHeard | Dropped | WindowLatency | InferenceBatch | WindowUnscored
-        | TaskFailed | WebhookEndpoint | WebhookDelivery | OutboxPending | RemoteFailure)
+        | TaskFailed | WebhookEndpoint | WebhookDelivery | OutboxPending | RemoteFailure
+        | AnalyzerState)
 Record = Callable[[Stat], None]
 
 _TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in
                                 (FramesReceived, SpeechHeard, Dropped, WindowLatency,
                                  InferenceBatch, WindowUnscored, TaskFailed, WebhookEndpoint,
-                                 WebhookDelivery, OutboxPending, RemoteFailure)}
+                                 WebhookDelivery, OutboxPending, RemoteFailure, AnalyzerState)}
 
 
 def ignore(stat: Stat) -> None:

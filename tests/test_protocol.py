@@ -41,7 +41,10 @@ def test_every_message_survives_the_wire() -> None:
         proto.Left(8, "whep:abc", True), proto.Pong(3),
         proto.Published({"type": "call.joined", "id": "evt_1"}),
         proto.StatsReport([stats.FramesReceived(5), stats.SpeechHeard("c", "s", 1.5),
-                           stats.TaskFailed("janus/supervise", "RuntimeError: x", 1.0)]),
+                           stats.TaskFailed("janus/supervise", "RuntimeError: x", 1.0),
+                           stats.RemoteFailure("emotion", "unreachable"),
+                           stats.AnalyzerState("emotion", "inference server unreachable"),
+                           stats.AnalyzerState("emotion")]),
     ]
     for msg in messages:
         assert proto.decode(_wire(msg)) == msg, msg.op
@@ -88,3 +91,28 @@ def test_each_error_has_one_status() -> None:
         assert status_of(exc) == status, type(exc).__name__
     assert AlreadyJoined.call("c").error == "already_joined"
     assert Unavailable("x", code="worker_failed").error == "worker_failed"
+
+
+async def test_a_workers_remote_model_down_and_back_reaches_the_supervisors_readiness() -> None:
+    """With --workers, /readyz is the pool's view: a worker's remote emotion model that stops
+    answering (and comes back) arrives as AnalyzerState stats; any ready worker's outage shows."""
+    from bridge.config import load_settings
+    from bridge.workers.pool import WorkerPool
+
+    recorded: list[stats.Stat] = []
+
+    async def emit(event: object) -> None:
+        pass
+
+    pool = WorkerPool(load_settings(None), 2, emit, record=recorded.append)
+    second = pool.workers[1]
+    for w in pool.workers:
+        await pool._on_message(w, proto.Ready(1, ["prosody", "emotion"], {}))
+    assert pool.analyzers() == {"prosody": "ready", "emotion": "ready"}
+    await pool._on_message(second, proto.StatsReport([stats.AnalyzerState(
+        "emotion", "inference server http://s:8000 unreachable")]))
+    assert pool.analyzers()["emotion"] == "degraded: inference server http://s:8000 unreachable"
+    assert pool.analyzers()["prosody"] == "ready"
+    await pool._on_message(second, proto.StatsReport([stats.AnalyzerState("emotion")]))
+    assert pool.analyzers() == {"prosody": "ready", "emotion": "ready"}
+    assert stats.AnalyzerState("emotion") in recorded  # still forwarded to the metrics sink

@@ -71,6 +71,9 @@ class Fake:
             "nan": {"outputs": [{"name": "scores", "shape": [1, 4], "data": [*row[:3], "NaN"]}]},
             "other-name": {"outputs": [{"name": "logits", "shape": [1, 4], "data": row}]},
             "strings": {"outputs": [{"name": "scores", "shape": [1, 4], "data": ["a"] * 4}]},
+            "outputs-not-a-list": {"outputs": 5},
+            "mixed-nesting": {"outputs": [{"name": "scores", "shape": [1, 4],
+                                           "data": [[0.1], 0.2, 0.3, 0.4]}]},
         }
         if self.mode == "500":
             return web.json_response({"error": "model failed"}, status=500)
@@ -139,6 +142,8 @@ async def test_a_chunk_goes_out_as_a_waveform_tensor_and_comes_back_as_scores(
     ("nan", "bad_response", "not 4 finite numbers"),
     ("strings", "bad_response", "not 4 finite numbers"),
     ("other-name", "bad_response", "no 'scores' output"),
+    ("outputs-not-a-list", "bad_response", "no 'scores' output"),
+    ("mixed-nesting", "bad_response", "not 4 finite numbers"),
 ])
 async def test_a_bad_answer_fails_that_chunk_and_is_counted(
         fake: tuple[Fake, str], mode: str, reason: str, message: str) -> None:
@@ -174,9 +179,10 @@ async def test_a_server_that_is_not_there_is_unreachable_not_a_crash() -> None:
 @pytest.mark.parametrize(("outputs", "message"), [
     ([{"name": "logits", "shape": [-1, 4]}], "export it with affect-bridge export-model"),
     ([{"name": "scores", "shape": [-1, 7]}], "gives 7 scores, the configured labels are 4"),
+    (5, "export it with affect-bridge export-model"),  # not even a list
 ])
 async def test_the_wrong_model_on_the_server_is_a_configuration_error(
-        fake: tuple[Fake, str], outputs: list[dict[str, Any]], message: str) -> None:
+        fake: tuple[Fake, str], outputs: Any, message: str) -> None:
     f, url = fake
     f.outputs = outputs
     a = RemoteEmotionAnalyzer(config(url))
@@ -234,6 +240,11 @@ def test_a_missing_token_fails_at_load_without_showing_anything_secret(
     empty.write_text("\n")
     with pytest.raises(ModelUnavailable, match="is empty"):
         RemoteEmotionAnalyzer(config("http://127.0.0.1:1", token_file=str(empty))).load()
+    two_lines = tmp_path / "token2"
+    two_lines.write_text("s3cret\nmore\n")
+    with pytest.raises(ModelUnavailable, match="control characters") as err:
+        RemoteEmotionAnalyzer(config("http://127.0.0.1:1", token_file=str(two_lines))).load()
+    assert "s3cret" not in str(err.value)
 
 
 async def test_server_down_then_back_in_a_call(fake: tuple[Fake, str]) -> None:
@@ -241,9 +252,10 @@ async def test_server_down_then_back_in_a_call(fake: tuple[Fake, str]) -> None:
     prosody and stress and no emotion, one analyzer.degraded says why and /readyz's source
     (engine.degraded) shows it; when it answers again, emotion resumes and the mark clears."""
     f, url = fake
+    seen: list[stats.Stat] = []
     engine = AnalysisEngine(load_settings(None, analyzers=["prosody", "emotion"], emotion={
         "backend": "remote", "min_audio_s": 1.0,
-        "remote": {"url": url, "model": "emo", "labels": LABELS}}))
+        "remote": {"url": url, "model": "emo", "labels": LABELS}}), record=seen.append)
     await engine.start()
     assert engine.has("emotion") and not engine.degraded
     got: list[Any] = []
@@ -281,4 +293,6 @@ async def test_server_down_then_back_in_a_call(fake: tuple[Fake, str]) -> None:
     assert any(with_emotion[first_gap:]), "emotion never resumed"
     assert all(s.data.stress is not None and s.data.prosody is not None for s in samples)
     assert "emotion" not in engine.degraded  # back: /readyz ready again
+    states = [st for st in seen if isinstance(st, stats.AnalyzerState)]  # for --workers
+    assert [st.reason != "" for st in states] == [True, False]
     assert not math.isnan(samples[-1].data.stress.index)

@@ -102,10 +102,12 @@ class EmotionRuntime(MLModel):
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), left))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
                     break
             by_length: dict[int, list[_Pending]] = {}
             for item in batch:
+                if item[1].done():  # its request is gone (the client hung up): no work
+                    continue
                 by_length.setdefault(len(item[0]), []).append(item)
             for length, group in by_length.items():
                 try:

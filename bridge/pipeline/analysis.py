@@ -98,6 +98,9 @@ class AnalysisEngine:
                 self.degraded[analyzer.name] = str(exc)
                 log.warning("analyzer %s unavailable, continuing without it: %s",
                             analyzer.name, exc)
+                aclose = getattr(analyzer, "aclose", None)
+                if callable(aclose):  # a remote client that opened a session to check
+                    await aclose()
                 continue
             self.analyzers.append(analyzer)
             warm = getattr(analyzer, "warm_up", None)
@@ -124,6 +127,8 @@ class AnalysisEngine:
         was_up = name not in self._down
         self._down.add(name)
         self.degraded[name] = reason
+        if was_up:
+            self.record(stats.AnalyzerState(name, reason))
         return was_up
 
     def mark_up(self, name: str) -> bool:
@@ -132,6 +137,7 @@ class AnalysisEngine:
             return False
         self._down.discard(name)
         self.degraded.pop(name, None)
+        self.record(stats.AnalyzerState(name))
         log.info("analyzer %s answers again; its estimates resume", name)
         return True
 

@@ -117,9 +117,19 @@ class RemoteEmotionAnalyzer:
                                        f"be read ({type(exc).__name__})") from None
         self._client = MediaServerClient(self.remote.url, what="inference server",
                                          allow=AllowList.origins([self.remote.url]),
-                                         limits=self._limits, ssl=context)
+                                         limits=self._limits, ssl=context,
+                                         connections=max(16, self.remote.max_in_flight))
 
     def _token(self) -> str | None:
+        token = self._read_token()
+        if token is not None and not (token.isascii() and token.isprintable() and
+                                      " " not in token):
+            where = self.remote.token_env or self.remote.token_file
+            raise ModelUnavailable(f"emotion server token from {where!r} holds spaces or "
+                                   "control characters (one line of visible ASCII expected)")
+        return token
+
+    def _read_token(self) -> str | None:
         if self.remote.token_env:
             token = os.environ.get(self.remote.token_env, "").strip()
             if not token:
@@ -149,15 +159,15 @@ class RemoteEmotionAnalyzer:
             meta = client.json_object(reply)
         except ConnectorError as exc:
             raise RemoteUnavailable(str(exc)) from None
-        inputs = {t.get("name"): t for t in meta.get("inputs") or [] if isinstance(t, dict)}
-        outputs = {t.get("name"): t for t in meta.get("outputs") or [] if isinstance(t, dict)}
+        inputs, outputs = _tensors(meta.get("inputs")), _tensors(meta.get("outputs"))
         if INPUT not in inputs or OUTPUT not in outputs:
             raise ModelUnavailable(
                 f"model {self.remote.model!r} on {client.shown} has inputs "
                 f"{sorted(map(str, inputs))} and outputs {sorted(map(str, outputs))}, not "
                 f"{INPUT!r} and {OUTPUT!r}: export it with affect-bridge export-model")
-        shape = outputs[OUTPUT].get("shape") or []
-        width = shape[-1] if shape and isinstance(shape[-1], int) else -1
+        shape = outputs[OUTPUT].get("shape")
+        width = shape[-1] if isinstance(shape, list) and shape and isinstance(shape[-1], int) \
+            and not isinstance(shape[-1], bool) else -1
         if width not in (-1, len(self.head.labels)):
             raise ModelUnavailable(
                 f"model {self.remote.model!r} gives {width} scores, the configured labels are "
@@ -209,13 +219,11 @@ class RemoteEmotionAnalyzer:
             value: Any = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ValueError("sent an answer that is not JSON") from None
-        outputs = value.get("outputs") if isinstance(value, dict) else None
-        tensor = next((t for t in outputs or [] if isinstance(t, dict)
-                       and t.get("name") == OUTPUT), None)
+        tensor = _tensors(value.get("outputs") if isinstance(value, dict) else None).get(OUTPUT)
         if tensor is None:
             raise ValueError(f"sent no {OUTPUT!r} output")
         data = tensor.get("data")
-        if isinstance(data, list) and data and isinstance(data[0], list):
+        if isinstance(data, list) and data and all(isinstance(row, list) for row in data):
             data = [x for row in data for x in row]  # nested instead of flat: both are allowed
         n = len(self.head.labels)
         if not isinstance(data, list) or len(data) != n or not all(
@@ -231,3 +239,10 @@ class RemoteEmotionAnalyzer:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def _tensors(value: Any) -> dict[str, dict[str, Any]]:
+    """A metadata or response tensor list by name; whatever is not a list of objects: none."""
+    if not isinstance(value, list):
+        return {}
+    return {t["name"]: t for t in value if isinstance(t, dict) and isinstance(t.get("name"), str)}

@@ -219,6 +219,8 @@ class WorkerPool:
                 await self._on_event(worker, event)
             case proto.StatsReport():
                 for stat in msg.stats:
+                    if isinstance(stat, stats.AnalyzerState):  # what /readyz reports
+                        worker.note_analyzer(stat)
                     if isinstance(stat, stats.SpeechHeard):
                         call = self.calls.get(stat.call)
                         state = call.speakers.get(stat.speaker) if call is not None else None
@@ -332,12 +334,16 @@ class WorkerPool:
         return {"workers": out}
 
     def analyzers(self) -> dict[str, str]:
-        """What the workers loaded (the first ready worker speaks for all: same config)."""
-        for w in self.workers:
-            if w.state == "ready":
-                return ({name: "ready" for name in w.analyzers}
-                        | {name: f"degraded: {reason}" for name, reason in w.degraded.items()})
-        return {}
+        """What the workers loaded (the first ready worker speaks for all: same config), and
+        what any ready worker has degraded now (a remote model down for one is down for all,
+        but each finds out on its own)."""
+        ready = [w for w in self.workers if w.state == "ready"]
+        if not ready:
+            return {}
+        out = {name: "ready" for name in ready[0].analyzers}
+        for w in ready:
+            out |= {name: f"degraded: {reason}" for name, reason in w.degraded.items()}
+        return out
 
     async def aclose(self, reason: str = "shutting down") -> None:
         """Stop every worker: each leaves its calls (their events are published), then exits."""

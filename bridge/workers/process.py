@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bridge import stats
 from bridge.connectors.base import Backoff
 from bridge.errors import Unavailable
 from bridge.tasks import TaskSet
@@ -115,6 +116,13 @@ class WorkerProcess:
         self.state = "ready"
         self.last_pong = time.monotonic()
         self.ready.set()
+
+    def note_analyzer(self, state: stats.AnalyzerState) -> None:
+        """A loaded analyzer's model went down (a reason) or came back (none)."""
+        if state.reason:
+            self.degraded[state.analyzer] = state.reason
+        elif state.analyzer in self.analyzers:  # never clears a load failure
+            self.degraded.pop(state.analyzer, None)
 
     async def ping(self, n: int) -> None:
         """Ping a ready worker; kill one that has not answered for PING_TIMEOUT_S."""
