@@ -48,6 +48,7 @@ from analyzers.peaks import find_peaks
 from analyzers.pitch import frames as frame_rows
 from analyzers.pitch import yin
 from analyzers.types import SAMPLE_RATE, ProsodyFeatures, SpeechWindow
+from analyzers.vad import true_runs
 
 __all__ = ["FrameCache", "ProsodyAnalyzer", "ProsodyConfig", "analyze_prosody"]
 
@@ -303,7 +304,7 @@ def _db_array(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
 def _long_runs(flags: npt.NDArray[np.bool_], min_len: int) -> npt.NDArray[np.bool_]:
     """``flags`` with runs shorter than ``min_len`` cleared."""
     out = np.zeros_like(flags)
-    for a, b in _runs(flags, min_len):
+    for a, b in true_runs(flags, min_len):
         out[a:b] = True
     return out
 
@@ -374,7 +375,7 @@ def _jitter_shimmer(
     periods: list[float] = []
     amp_diffs: list[float] = []
     amps: list[float] = []
-    for start, stop in _runs(voiced, min_len=3):
+    for start, stop in true_runs(voiced, min_len=3):
         seg_lo = start * HOP
         seg_hi = min(len(y), stop * HOP)
         seg = y[seg_lo:seg_hi]
@@ -439,11 +440,6 @@ def _parabolic_peak(s: npt.NDArray[np.float32], i: int) -> tuple[float, float]:
     return i + shift, b - 0.25 * (a - c) * shift
 
 
-def _runs(flags: npt.NDArray[np.bool_], min_len: int) -> list[tuple[int, int]]:
-    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)
-            if b - a >= min_len]
 
 
 def _syllable_nuclei(rms: npt.NDArray, voiced: npt.NDArray[np.bool_]) -> int:

@@ -30,7 +30,7 @@ Stream = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
 
 __all__ = ["SILERO_FRAME_MS", "WEBRTC_FRAME_MS", "Detector", "SileroBatch", "SileroModel",
            "SileroVoiceActivityDetector", "VadConfig", "VadEngine", "VoiceActivityDetector",
-           "make_detector", "sanitize"]
+           "make_detector", "sanitize", "true_runs"]
 
 VadEngine = Literal["webrtc", "silero"]
 WEBRTC_FRAME_MS = (10, 20, 30)  # what webrtcvad accepts
@@ -283,7 +283,7 @@ class SileroVoiceActivityDetector:
             return np.zeros(0, dtype=bool)
         silent = self._silent_rows(chunks)
         probs = np.zeros(len(chunks), dtype=np.float32)
-        for a, b in _true_runs(~silent):
+        for a, b in true_runs(~silent):
             if a > 0:  # a silent chunk came before: the stream starts afresh
                 self._stream = self.model.initial_state()
             probs[a:b], self._stream = self.model.probabilities(chunks[a:b], self._stream)
@@ -297,7 +297,7 @@ class SileroVoiceActivityDetector:
             return np.zeros(0, dtype=bool)
         silent = self._silent_rows(chunks)
         probs = np.zeros(len(chunks), dtype=np.float32)
-        for a, b in _true_runs(~silent):
+        for a, b in true_runs(~silent):
             if a > 0:
                 self._stream = self.model.initial_state()
             probs[a:b], self._stream = await batch.probabilities(chunks[a:b], self._stream)
@@ -329,10 +329,12 @@ class SileroVoiceActivityDetector:
         return audio[: n * self.frame_len].reshape(n, self.frame_len) if n else None
 
 
-def _true_runs(flags: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
-    """Half-open index runs where ``flags`` is true."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+def true_runs(flags: npt.NDArray[np.bool_], min_len: int = 1) -> list[tuple[int, int]]:
+    """Half-open index runs where ``flags`` is true, of at least ``min_len``."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)
+            if b - a >= min_len]
 
 
 def make_detector(config: VadConfig | None = None, silero: SileroModel | None = None) -> Detector:
