@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from procstat import process_tree  # tests/bench/, beside this script
 
 SR = 16_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,27 +277,11 @@ def _peak_rss_mb(pid: int) -> float:
     return int(hwm.split()[1]) / 1024
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process under ``pid`` (the supervisor's workers), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _run_peak_rss(config: Path, env: dict[str, str]) -> float:
     """``affect-bridge run`` with ``config``: the peak RSS (VmHWM) of its processes (the
     supervisor and its workers), summed, once /readyz answers."""
+    import psutil
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -313,7 +298,7 @@ def _run_peak_rss(config: Path, env: dict[str, str]) -> float:
             except OSError:
                 pass
             time.sleep(0.1)
-        return sum(_peak_rss_mb(pid) for pid in [proc.pid, *_descendants(proc.pid)])
+        return sum(_peak_rss_mb(p.pid) for p in process_tree(psutil.Process(proc.pid)))
     finally:
         proc.terminate()
         proc.wait(30)

@@ -67,7 +67,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from procstat import machine_busy_s  # tests/bench/, beside this script
+from procstat import machine_busy_s, process_tree, tree_cpu  # tests/bench/, beside this script
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a model hub
 
@@ -710,30 +710,10 @@ def _metric(text: str, name: str, labels: str = "") -> float:
     return total
 
 
-def _tree(root: Any) -> list[Any]:
-    import psutil
-
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return [root]
-
-
-def _tree_cpu(root: Any) -> float:
-    total = 0.0
-    for p in _tree(root):
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except Exception:
-            pass
-    return total
-
-
 def _tree_mem_mb(root: Any) -> tuple[float, float]:
     """(RSS, PSS) of the process tree in MB (PSS shares pages fairly between the workers)."""
     rss = pss = 0.0
-    for p in _tree(root):
+    for p in process_tree(root):
         try:
             m = p.memory_full_info()
             rss += m.rss
@@ -822,13 +802,13 @@ def run_service(children: Children, logs: Path, n: int, workers: int, args: argp
         src = psutil.Process(source.pid)
         serving = getattr(args, "serving", None)
         server = psutil.Process(serving._proc.pid) if serving is not None else None
-        srv0 = _tree_cpu(server) if server is not None else 0.0
-        m0, cpu0, src0, t0 = metrics(), _tree_cpu(root), _tree_cpu(src), time.monotonic()
+        srv0 = tree_cpu(server) if server is not None else 0.0
+        m0, cpu0, src0, t0 = metrics(), tree_cpu(root), tree_cpu(src), time.monotonic()
         busy0 = machine_busy_s()
         time.sleep(args.seconds)
-        m1, cpu1, src1, t1 = metrics(), _tree_cpu(root), _tree_cpu(src), time.monotonic()
+        m1, cpu1, src1, t1 = metrics(), tree_cpu(root), tree_cpu(src), time.monotonic()
         busy1 = machine_busy_s()
-        srv1 = _tree_cpu(server) if server is not None else 0.0
+        srv1 = tree_cpu(server) if server is not None else 0.0
         rss, pss = _tree_mem_mb(root)
         wall = t1 - t0
 

@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
+from procstat import tree_cpu  # noqa: E402
+
 from analyzers.precision import processor  # noqa: E402
 from tests.serving import ModelServer  # noqa: E402
 
@@ -77,27 +79,16 @@ async def measure(base: str, model: str, clients: int, seconds: float,
         await asyncio.gather(*(client(session, url, b, time.monotonic() + 1.0, warm)
                                for b in bodies))
         latencies: list[float] = []
-        cpu0, t0 = _tree_cpu(server), time.monotonic()
+        cpu0, t0 = tree_cpu(server), time.monotonic()
         counts = await asyncio.gather(*(client(session, url, b, t0 + seconds, latencies)
                                         for b in bodies))
-        wall, cpu = time.monotonic() - t0, _tree_cpu(server) - cpu0
+        wall, cpu = time.monotonic() - t0, tree_cpu(server) - cpu0
     audio = sum(counts) * CHUNK_S
     return {"model": model, "clients": clients, "chunks": sum(counts),
             "audio_s_per_s": round(audio / wall, 2),
             "server_cpu_s_per_audio_s": round(cpu / audio, 4) if audio else None,
             "latency_p50_s": round(statistics.median(latencies), 3),
             "latency_p90_s": round(float(np.quantile(latencies, 0.9)), 3)}
-
-
-def _tree_cpu(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def main(argv: list[str] | None = None) -> int:

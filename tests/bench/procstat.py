@@ -1,10 +1,12 @@
-"""What the whole machine is doing, for the benchmarks' "other processes' CPU" columns."""
+"""What the whole machine, or one process tree, is doing: the benchmarks' CPU and memory
+columns."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-__all__ = ["machine_busy_s"]
+__all__ = ["machine_busy_s", "process_tree", "tree_cpu"]
 
 
 def machine_busy_s() -> float | None:
@@ -16,3 +18,25 @@ def machine_busy_s() -> float | None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: Any) -> list[Any]:
+    """``root`` (a psutil.Process) and every process under it."""
+    import psutil
+
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return [root]
+
+
+def tree_cpu(root: Any) -> float:
+    """User + system CPU-seconds of ``root``'s process tree (processes gone meanwhile: 0)."""
+    total = 0.0
+    for p in process_tree(root):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except Exception:
+            pass
+    return total
