@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,15 +247,16 @@ def test_a_missing_token_fails_at_load_without_showing_anything_secret(
     assert "s3cret" not in str(err.value)
 
 
-async def test_server_down_then_back_in_a_call(fake: tuple[Fake, str]) -> None:
-    """Through the real per-speaker pipeline: while the server fails, windows go out with
-    prosody and stress and no emotion, one analyzer.degraded says why and /readyz's source
-    (engine.degraded) shows it; when it answers again, emotion resumes and the mark clears."""
-    f, url = fake
+async def outage_in_a_call(emotion: dict[str, Any], *, go_down: Callable[[], None],
+                           failed: Callable[[list[stats.Stat]], bool],
+                           come_back: Callable[[], None],
+                           ) -> tuple[list[Any], list[stats.Stat], AnalysisEngine]:
+    """One speaker through the real per-speaker pipeline with the remote backend: a third of
+    30 s of speech, ``go_down``, a third, until ``failed(stats)`` (windows wait in the speaker's
+    queue), ``come_back`` (also when that fails), the rest. The events, stats and engine."""
     seen: list[stats.Stat] = []
-    engine = AnalysisEngine(load_settings(None, analyzers=["prosody", "emotion"], emotion={
-        "backend": "remote", "min_audio_s": 1.0,
-        "remote": {"url": url, "model": "emo", "labels": LABELS}}), record=seen.append)
+    engine = AnalysisEngine(load_settings(None, analyzers=["prosody", "emotion"],
+                                          emotion=emotion), record=seen.append)
     await engine.start()
     assert engine.has("emotion") and not engine.degraded
     got: list[Any] = []
@@ -268,31 +269,55 @@ async def test_server_down_then_back_in_a_call(fake: tuple[Fake, str]) -> None:
     await sp.start()
     parts = chunks(30.0)
     third = len(parts) // 3
-    for c in parts[:third]:
-        await sp.feed(c)
-    f.mode = "500"
-    for c in parts[third:2 * third]:
-        await sp.feed(c)
-    for _ in range(600):  # windows wait in the speaker's queue: until one met the failure
-        if "500" in f.served:
-            break
-        await asyncio.sleep(0.05)
-    f.mode = "ok"
+    try:
+        for c in parts[:third]:
+            await sp.feed(c)
+        go_down()
+        for c in parts[third:2 * third]:
+            await sp.feed(c)
+        for _ in range(600):
+            if failed(seen):
+                break
+            await asyncio.sleep(0.05)
+        assert "emotion" in engine.degraded  # what /readyz shows
+    finally:
+        come_back()
     for c in parts[2 * third:]:
         await sp.feed(c)
     await sp.finish("test over")
     await engine.aclose()
+    return got, seen, engine
 
-    assert f.served[0] == "ok" and "500" in f.served and f.served[-1] == "ok"
+
+def assert_outage_and_recovery(got: list[Any], seen: list[stats.Stat], engine: AnalysisEngine,
+                               reason: str) -> list[ev.AffectSample]:
+    """While the server failed, windows went out with prosody and stress and no emotion, one
+    analyzer.degraded said ``reason``; when it answered again, emotion resumed and the marks
+    (engine.degraded: /readyz; AnalyzerState: --workers' /readyz) cleared."""
     samples = [e for e in got if isinstance(e, ev.AffectSample)]
     degraded = [e for e in got if isinstance(e, ev.AnalyzerDegraded)]
     assert len(degraded) == 1 and degraded[0].data.analyzer == "emotion"
-    assert "answered HTTP 500" in degraded[0].data.reason
+    assert reason in degraded[0].data.reason
     with_emotion = [s.data.emotion is not None for s in samples]
-    first_gap = with_emotion.index(False, with_emotion.index(True))
-    assert any(with_emotion[first_gap:]), "emotion never resumed"
-    assert all(s.data.stress is not None and s.data.prosody is not None for s in samples)
-    assert "emotion" not in engine.degraded  # back: /readyz ready again
-    states = [st for st in seen if isinstance(st, stats.AnalyzerState)]  # for --workers
+    gap = with_emotion.index(False, with_emotion.index(True))
+    assert any(with_emotion[gap:]), "emotion never resumed"
+    assert all(s.data.prosody is not None and s.data.stress is not None for s in samples)
+    assert "emotion" not in engine.degraded
+    states = [st for st in seen if isinstance(st, stats.AnalyzerState)]
     assert [st.reason != "" for st in states] == [True, False]
+    return samples
+
+
+async def test_server_down_then_back_in_a_call(fake: tuple[Fake, str]) -> None:
+    f, url = fake
+
+    def mode(m: str) -> Callable[[], None]:
+        return lambda: setattr(f, "mode", m)
+
+    got, seen, engine = await outage_in_a_call(
+        {"backend": "remote", "min_audio_s": 1.0,
+         "remote": {"url": url, "model": "emo", "labels": LABELS}},
+        go_down=mode("500"), failed=lambda _: "500" in f.served, come_back=mode("ok"))
+    assert f.served[0] == "ok" and "500" in f.served and f.served[-1] == "ok"
+    samples = assert_outage_and_recovery(got, seen, engine, "answered HTTP 500")
     assert not math.isnan(samples[-1].data.stress.index)

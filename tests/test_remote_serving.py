@@ -16,14 +16,11 @@ import pytest
 
 from analyzers.emotion import EmotionConfig, EmotionModel
 from analyzers.types import SpeechWindow
-from bridge import events as ev
 from bridge import stats
-from bridge.config import load_settings
-from bridge.pipeline.analysis import AnalysisEngine, SpeakerAnalysis
 from bridge.pipeline.remote import RemoteEmotionAnalyzer, RemoteUnavailable
 from tests.conftest import CALM, SR, harmonic, run_cli
 from tests.serving import ModelServer
-from tests.test_analysis import chunks
+from tests.test_remote_emotion import assert_outage_and_recovery, outage_in_a_call
 
 NAME, SLOW = "affect-emotion", "affect-emotion-slow"
 LABELS = ["neu", "hap", "ang", "sad"]  # build_tiny_emotion_model's, in order
@@ -124,49 +121,16 @@ def test_analyze_with_the_remote_model_gives_the_local_results(
 
 
 async def test_the_server_killed_mid_call_and_started_again(server: ModelServer) -> None:
-    seen: list[stats.Stat] = []
-    engine = AnalysisEngine(load_settings(None, analyzers=["prosody", "emotion"],
-                                          emotion=remote(server.url)), record=seen.append)
-    await engine.start()
-    got: list[Any] = []
-
-    async def emit(e: Any) -> None:
-        got.append(e)
-
-    sp = SpeakerAnalysis(engine, ev.CallInfo(id="t:1", connector="test"),
-                         ev.SpeakerInfo(id="t:1:a", display="A"), emit, offline=True)
-    await sp.start()
-    parts = chunks(30.0)
-    third = len(parts) // 3
-    try:
-        for c in parts[:third]:
-            await sp.feed(c)
-        server.kill()  # SIGKILL, the server and its workers
-        for c in parts[third:2 * third]:
-            await sp.feed(c)
-        for _ in range(600):  # windows wait in the speaker's queue: until one met the outage
-            if any(isinstance(s, stats.RemoteFailure) for s in seen):
-                break
-            await asyncio.sleep(0.05)
-        assert "emotion" in engine.degraded  # what /readyz shows
-    finally:
+    def back() -> None:
         if not server.running:
-            server.start()  # back, on the same port
-    for c in parts[2 * third:]:
-        await sp.feed(c)
-    await sp.finish("test over")
-    await engine.aclose()
+            server.start()  # on the same port
 
-    samples = [e for e in got if isinstance(e, ev.AffectSample)]
-    degraded = [e for e in got if isinstance(e, ev.AnalyzerDegraded)]
-    assert len(degraded) == 1 and degraded[0].data.analyzer == "emotion"
-    assert "unreachable" in degraded[0].data.reason
-    with_emotion = [s.data.emotion is not None for s in samples]
-    gap = with_emotion.index(False, with_emotion.index(True))
-    assert any(with_emotion[gap:]), "emotion never resumed"
-    assert all(s.data.prosody is not None and s.data.stress is not None for s in samples)
+    got, seen, engine = await outage_in_a_call(
+        remote(server.url), go_down=server.kill,  # SIGKILL, the server and its workers
+        failed=lambda seen: any(isinstance(s, stats.RemoteFailure) for s in seen),
+        come_back=back)
+    assert_outage_and_recovery(got, seen, engine, "unreachable")
     assert stats.RemoteFailure("emotion", "unreachable") in seen
-    assert "emotion" not in engine.degraded
 
 
 async def test_a_slow_server_turns_live_chunks_away_and_times_out(server: ModelServer) -> None:
