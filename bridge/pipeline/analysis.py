@@ -34,7 +34,6 @@ from analyzers.windowing import SpeechWindower
 from bridge import events as ev
 from bridge import stats
 from bridge.config import Settings
-from bridge.outbound import OutboundLimits
 from bridge.pipeline.remote import RemoteEmotionAnalyzer, RemoteUnavailable
 
 __all__ = ["AnalysisEngine", "Emit", "SpeakerAnalysis"]
@@ -116,9 +115,8 @@ class AnalysisEngine:
         emotion = self.settings.emotion
         if analyzer.name != "emotion" or emotion.backend != "remote":
             return analyzer
-        out = self.settings.outbound
         return cast(Analyzer, RemoteEmotionAnalyzer(
-            emotion, limits=OutboundLimits(out.timeout_s, out.max_response_bytes),
+            emotion, max_response_bytes=self.settings.outbound.max_response_bytes,
             record=self.record))
 
     def mark_down(self, name: str, reason: str) -> bool:

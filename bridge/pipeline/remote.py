@@ -70,16 +70,18 @@ class RemoteEmotionAnalyzer:
 
     name = "emotion"
 
-    def __init__(self, config: EmotionConfig, *, limits: OutboundLimits | None = None,
+    def __init__(self, config: EmotionConfig, *,
+                 max_response_bytes: int | None = None,
                  record: stats.Record = stats.ignore) -> None:
         self.config = config
         self.remote = config.remote
         self.min_audio_s = config.min_audio_s
         self.scheduler = None  # no local model, no inference thread
         self._record = record
-        self._limits = OutboundLimits(
-            timeout_s=self.remote.timeout_s,
-            max_response_bytes=(limits or OutboundLimits()).max_response_bytes)
+        # The request time limit is [emotion.remote]'s; the answer size limit [outbound]'s.
+        self._limits = OutboundLimits(timeout_s=self.remote.timeout_s)
+        if max_response_bytes is not None:
+            self._limits = OutboundLimits(self.remote.timeout_s, max_response_bytes)
         self._slots = asyncio.Semaphore(self.remote.max_in_flight)
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         self._client: MediaServerClient | None = None
