@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tests.conftest import CALM, SR, harmonic, run_cli
 from tests.serving import ModelServer
 from tests.test_remote_emotion import assert_outage_and_recovery, outage_in_a_call
 
-NAME, SLOW = "affect-emotion", "affect-emotion-slow"
+NAME, SLOW, SMALL_QUEUE = "affect-emotion", "affect-emotion-slow", "affect-emotion-q2"
 LABELS = ["neu", "hap", "ang", "sad"]  # build_tiny_emotion_model's, in order
 SLOW_S = 1.5  # how long the slow copy waits before it answers
 
@@ -52,6 +53,12 @@ def server(tiny_emotion_model: Path, tmp_path_factory: pytest.TempPathFactory,
     settings = json.loads((slow / "model-settings.json").read_text())
     settings.update(name=SLOW, implementation="slow_runtime.SlowRuntime")
     (slow / "model-settings.json").write_text(json.dumps(settings))
+    small = root / SMALL_QUEUE
+    shutil.copytree(root / NAME, small)
+    settings = json.loads((small / "model-settings.json").read_text())
+    settings["name"] = SMALL_QUEUE
+    settings["parameters"]["extra"]["max_queue"] = 2
+    (small / "model-settings.json").write_text(json.dumps(settings))
     mlserver = ModelServer(root, tmp_path_factory.mktemp("mlserver"))
     mlserver.start()
     try:
@@ -162,3 +169,15 @@ def test_export_names_what_the_bridge_needs(server: ModelServer) -> None:
     meta = json.loads((server.repository / NAME / "affect-bridge.json").read_text())
     assert meta["labels"] == LABELS and meta["kind"] == "categorical"
     assert SR == meta["sample_rate"]
+
+
+def test_a_server_past_its_queue_says_so_at_once(server: ModelServer) -> None:
+    """The runtime's queue is bounded (max_queue): more rows than it holds are answered 503
+    before any waits; the model goes on serving."""
+    rows = [voice(1.0, 150 + 20 * i, i).new_speech for i in range(3)]
+    body = {"inputs": [{"name": "waveform", "shape": [3, len(rows[0])], "datatype": "FP32",
+                        "data": np.concatenate(rows).tolist()}]}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        server.post(f"/v2/models/{SMALL_QUEUE}/infer", body)
+    assert err.value.code == 503 and b"max_queue 2" in err.value.read()
+    assert server.infer(SMALL_QUEUE, rows[:2]).shape == (2, len(LABELS))

@@ -20,7 +20,9 @@ order. One inference thread runs the model, with ``threads`` torch threads (defa
 
 Settings (``model-settings.json``, ``parameters.extra``): ``threads`` (torch threads, default
 1), ``max_batch_size`` (rows per forward pass, default 16), ``max_batch_time`` (seconds a row
-waits for others, default 0.02; 0: no waiting).
+waits for others, default 0.02; 0: no waiting), ``max_queue`` (rows waiting at most, default
+256: a request that would go past it is answered 503 at once, so an overloaded server says so
+instead of letting every later request time out).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from mlserver import MLModel
-from mlserver.errors import InferenceError
+from mlserver.errors import InferenceError, MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 from mlserver.utils import get_model_uri
 
@@ -51,13 +53,14 @@ class EmotionRuntime(MLModel):
         threads = int(extra.get("threads", 1))
         self._max_batch = max(1, int(extra.get("max_batch_size", 16)))
         self._max_wait = max(0.0, float(extra.get("max_batch_time", 0.02)))
+        self._max_queue = max(1, int(extra.get("max_queue", 256)))
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="emotion-inference",
                                             initializer=torch.set_num_threads,
                                             initargs=(max(1, threads),))
         uri = await get_model_uri(self.settings)
         loop = asyncio.get_running_loop()
         self._module = await loop.run_in_executor(self._executor, _load, uri)
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(self._max_queue)
         self._batcher: asyncio.Task[None] | None = None  # started by the first request
         return True
 
@@ -72,6 +75,9 @@ class EmotionRuntime(MLModel):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         rows = _rows(payload)
+        if self._queue.qsize() + len(rows) > self._max_queue:
+            raise MLServerError(f"{self._queue.qsize()} rows are waiting; {len(rows)} more would "
+                                f"pass max_queue {self._max_queue}: try again later", 503)
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._batch_forever(), name="emotion-batcher")
         loop = asyncio.get_running_loop()
