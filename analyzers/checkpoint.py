@@ -81,6 +81,7 @@ class CheckpointInfo:
     head_weights: dict[str, bool] = field(default_factory=dict)  # expected name -> present
     parameters: int = 0
     sampling_rate: int | None = None
+    extractor_type: str | None = None  # preprocessor_config.json's feature_extractor_type
     refusal: str | None = None
 
     @property
@@ -182,8 +183,9 @@ def inspect_checkpoint(model: str, *, trust_remote_code: bool = False) -> Checkp
         info = replace(info, family=None, refusal=_refused(
             model, "it has no preprocessor_config.json, so its feature extractor (sampling "
             "rate, normalisation) is unknown"))
-    rate = extractor.get("sampling_rate")
+    rate, kind = extractor.get("sampling_rate"), extractor.get("feature_extractor_type")
     return replace(info, sampling_rate=rate if isinstance(rate, int) else None,
+                   extractor_type=kind if isinstance(kind, str) else None,
                    parameters=sum(_numel(s) for s in shapes.values()))
 
 

@@ -36,6 +36,7 @@ from analyzers.heads import CANONICAL, CIRCUMPLEX, Head, canonical_label, scores
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
 from analyzers.precision import (
     BatchChoice,
+    Decision,
     DecisionCache,
     candidates,
     choose,
@@ -43,15 +44,19 @@ from analyzers.precision import (
     decision_key,
     files_digest,
     probe_signals,
+    provisional,
     to_precision,
 )
+from analyzers.prepare_job import start_job
 from analyzers.prepared import (
     Prepared,
     PrepareLock,
     eligible,
     load_prepared,
     normalize,
+    prepared_path,
     save_prepared,
+    unpreparable,
 )
 from analyzers.types import SAMPLE_RATE, EmotionScores
 
@@ -147,6 +152,12 @@ class EmotionConfig:
                     "agrees with fp32, measured once per checkpoint and machine "
                     "(analyzers/precision.py); on CUDA bf16 where the GPU has it, else fp16. Or "
                     "forced: fp32, bf16, int8 (CPU), fp16 (CUDA)")] = "auto"
+    prepare: Annotated[Literal["background", "at_load"], Field(
+        description="on CPU, a checkpoint new to this machine: background starts at once in the "
+                    "precision this kind of processor favours (checked against fp32) while a "
+                    "process at idle priority measures the precisions and prepares the model for "
+                    "later starts; at_load measures and prepares before the first "
+                    "inference")] = "background"
     tolerance: Annotated[float, Field(
         gt=0, le=1, description="most mean total variation from fp32 an automatically chosen "
                                 "precision may show")] = 0.05
@@ -236,6 +247,20 @@ def _model_class(info: CheckpointInfo) -> Any:
     return getattr(transformers, str(info.architecture))
 
 
+def _extractor_class(info: CheckpointInfo) -> Any:
+    """The feature extractor class ``preprocessor_config.json`` names, when transformers has it
+    (what ``AutoFeatureExtractor`` would pick; importing that costs about 0.4 CPU-s more, its
+    whole mapping of model types); else ``AutoFeatureExtractor``."""
+    import transformers
+
+    name = info.extractor_type or ""
+    if info.family != "remote-code" and name.isidentifier() and name.endswith("FeatureExtractor"):
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type) and issubclass(cls, transformers.FeatureExtractionMixin):
+            return cls
+    return transformers.AutoFeatureExtractor
+
+
 class EmotionModel:
     """A loaded checkpoint: ``predict`` takes a batch of 16 kHz waveforms (blocking)."""
 
@@ -246,7 +271,7 @@ class EmotionModel:
         self.family = ""
         self.device = "cpu"
         self.precision = "fp32"
-        self.decision: Any = None  # the precision Decision when one was measured or cached
+        self.decision: Decision | None = None  # the precision decision, measured or cached
         self._extractor: Any = None
         self._input_name = "input_values"
         self._labels: list[str] = []  # the checkpoint's own labels (id2label, in order)
@@ -280,6 +305,11 @@ class EmotionModel:
         measures nothing and prepares nothing (it runs at image build, not where it serves).
         ``background``: the prepared copy is traced and written by a thread of its own while
         inference starts (:meth:`wait_prepared`); the process waits for it before it exits.
+
+        With ``prepare = "background"`` (the default) a checkpoint new to this machine measures
+        and prepares nothing here: it runs in the precision the processor's kind favours, once
+        that agrees with fp32 (:func:`~analyzers.precision.provisional`), and a process of its
+        own (:mod:`analyzers.prepare_job`) measures and prepares for later starts.
         """
         started = time.perf_counter()
         if not download and local_root(self.config.model) is None:
@@ -292,6 +322,7 @@ class EmotionModel:
             if not download and self._use_prepared(key):
                 self.batch = self._cached_batch()
                 self._finish(f"prepared, {time.perf_counter() - started:.1f} s")
+                self._follow_up(key)
                 return
         if download:
             try:
@@ -303,6 +334,12 @@ class EmotionModel:
             model = self._from_checkpoint()
             self._model, self.precision = model, "fp32"
             self._finish("downloaded")
+            return
+        if self.config.prepare == "background" and key is not None:
+            self._model = self._in_precision(self._from_checkpoint(), key)
+            self.batch = self._cached_batch()
+            self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
+            self._follow_up(key)
             return
         lock = PrepareLock.acquire(key) if key is not None else None
         try:
@@ -329,6 +366,48 @@ class EmotionModel:
             if lock is not None:
                 lock.release()
         self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
+
+    def measure_and_prepare(self) -> bool:
+        """The background job's work (CPU): measure the precisions where the cached decision is
+        provisional, and prepare the model in the chosen one, holding the preparation lock.
+        False (nothing done) when another process holds the lock."""
+        self.device = "cpu"
+        self.configure_thread()
+        key = self._key()
+        if key is None:
+            return True
+        lock = PrepareLock.acquire(key, wait=False)
+        if lock is None:
+            return False
+        try:
+            self._cache.refresh()
+            if self._use_prepared(key):
+                return True  # another process has done it meanwhile
+            self._model = self._in_precision(self._from_checkpoint(), key)
+            self._save_prepared(key)
+        finally:
+            lock.release()
+        return True
+
+    def _follow_up(self, key: str | None) -> None:
+        """``prepare = "background"``: start the job that measures the precisions (the decision
+        is provisional) or prepares the model (loaded from its checkpoint, preparable, not yet
+        prepared), unless one is running."""
+        if self.config.prepare != "background" or self.device != "cpu" or key is None:
+            return
+        measure = self.decision is not None and self.decision.provisional
+        prepare = (self._extractor is not None and eligible(self._extractor)
+                   and not prepared_path(key, self.precision).is_file()
+                   and not unpreparable(key, self.precision))
+        if not (measure or prepare):
+            return
+        lock = PrepareLock.acquire(key, wait=False)
+        if lock is None:
+            return  # a job (or a process measuring at load) is on it
+        lock.release()
+        if start_job(dataclasses.asdict(self.config)):
+            log.info("emotion model: %s in the background (idle priority)",
+                     "measuring the precisions and preparing" if measure else "preparing")
 
     def _resolve_device(self) -> str:
         device = resolve_device(self.config.device)
@@ -365,10 +444,9 @@ class EmotionModel:
             raise ModelRefused(f"emotion model {name!r} refused: it expects {info.sampling_rate} "
                                f"Hz audio; only {SAMPLE_RATE} Hz models are supported")
         try:
-            from transformers import AutoFeatureExtractor
-
             remote = info.family == "remote-code"
-            extractor = AutoFeatureExtractor.from_pretrained(info.root, trust_remote_code=remote)
+            extractor = _extractor_class(info).from_pretrained(info.root,
+                                                               trust_remote_code=remote)
             model, loading = _model_class(info).from_pretrained(
                 info.root, output_loading_info=True, trust_remote_code=remote)
         except Exception as exc:  # format errors, a remote code that fails: "unavailable"
@@ -436,6 +514,8 @@ class EmotionModel:
         decision = self._cache.get(key) if key else None
         if decision is None or decision.precision not in candidates():
             return None
+        if decision.provisional and self.config.prepare == "at_load":
+            return None  # measured here, before the first inference
         self.decision = decision
         return decision.precision
 
@@ -451,11 +531,11 @@ class EmotionModel:
             self.precision = wanted
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
             return model.to(dtype[wanted])
-        if wanted == "auto" and (self.decision is not None  # found by load() already
-                                 or self._cached_variant(key) is not None):
+        if wanted == "auto" and self.decision is None:  # not found by load() already
+            self._cached_variant(key)
+        if wanted == "auto" and self.decision is not None:
             wanted = self.decision.precision
-            log.info("emotion precision %s (cached measurement: %s)", wanted,
-                     self.decision.describe())
+            log.info("emotion precision %s (cached: %s)", wanted, self.decision.describe())
         assert self.head is not None
         if wanted != "auto":
             self.precision = wanted
@@ -465,6 +545,17 @@ class EmotionModel:
         options = candidates()
         if not has_convertible_encoder(model):  # "+matmul" would measure the same model twice
             options = [o for o in options if "+" not in o]
+        if self.config.prepare == "background":
+            quick = provisional(model, self._outputs, options, tolerance=self.config.tolerance,
+                                distance=self.head.distance)
+            if quick is not None:
+                model, self.decision = quick
+                self.precision = self.decision.precision
+                log.info("emotion precision %s", self.decision.describe())
+                if key is not None:
+                    self._cache.put(key, self.decision)
+                return model
+            model = self._from_checkpoint().to(self.device)  # fp32 again: measured here
         started = time.perf_counter()
         model, decision = choose(model, self._outputs, options, tolerance=self.config.tolerance,
                                  distance=self.head.distance)

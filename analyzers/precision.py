@@ -8,10 +8,16 @@ the mean absolute difference on the -1..1 scale, at most ``tolerance``),
 and the fastest that agrees wins. Machines differ (the developer's, CI's and production's CPUs
 are not the same), so nothing is assumed: the decision is measured where the model runs.
 
-Measuring costs a few seconds, so the decision is cached (:class:`DecisionCache`, a small JSON
-file in the user's cache directory) under a key of the checkpoint's content hash, the processor
-and the torch version: a later start on the same machine pays nothing, a changed checkpoint or
-processor measures again, and an unreadable cache is ignored (one log line) and rewritten.
+Measuring costs a few seconds (and loading the checkpoint in fp32 to measure from as much
+again), so a first start need not wait for it: :func:`provisional` takes the variant this
+processor's kind favours (:func:`likely_fastest`) after checking only that it agrees with fp32,
+and the measurement runs later, in a background process (:mod:`analyzers.prepare_job`).
+
+The decision is cached (:class:`DecisionCache`, a small JSON file in the user's cache directory)
+under a key of the checkpoint's content hash, the processor and the torch version: a later start
+on the same machine pays nothing, a changed checkpoint or processor measures again, and an
+unreadable cache is ignored (one log line) and rewritten. A provisional decision is marked so
+until the measurement replaces it.
 
 The batch size of the live service is chosen the same way (:func:`choose_batch`: equal-length
 chunks of several speakers in one forward pass, where the processor gains from the larger
@@ -42,8 +48,9 @@ import numpy.typing as npt
 from analyzers.types import SAMPLE_RATE
 
 __all__ = ["PRECISIONS", "BatchChoice", "Decision", "DecisionCache", "cache_dir", "candidates",
-           "choose", "choose_batch", "cpu_flags", "decision_key", "files_digest", "native_bf16",
-           "probe_signals", "processor", "to_precision", "total_variation"]
+           "choose", "choose_batch", "cpu_flags", "decision_key", "files_digest",
+           "likely_fastest", "native_bf16", "probe_signals", "processor", "provisional",
+           "to_precision", "total_variation"]
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +234,14 @@ class Decision:
     #: mean total-variation distance from fp32 of each candidate
     agreement: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    #: chosen by the processor's kind and checked against fp32 only; the speeds are measured
+    #: later (in the background), which replaces this decision
+    provisional: bool = False
 
     def describe(self) -> str:
+        if self.provisional:
+            return (f"{self.precision}: provisional, agrees with fp32 (TV "
+                    f"{self.agreement.get(self.precision, 0.0):.4f}); speeds not measured yet")
         parts = [f"{p} {self.rates[p]:.1f} audio-s/s"
                  + (f" (TV {self.agreement[p]:.4f})" if p in self.agreement else "")
                  for p in self.rates]
@@ -333,14 +346,16 @@ def to_precision(model: Any, variant: str, *, inplace: bool = True) -> Any:
 
 def _measure(run: Run, model: Any, probes: list[npt.NDArray[np.float32]],
              ) -> tuple[list[npt.NDArray[np.float64]], float]:
-    """Outputs on every probe, and audio-seconds per second over all probes but the first (a
-    warm-up: first-call allocations, oneDNN primitive creation)."""
+    """Outputs on every probe, and audio-seconds per CPU-second of this process over all probes
+    but the first (a warm-up: first-call allocations, oneDNN primitive creation). CPU time, not
+    wall time: what a variant costs, and steady while other processes share the machine (the
+    measurement may run in the background beside the bridge)."""
     outputs, busy, audio_s = [], 0.0, 0.0
     for i, x in enumerate(probes):
-        started = time.perf_counter()
+        started = time.process_time()
         outputs.append(run(model, x))
         if i:
-            busy += time.perf_counter() - started
+            busy += time.process_time() - started
             audio_s += len(x) / SAMPLE_RATE
     return outputs, audio_s / busy if busy > 0 else float("inf")
 
@@ -387,3 +402,34 @@ def choose(model: Any, run: Run, options: list[str], *, tolerance: float = 0.05,
             if disagreeing else "")
     return best, Decision(best_name, {k: round(v, 2) for k, v in rates.items()},
                           {k: round(v, 5) for k, v in agreement.items()}, note)
+
+
+def likely_fastest(options: list[str]) -> str:
+    """The variant a processor of this kind has run fastest wherever it was measured (native
+    bf16: bf16 with the matrix-product encoder; elsewhere int8), of ``options``
+    (:func:`candidates`): what a first start runs before its own measurement."""
+    return next((v for v in ("bf16+matmul", "bf16", "int8") if v in options), "fp32")
+
+
+def provisional(model: Any, run: Run, options: list[str], *, tolerance: float = 0.05,
+                distance: Callable[[npt.NDArray[np.float64], npt.NDArray[np.float64]], float]
+                = total_variation) -> tuple[Any, Decision] | None:
+    """:func:`likely_fastest` of ``options``, converted in place from ``model`` (fp32), when it
+    agrees with fp32 on short probes (as :func:`choose` checks); None when it does not (then
+    ``model`` is no longer fp32: load it again and :func:`choose`). No speed is measured."""
+    variant = likely_fastest(options)
+    if variant == "fp32":  # nothing else to measure here
+        return model, Decision("fp32", note="the only candidate on this processor")
+    probes = probe_signals(0.5)[1::2]  # a voice and noise: a broken precision shows on either
+    reference = [run(model, x) for x in probes]
+    try:
+        converted = to_precision(model, variant)
+        outputs = [run(converted, x) for x in probes]
+    except Exception as exc:  # an unsupported layer or backend
+        log.info("precision %s unusable here (%s: %s)", variant, type(exc).__name__, exc)
+        return None
+    tv = float(np.mean([distance(out, ref) for out, ref in zip(outputs, reference, strict=True)]))
+    if tv > tolerance:
+        log.info("precision %s disagrees with fp32 (%.4f > %s)", variant, tv, tolerance)
+        return None
+    return converted, Decision(variant, agreement={variant: round(tv, 5)}, provisional=True)

@@ -39,7 +39,7 @@ from analyzers.precision import cache_dir
 from analyzers.types import SAMPLE_RATE
 
 __all__ = ["PrepareLock", "Prepared", "eligible", "load_prepared", "normalize", "prepared_path",
-           "save_prepared"]
+           "save_prepared", "unpreparable"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,16 @@ def prepared_path(key: str, precision: str) -> Path:
     return cache_dir() / "models" / f"{key[:40]}-{precision}.pt"
 
 
+def _failed_path(key: str, precision: str) -> Path:
+    return prepared_path(key, precision).with_suffix(".failed")
+
+
+def unpreparable(key: str, precision: str) -> bool:
+    """Whether preparing ``key`` in ``precision`` failed here before (the model does not
+    trace): the background job is not started for it again."""
+    return _failed_path(key, precision).is_file()
+
+
 def save_prepared(model: Any, key: str, precision: str, labels: list[str], do_normalize: bool,
                   example: npt.NDArray[np.float32], *, kind: str = "categorical",
                   value_range: tuple[float, float] = (0.0, 1.0),
@@ -104,7 +114,13 @@ def save_prepared(model: Any, key: str, precision: str, labels: list[str], do_no
         log.info("emotion model not kept prepared (%s: %s)", type(exc).__name__, exc)
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        try:
+            _failed_path(key, precision).write_text(f"{type(exc).__name__}: {exc}\n",
+                                                    encoding="utf-8")
+        except OSError:
+            pass
         return None
+    _failed_path(key, precision).unlink(missing_ok=True)
     return path
 
 
@@ -156,9 +172,11 @@ class PrepareLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, key: str, timeout_s: float = 600.0) -> PrepareLock | None:
+    def acquire(cls, key: str, timeout_s: float = 600.0, *, wait: bool = True,
+                ) -> PrepareLock | None:
         """Wait (polling) for the lock of ``key``. None when the cache directory cannot hold a
-        lock file or another process held it past ``timeout_s`` (logged): go on without it."""
+        lock file or another process held it past ``timeout_s`` (logged): go on without it.
+        Without ``wait``: None at once when another process holds it."""
         path = cache_dir() / "models" / f"{key[:40]}.lock"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +191,9 @@ class PrepareLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return cls(fd)
             except BlockingIOError:
+                if not wait:
+                    os.close(fd)
+                    return None
                 if not waited:
                     log.info("another process is preparing this emotion model; waiting for it")
                     waited = True

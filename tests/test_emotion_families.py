@@ -139,7 +139,8 @@ WAVES = [harmonic(140, 1.0), harmonic(230, 2.3, seed=5), harmonic(180, 2.3, seed
 
 
 def _load(path: Path, precision: str = "fp32") -> EmotionModel:
-    model = EmotionModel(EmotionConfig(model=str(path), device="cpu", precision=precision))
+    model = EmotionModel(EmotionConfig(model=str(path), device="cpu", precision=precision,
+                                       prepare="at_load"))
     model.load()
     return model
 
@@ -288,7 +289,8 @@ def test_remote_code_is_refused_unless_the_user_opts_in(
     (path / "modeling_own.py").write_text(REMOTE_CODE)
     text = _refusal(path)
     assert "modeling_own.OwnClassifier" in text and "trust_remote_code" in text
-    model = EmotionModel(EmotionConfig(model=str(path), precision="fp32", trust_remote_code=True))
+    model = EmotionModel(EmotionConfig(model=str(path), precision="fp32", trust_remote_code=True,
+                                       prepare="at_load"))
     model.load()
     assert model.family == "remote-code"
     expected = reference("wav2vec2", checkpoints["wav2vec2"])(WAVES[0])

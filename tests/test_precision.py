@@ -47,6 +47,8 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _load(path: Path, **kw: Any) -> EmotionModel:
+    """Measuring at load (the background job's own path; tests of the background mode say so)."""
+    kw.setdefault("prepare", "at_load")
     model = EmotionModel(EmotionConfig(model=str(path), device="cpu", **kw))
     model.load()
     return model
@@ -400,7 +402,8 @@ def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
     monkeypatch.setattr(EmotionModel, "measure_batch", spy)
     monkeypatch.setattr(emotion_module, "choose_batch",
                         lambda run, **kw: (run(2), BatchChoice(2, {1: 10.0, 2: 14.0}))[1])
-    first = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    first = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu",
+                                          prepare="at_load"))
     first.load()
     assert first.scheduler is not None and first.scheduler.max_batch == 1
     assert first.model.batch_unknown
@@ -414,13 +417,15 @@ def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
         assert _tv(a, b) < 1e-5
     first.close()
 
-    later = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    later = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu",
+                                          prepare="at_load"))
     later.load()  # prepared, and the batch size from the cache
     assert later.scheduler is not None and later.scheduler.max_batch == 2
     later.warm_up()
     later.close()
     assert measured == ["emotion-inference"]
     forced = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu",
+                                           prepare="at_load",
                                            max_batch=3))
     forced.load()
     assert forced.scheduler is not None and forced.scheduler.max_batch == 3
@@ -429,8 +434,9 @@ def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
 
 def test_processes_started_together_measure_and_prepare_once(
         tiny_emotion_model: Path, cache_dir: Path) -> None:
-    """`run --workers 2` on a fresh machine: two processes load the same checkpoint at once.
-    One measures and prepares; the other waits for it and loads what it prepared."""
+    """`run --workers 2` on a fresh machine, measuring at load: two processes load the same
+    checkpoint at once. One measures and prepares; the other waits for it and loads what it
+    prepared. (The default, in the background: tests/test_prepare_background.py.)"""
     import os
     import subprocess
     import sys
@@ -440,7 +446,8 @@ def test_processes_started_together_measure_and_prepare_once(
     script = ("import logging, sys\n"
               "logging.basicConfig(level=logging.INFO)\n"
               "from analyzers.emotion import EmotionAnalyzer, EmotionConfig\n"
-              "a = EmotionAnalyzer(EmotionConfig(model=sys.argv[1], device='cpu'))\n"
+              "a = EmotionAnalyzer(EmotionConfig(model=sys.argv[1], device='cpu',\n"
+              "                                  prepare='at_load'))\n"
               "a.load()\n"
               "a.close()\n")
     env = {**os.environ, "AFFECT_BRIDGE_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}

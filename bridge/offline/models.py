@@ -43,7 +43,8 @@ def check(model: str, *, trust_remote_code: bool = False, precision: str = "auto
     if info.refusal:
         return report
     loaded = EmotionModel(EmotionConfig(model=model, device="cpu", precision=precision,
-                                        threads=threads, trust_remote_code=trust_remote_code))
+                                        threads=threads, trust_remote_code=trust_remote_code,
+                                        prepare="at_load"))  # the measured precision, reported
     try:
         loaded.load()
     except ModelRefused as exc:  # what only loading shows (a weight missing from the file)

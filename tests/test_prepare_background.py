@@ -1,0 +1,238 @@
+"""A first start with a checkpoint new to the machine does not wait for the precision measurement
+or the preparation (``[emotion] prepare = "background"``, the default): it runs in the variant the
+processor's kind favours once that agrees with fp32, and a job of its own (a real process, at idle
+priority) measures and prepares; later starts load what it wrote. Killed, the job is started
+again; one runs per checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import analyzers.emotion as emotion_module
+from analyzers.emotion import EmotionConfig, EmotionModel
+from analyzers.precision import DecisionCache, candidates, choose, likely_fastest
+from analyzers.prepare_job import LOG_NAME
+from analyzers.prepared import PrepareLock, save_prepared, unpreparable
+from tests.conftest import ROOT, harmonic
+
+DONE = "measured and prepared in the background"
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("AFFECT_BRIDGE_CACHE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def measured_here(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the precision measurements in this process (the job's are its own)."""
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return choose(*args, **kwargs)
+
+    monkeypatch.setattr(emotion_module, "choose", counting)
+    return calls
+
+
+def _jobs() -> list[psutil.Process]:
+    """This process's background jobs still running."""
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "analyzers.prepare_job" in child.cmdline() and child.status() != "zombie":
+                out.append(child)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _wait_for_jobs(cache_dir: Path, done: int, timeout: float = 240.0) -> str:
+    """Until ``done`` jobs have logged their end and none runs; the log."""
+    deadline = time.monotonic() + timeout
+    log = ""
+    while time.monotonic() < deadline:
+        path = cache_dir / LOG_NAME
+        log = path.read_text(errors="replace") if path.exists() else ""
+        assert "background preparation failed" not in log, log
+        if log.count(DONE) >= done and not _jobs():
+            return log
+        time.sleep(0.2)
+    pytest.fail(f"no end of the background job after {timeout} s: {log}")
+
+
+def _load(path: Path, **kw: Any) -> EmotionModel:
+    model = EmotionModel(EmotionConfig(model=str(path), device="cpu", **kw))
+    model.load()
+    return model
+
+
+def _tv(a: Any, b: Any) -> float:
+    return 0.5 * sum(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities)
+
+
+def test_a_first_start_runs_provisionally_and_a_background_job_measures_and_prepares(
+        tiny_emotion_model: Path, cache_dir: Path, measured_here: list[int]) -> None:
+    expected = likely_fastest(candidates())
+    assert expected != "fp32", "this processor offers nothing but fp32: nothing to measure"
+    first = _load(tiny_emotion_model)
+    assert measured_here == [] and first.decision is not None
+    assert first.decision.provisional and first.precision == expected
+    assert first.decision.agreement[expected] <= first.config.tolerance
+    assert first._extractor is not None  # from the checkpoint, not prepared
+    cache = DecisionCache(cache_dir / "precision.json")
+    key = first._key()
+    assert key is not None
+    entry = cache.get(key)
+    assert entry is not None and entry.provisional  # later starts know it is not measured
+    # The job is a process of its own, at idle priority.
+    jobs = _jobs()
+    assert len(jobs) == 1 and jobs[0].nice() == 19
+    # Its results agree with fp32 meanwhile.
+    reference = _load(tiny_emotion_model, precision="fp32", prepare="at_load")
+    for wave in (harmonic(150, 2.0, seed=1), harmonic(240, 3.1, seed=2)):
+        assert _tv(first.predict([wave])[0], reference.predict([wave])[0]) < 0.05
+
+    _wait_for_jobs(cache_dir, done=1)
+    cache.refresh()
+    measured = cache.get(key)
+    assert measured is not None and not measured.provisional
+    assert {"fp32", measured.precision} <= set(measured.rates)
+    assert list((cache_dir / "models").glob(f"{key[:40]}-{measured.precision}.pt"))
+
+    later = _load(tiny_emotion_model)  # prepared, measured: nothing more to do
+    assert later._extractor is None and later.decision == measured
+    assert later.precision == measured.precision
+    assert measured_here == [] and _jobs() == []
+
+
+def test_a_killed_job_is_started_again_by_the_next_start(
+        tiny_emotion_model: Path, cache_dir: Path, measured_here: list[int]) -> None:
+    first = _load(tiny_emotion_model)
+    assert first.decision is not None and first.decision.provisional
+    [job] = _jobs()
+    job.send_signal(signal.SIGKILL)
+    job.wait(30)
+    assert not list((cache_dir / "models").glob("*.pt"))
+    again = _load(tiny_emotion_model)  # still provisional: runs so, and starts the job again
+    assert again.decision is not None and again.decision.provisional
+    assert again.precision == first.precision and len(_jobs()) == 1
+    _wait_for_jobs(cache_dir, done=1)
+    last = _load(tiny_emotion_model)
+    assert last._extractor is None and last.decision is not None
+    assert not last.decision.provisional and measured_here == []
+
+
+def test_a_provisional_precision_that_disagrees_is_measured_before_the_first_inference(
+        tiny_emotion_model: Path, cache_dir: Path, measured_here: list[int]) -> None:
+    model = _load(tiny_emotion_model, tolerance=1e-9)  # nothing but fp32 agrees so closely
+    assert measured_here == [1]
+    assert model.decision is not None and not model.decision.provisional
+    assert model.precision == "fp32"
+    import torch
+
+    assert {p.dtype for p in model._model.parameters()} == {torch.float32}
+    # Measured here; the job only prepares.
+    log = _wait_for_jobs(cache_dir, done=1)
+    assert "measured in" not in log
+    assert _load(tiny_emotion_model, tolerance=1e-9)._extractor is None
+
+
+def test_one_job_per_checkpoint_a_second_exits_at_once(
+        tiny_emotion_model: Path, cache_dir: Path) -> None:
+    probe = EmotionModel(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    key = probe._key()
+    assert key is not None
+    lock = PrepareLock.acquire(key)
+    assert lock is not None
+    try:
+        config = json.dumps({"model": str(tiny_emotion_model), "device": "cpu"})
+        done = subprocess.run([sys.executable, "-m", "analyzers.prepare_job"], input=config,
+                              capture_output=True, text=True, cwd=ROOT, timeout=300,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        lock.release()
+    assert done.returncode == 0, done.stderr
+    assert "another process is preparing" in done.stderr
+    assert not (cache_dir / "precision.json").exists()
+    assert not list((cache_dir / "models").glob("*.pt"))
+
+
+def test_a_bad_job_configuration_fails_with_a_log_line_and_changes_nothing(
+        cache_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "analyzers.prepare_job"],
+                          input='{"model": "x", "precision": "fp8"}', capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 1
+    assert "background preparation failed" in done.stderr and "fp8" in done.stderr
+    assert not cache_dir.exists() or not any(cache_dir.rglob("*.json"))
+
+
+def test_processes_started_together_load_at_once_and_one_job_prepares(
+        tiny_emotion_model: Path, cache_dir: Path) -> None:
+    """`run --workers 2` on a fresh machine: neither process waits; one job measures and
+    prepares, and a third start loads what it wrote."""
+    script = ("import logging, sys\n"
+              "logging.basicConfig(level=logging.INFO)\n"
+              "from analyzers.emotion import EmotionAnalyzer, EmotionConfig\n"
+              "a = EmotionAnalyzer(EmotionConfig(model=sys.argv[1], device='cpu'))\n"
+              "a.load()\n"
+              "a.close()\n")
+    env = {**os.environ, "AFFECT_BRIDGE_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tiny_emotion_model)], cwd=ROOT,
+                              env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    for log in logs:
+        assert "provisional" in log and "measured in" not in log, log
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # the jobs are not this process's children
+        log = (cache_dir / LOG_NAME).read_text() if (cache_dir / LOG_NAME).exists() else ""
+        running = [p for p in psutil.process_iter(["cmdline"])
+                   if "analyzers.prepare_job" in (p.info["cmdline"] or [])
+                   and p.environ().get("AFFECT_BRIDGE_CACHE_DIR") == str(cache_dir)]
+        if DONE in log and not running:
+            break
+        time.sleep(0.2)
+    assert log.count(DONE) == 1, log
+    assert len(list((cache_dir / "models").glob("*.pt"))) == 1
+    assert _load(tiny_emotion_model)._extractor is None
+
+
+def test_a_model_that_does_not_trace_is_not_prepared_again_until_one_does(
+        tiny_emotion_model: Path, cache_dir: Path) -> None:
+    import torch
+
+    class Untraceable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            if torch.jit.is_tracing():  # as a model whose Python control flow cannot be traced
+                raise RuntimeError("does not trace")
+            return {"logits": x * self.w}
+
+    probe = EmotionModel(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    key = probe._key()
+    assert key is not None
+    wave = harmonic(180, 1.0)
+    assert save_prepared(Untraceable(), key, "fp32", ["a"], True, wave) is None
+    assert unpreparable(key, "fp32")
+    model = _load(tiny_emotion_model, precision="fp32")  # from the checkpoint; no job
+    assert model._extractor is not None and _jobs() == []
+    assert save_prepared(model._model, key, "fp32", list(model._labels), True, wave) is not None
+    assert not unpreparable(key, "fp32")
