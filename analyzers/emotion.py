@@ -282,6 +282,7 @@ class EmotionModel:
         self._key_cache: str | None = None  # the precision decision's key, once computed
         self.batch: BatchChoice | None = None  # measured or cached (CPU, max_batch 0)
         self._saver: threading.Thread | None = None  # writes the prepared copy (background)
+        self._job_key: str | None = None  # the background job's checkpoint key, until started
 
     @property
     def loaded(self) -> bool:
@@ -293,7 +294,8 @@ class EmotionModel:
         what = self.head.describe() if self.head else "not loaded"
         return f"{self.family} ({what}) in {self.precision} on {self.device}"
 
-    def load(self, *, download: bool = False, background: bool = False) -> None:
+    def load(self, *, download: bool = False, background: bool = False,
+             start_job: bool = True) -> None:
         """Blocking: load the model. Raises :class:`ModelUnavailable` (:class:`ModelRefused`
         for a checkpoint this product will not run, see :mod:`analyzers.checkpoint`).
 
@@ -309,7 +311,10 @@ class EmotionModel:
         With ``prepare = "background"`` (the default) a checkpoint new to this machine measures
         and prepares nothing here: it runs in the precision the processor's kind favours, once
         that agrees with fp32 (:func:`~analyzers.precision.provisional`), and a process of its
-        own (:mod:`analyzers.prepare_job`) measures and prepares for later starts.
+        own (:mod:`analyzers.prepare_job`) measures and prepares for later starts: started
+        here, or with ``start_job`` false by :meth:`follow_up` once the caller's own work lets
+        it (the two processors of a small machine may be one core's two threads: a job beside
+        the analysis slows it).
         """
         started = time.perf_counter()
         if not download and local_root(self.config.model) is None:
@@ -322,7 +327,9 @@ class EmotionModel:
             if not download and self._use_prepared(key):
                 self.batch = self._cached_batch()
                 self._finish(f"prepared, {time.perf_counter() - started:.1f} s")
-                self._follow_up(key)
+                self._job_key = key
+                if start_job:
+                    self.follow_up()
                 return
         if download:
             try:
@@ -339,7 +346,9 @@ class EmotionModel:
             self._model = self._in_precision(self._from_checkpoint(), key)
             self.batch = self._cached_batch()
             self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
-            self._follow_up(key)
+            self._job_key = key
+            if start_job:
+                self.follow_up()
             return
         lock = PrepareLock.acquire(key) if key is not None else None
         try:
@@ -389,10 +398,11 @@ class EmotionModel:
             lock.release()
         return True
 
-    def _follow_up(self, key: str | None) -> None:
-        """``prepare = "background"``: start the job that measures the precisions (the decision
-        is provisional) or prepares the model (loaded from its checkpoint, preparable, not yet
-        prepared), unless one is running."""
+    def follow_up(self) -> None:
+        """``prepare = "background"``, after :meth:`load`: start the job that measures the
+        precisions (the decision is provisional) or prepares the model (loaded from its
+        checkpoint, preparable, not yet prepared), unless one is running. Once per load."""
+        key, self._job_key = self._job_key, None
         if self.config.prepare != "background" or self.device != "cpu" or key is None:
             return
         measure = self.decision is not None and self.decision.provisional
@@ -696,19 +706,26 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
     def warm_up(self) -> None:
         """Live service, after :meth:`load`: where the batch size is still unknown, measure it
         on the inference thread, behind whatever is queued (the service is ready meanwhile;
-        chunks that arrive wait for the measurement, then run with the size it chose)."""
+        chunks that arrive wait for the measurement, then run with the size it chose). Then
+        start the background preparation job, if this checkpoint needs one."""
         scheduler = self._scheduler
-        if scheduler is None or not self.model.batch_unknown:
+        if scheduler is None:
+            return
+        if not self.model.batch_unknown:
+            self.model.follow_up()
             return
 
         def measure() -> None:
-            scheduler.max_batch = self.model.measure_batch().size
+            try:
+                scheduler.max_batch = self.model.measure_batch().size
+            finally:  # the background job (if any) after the measurement, not beside it
+                self.model.follow_up()
 
         scheduler.run_soon(measure)
 
     def load(self) -> None:
         """Blocking. Raises :class:`ModelUnavailable`; the caller reports the degradation."""
-        self.model.load(background=True)
+        self.model.load(background=True, start_job=False)  # warm_up or close starts it
         self._scheduler = InferenceScheduler(
             self.model.predict,
             on_start=self.model.configure_thread,
@@ -720,5 +737,8 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
         )
 
     def close(self) -> None:
+        """After the work (``analyze``: the file is done): the background job starts now, if
+        this checkpoint needs one and the live service's warm-up did not start it."""
         super().close()
         self.model.wait_prepared()
+        self.model.follow_up()

@@ -74,6 +74,26 @@ def _wait_for_jobs(cache_dir: Path, done: int, timeout: float = 240.0) -> str:
     pytest.fail(f"no end of the background job after {timeout} s: {log}")
 
 
+def _wait_for_detached_jobs(cache_dir: Path, timeout: float = 240.0) -> str:
+    """Until the jobs that processes gone meanwhile started for ``cache_dir`` (not this
+    process's children) have ended; the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = (cache_dir / LOG_NAME).read_text() if (cache_dir / LOG_NAME).exists() else ""
+        running = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if ("analyzers.prepare_job" in (proc.info["cmdline"] or [])
+                        and proc.environ().get("AFFECT_BRIDGE_CACHE_DIR") == str(cache_dir)):
+                    running.append(proc)
+            except psutil.Error:
+                pass
+        if DONE in log and not running:
+            return log
+        time.sleep(0.2)
+    pytest.fail(f"no end of the background job after {timeout} s")
+
+
 def _load(path: Path, **kw: Any) -> EmotionModel:
     model = EmotionModel(EmotionConfig(model=str(path), device="cpu", **kw))
     model.load()
@@ -198,15 +218,7 @@ def test_processes_started_together_load_at_once_and_one_job_prepares(
     assert [p.returncode for p in procs] == [0, 0], logs
     for log in logs:
         assert "provisional" in log and "measured in" not in log, log
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # the jobs are not this process's children
-        log = (cache_dir / LOG_NAME).read_text() if (cache_dir / LOG_NAME).exists() else ""
-        running = [p for p in psutil.process_iter(["cmdline"])
-                   if "analyzers.prepare_job" in (p.info["cmdline"] or [])
-                   and p.environ().get("AFFECT_BRIDGE_CACHE_DIR") == str(cache_dir)]
-        if DONE in log and not running:
-            break
-        time.sleep(0.2)
+    log = _wait_for_detached_jobs(cache_dir)
     assert log.count(DONE) == 1, log
     assert len(list((cache_dir / "models").glob("*.pt"))) == 1
     assert _load(tiny_emotion_model)._extractor is None
@@ -236,3 +248,66 @@ def test_a_model_that_does_not_trace_is_not_prepared_again_until_one_does(
     assert model._extractor is not None and _jobs() == []
     assert save_prepared(model._model, key, "fp32", list(model._labels), True, wave) is not None
     assert not unpreparable(key, "fp32")
+
+
+def test_analyze_starts_the_job_once_the_file_is_done_and_the_next_run_loads_its_work(
+        tiny_emotion_model: Path, cache_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import CALM, run_cli
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[emotion]\nmodel = "{tiny_emotion_model}"\ndevice = "cpu"\n')
+    env = {"AFFECT_BRIDGE_CACHE_DIR": str(cache_dir)}
+    first = run_cli("--debug", "analyze", str(CALM), "--config", str(cfg), env=env)
+    assert first.returncode == 0, first.stderr
+    assert "provisional" in first.stderr and "from the checkpoint" in first.stderr
+    lines = first.stderr.splitlines()
+    started = next(i for i, ln in enumerate(lines) if "in the background (idle priority)" in ln)
+    loaded = next(i for i, ln in enumerate(lines) if "emotion model" in ln and "loaded" in ln)
+    assert started > loaded
+    assert json.loads(first.stdout.splitlines()[-1])  # the analysis itself is whole
+    _wait_for_detached_jobs(cache_dir)
+    later = run_cli("--debug", "analyze", str(CALM), "--config", str(cfg), env=env)
+    assert later.returncode == 0, later.stderr
+    assert "(prepared," in later.stderr and "in the background" not in later.stderr
+    assert later.stdout == first.stdout or _close_events(first.stdout, later.stdout)
+
+
+def _close_events(a: str, b: str) -> bool:
+    """The same windows; emotion within the provisional precision's tolerance of the measured
+    one (they may differ: the measurement may choose another variant)."""
+    ea = [json.loads(line) for line in a.splitlines() if line.strip()]
+    eb = [json.loads(line) for line in b.splitlines() if line.strip()]
+    assert [e["type"] for e in ea] == [e["type"] for e in eb]
+    for x, y in zip(ea, eb, strict=True):
+        emo_x = (x.get("data") or {}).get("emotion")
+        emo_y = (y.get("data") or {}).get("emotion")
+        if emo_x is not None:
+            assert emo_y is not None
+            assert 0.5 * sum(abs(emo_x[k] - emo_y[k]) for k in emo_x) < 0.05
+    return True
+
+
+def test_the_live_service_starts_the_job_after_its_batch_measurement(
+        tiny_emotion_model: Path, cache_dir: Path) -> None:
+    from analyzers.emotion import EmotionAnalyzer
+
+    analyzer = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    analyzer.load()
+    try:
+        assert analyzer.model.decision is not None and analyzer.model.decision.provisional
+        assert _jobs() == []  # not at load: the service is not ready yet
+        analyzer.warm_up()  # ready: the batch size first, on the inference thread, then the job
+        deadline = time.monotonic() + 120
+        while not _jobs() and DONE not in _log(cache_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not analyzer.model.batch_unknown
+        _wait_for_jobs(cache_dir, done=1)
+    finally:
+        analyzer.close()
+    assert _jobs() == []  # close starts none again
+    assert _load(tiny_emotion_model)._extractor is None
+
+
+def _log(cache_dir: Path) -> str:
+    path = cache_dir / LOG_NAME
+    return path.read_text(errors="replace") if path.exists() else ""

@@ -212,21 +212,24 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
              for i in range(2)]
     later_cpu = float(np.median([c.cpu_s for c in later]))
     later_rss = max(c.peak_rss_mb for c in later)
-    # The whole analysis and the reference, alternating, three times each (this machine's
-    # speed drifts by tens of percent within minutes): medians of each, ratio of the medians.
-    wholes, references = [], []
+    # The whole analysis later (prepared), the reference, and the whole analysis the first
+    # time on the machine with this checkpoint (an empty cache each time), alternating, three
+    # times each (this machine's speed drifts by tens of percent within minutes): medians of
+    # each, ratios of the medians. A first run's background job ends before the next run.
+    wholes, references, firsts, jobs = [], [], [], []
     for i in range(3):
         wholes.append(run_child([*analyze, str(conversation)], conversation_s, workdir,
                                 f"whole-{i}", env))
         references.append(run_child([sys.executable, "-c", _REFERENCE_CHILD, str(model_dir),
                                      str(conversation)], conversation_s, workdir,
                                     f"reference-{i}", env))
-    whole, reference = _median_run(wholes), _median_run(references)
-    # The same, the first time on the machine with this checkpoint (an empty cache): once,
-    # between two later runs (their median above), each first run needing a fresh cache.
-    whole_first = run_child([*analyze, str(conversation)], conversation_s, workdir,
-                            "whole-first", {"AFFECT_BRIDGE_CACHE_DIR": str(workdir / "cache2")})
-    whole_job = _wait_for_job(workdir / "cache2")
+        fresh_cache = workdir / f"cache-first-{i}"
+        firsts.append(run_child([*analyze, str(conversation)], conversation_s, workdir,
+                                f"whole-first-{i}", {"AFFECT_BRIDGE_CACHE_DIR": str(fresh_cache)}))
+        jobs.append(_wait_for_job(fresh_cache))
+    whole, reference, whole_first = (_median_run(wholes), _median_run(references),
+                                     _median_run(firsts))
+    whole_job = jobs[firsts.index(whole_first)]
     # `run` (workers auto) to ready: the first start with the checkpoint, then later ones.
     fresh = {"AFFECT_BRIDGE_CACHE_DIR": str(workdir / "cache3")}
     run_first = _run_ready(config, fresh)
@@ -246,6 +249,9 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
         "whole_first_cpu_s": whole_first.cpu_s, "whole_first_rss_mb": whole_first.peak_rss_mb,
         "whole_first_vs_reference_per_cpu": reference.cpu_s / whole_first.cpu_s,
         "whole_first_vs_later": whole_first.cpu_s / whole.cpu_s,
+        "whole_runs_cpu_s": {"later": [w.cpu_s for w in wholes],
+                             "reference": [r.cpu_s for r in references],
+                             "first": [f.cpu_s for f in firsts], "first_jobs": jobs},
         "background_job_cpu_s": {"clip": clip_job, "whole": whole_job, "run": run_job},
         "run_first": run_first, "run_later": run_later,
         "run_first_vs_later_wall": run_first["wall_s"] / run_later_wall,
@@ -259,9 +265,10 @@ def startup_part(model_dir: Path, clip: Path, conversation: Path, conversation_s
           f"{first.peak_rss_mb:6.0f} MB  (+ {_cpu(clip_job)} in the background job)")
     print(f"  analyze 3 s clip, later (median of 2)        {later_cpu:6.2f} CPU-s  "
           f"{later_rss:6.0f} MB  = {result['clip_later_vs_imports']:.2f}x the imports")
-    print("  (whole process and reference: medians of 3 alternating runs: "
+    print("  (whole process later / reference / first time: medians of 3 alternating runs: "
           f"{', '.join(f'{w.cpu_s:.2f}' for w in wholes)} / "
-          f"{', '.join(f'{r.cpu_s:.2f}' for r in references)} CPU-s)")
+          f"{', '.join(f'{r.cpu_s:.2f}' for r in references)} / "
+          f"{', '.join(f'{f.cpu_s:.2f}' for f in firsts)} CPU-s)")
     print(f"  analyze {conversation_s:.0f} s conversation, whole process      {whole.cpu_s:6.2f} "
           f"CPU-s  {whole.peak_rss_mb:6.0f} MB")
     print(f"  the same, first time with this checkpoint       {whole_first.cpu_s:6.2f} "
