@@ -944,6 +944,9 @@ def orchestrate_workers(args: argparse.Namespace) -> int:
                 print("  warm-up start (precision, prepared model, batch size; not reported) ...",
                       flush=True)
                 run_service(children, logs, 1, counts[0], args, opus)
+                # its background job (precisions, prepared model) ends before the runs
+                from bench_inference import _wait_for_job  # beside this script
+                _wait_for_job(logs / "cache")
             for w in counts:
                 best[w] = None
                 for n in speakers:
