@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ModelUnavailable", "first_sentence", "resolve_device", "set_cpu_threads",
-           "usable_cpus"]
+__all__ = ["ModelUnavailable", "RemoteUnavailable", "first_sentence", "resolve_device",
+           "set_cpu_threads", "usable_cpus"]
 
 
 class ModelUnavailable(RuntimeError):
     """The model could not be loaded; the message is one line saying why."""
+
+
+class RemoteUnavailable(ModelUnavailable):
+    """The inference server did not answer as it should (down, too slow, an error status, an
+    answer that is not the tensor asked for): this chunk goes without emotion. Here, not beside
+    the client (bridge/pipeline/remote.py), so that the pipeline can catch it without importing
+    the HTTP client where no model is remote (aiohttp's import: about 0.2 CPU-s per analyze)."""
 
 
 def resolve_device(name: str) -> str:

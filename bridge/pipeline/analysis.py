@@ -17,7 +17,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from analyzers.loading import ModelUnavailable
+from analyzers.loading import ModelUnavailable, RemoteUnavailable
 from analyzers.plugins import Analyzer, load_analyzers
 from analyzers.stress import StressEngine, stress_features
 from analyzers.types import (
@@ -34,7 +34,6 @@ from analyzers.windowing import SpeechWindower
 from bridge import events as ev
 from bridge import stats
 from bridge.config import Settings
-from bridge.pipeline.remote import RemoteEmotionAnalyzer, RemoteUnavailable
 
 __all__ = ["AnalysisEngine", "Emit", "SpeakerAnalysis"]
 
@@ -115,6 +114,8 @@ class AnalysisEngine:
         emotion = self.settings.emotion
         if analyzer.name != "emotion" or emotion.backend != "remote":
             return analyzer
+        from bridge.pipeline.remote import RemoteEmotionAnalyzer  # the HTTP client: only here
+
         return cast(Analyzer, RemoteEmotionAnalyzer(
             emotion, max_response_bytes=self.settings.outbound.max_response_bytes,
             record=self.record))

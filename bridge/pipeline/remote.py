@@ -43,7 +43,7 @@ import orjson
 
 from analyzers.emotion import EmotionConfig
 from analyzers.heads import Head
-from analyzers.loading import ModelUnavailable
+from analyzers.loading import ModelUnavailable, RemoteUnavailable
 from analyzers.types import SAMPLE_RATE, EmotionScores, SpeechWindow
 from bridge import stats
 from bridge.allowlist import AllowList
@@ -58,11 +58,6 @@ INPUT = "waveform"  # the exported model's input: FP32 [batch, samples], 16 kHz 
 OUTPUT = "scores"  # its output: FP32 [batch, len(labels)]
 
 _REASONS = {"unreachable": "unreachable", "upstream_error": "http_error"}
-
-
-class RemoteUnavailable(ModelUnavailable):
-    """The inference server did not answer as it should (down, too slow, an error status, an
-    answer that is not the tensor asked for): this chunk goes without emotion."""
 
 
 class RemoteEmotionAnalyzer:
