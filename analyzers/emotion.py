@@ -38,6 +38,7 @@ from analyzers.precision import (
     BatchChoice,
     Decision,
     DecisionCache,
+    cache_dir,
     candidates,
     choose,
     choose_batch,
@@ -47,11 +48,14 @@ from analyzers.precision import (
     provisional,
     to_precision,
 )
-from analyzers.prepare_job import start_job
+from analyzers.prepare_job import LOG_NAME, MAX_ATTEMPTS, start_job
 from analyzers.prepared import (
     Prepared,
     PrepareLock,
+    clear_job_attempts,
+    count_job_attempt,
     eligible,
+    job_attempts,
     load_prepared,
     normalize,
     prepared_path,
@@ -283,6 +287,7 @@ class EmotionModel:
         self.batch: BatchChoice | None = None  # measured or cached (CPU, max_batch 0)
         self._saver: threading.Thread | None = None  # writes the prepared copy (background)
         self._job_key: str | None = None  # the background job's checkpoint key, until started
+        self._follow_lock = threading.Lock()  # follow_up: inference thread or close()
 
     @property
     def loaded(self) -> bool:
@@ -305,8 +310,9 @@ class EmotionModel:
         HuggingFace cache are read: weights are fetched ahead of time (``affect-bridge
         download-models``), never on a first call. ``download`` fetches, inspects and loads, but
         measures nothing and prepares nothing (it runs at image build, not where it serves).
-        ``background``: the prepared copy is traced and written by a thread of its own while
-        inference starts (:meth:`wait_prepared`); the process waits for it before it exits.
+        ``background`` (with ``prepare = "at_load"``): the prepared copy is traced and written
+        by a thread of its own while inference starts (:meth:`wait_prepared`); the process waits
+        for it before it exits.
 
         With ``prepare = "background"`` (the default) a checkpoint new to this machine measures
         and prepares nothing here: it runs in the precision the processor's kind favours, once
@@ -376,48 +382,73 @@ class EmotionModel:
                 lock.release()
         self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
 
-    def measure_and_prepare(self) -> bool:
+    def measure_and_prepare(self, lock: PrepareLock | None = None) -> str:
         """The background job's work (CPU): measure the precisions where the cached decision is
-        provisional, and prepare the model in the chosen one, holding the preparation lock.
-        False (nothing done) when another process holds the lock."""
+        provisional, and prepare the model in the chosen one, holding the preparation lock
+        (``lock``, handed over by the process that started the job, or taken here without
+        waiting). "done", "done already" (another process did it meanwhile) or "busy" (another
+        process holds the lock: nothing done)."""
+        self.config = dataclasses.replace(self.config, prepare="at_load")  # measure, here
         self.device = "cpu"
         self.configure_thread()
         key = self._key()
         if key is None:
-            return True
-        lock = PrepareLock.acquire(key, wait=False)
-        if lock is None:
-            return False
+            return "done already"  # not a local checkpoint: nothing to keep
+        own = lock is None
+        if own:
+            lock = PrepareLock.acquire(key, wait=False, holder="background")
+            if lock is None:
+                return "busy"
         try:
             self._cache.refresh()
             if self._use_prepared(key):
-                return True  # another process has done it meanwhile
+                clear_job_attempts(key)
+                return "done already"
             self._model = self._in_precision(self._from_checkpoint(), key)
             self._save_prepared(key)
+            clear_job_attempts(key)
         finally:
-            lock.release()
-        return True
+            if own and lock is not None:
+                lock.release()
+        return "done"
 
     def follow_up(self) -> None:
         """``prepare = "background"``, after :meth:`load`: start the job that measures the
         precisions (the decision is provisional) or prepares the model (loaded from its
-        checkpoint, preparable, not yet prepared), unless one is running. Once per load."""
-        key, self._job_key = self._job_key, None
+        checkpoint, preparable, not yet prepared), unless another process holds the
+        preparation lock or :data:`~analyzers.prepare_job.MAX_ATTEMPTS` jobs never finished.
+        Once per load; never raises (logged)."""
+        with self._follow_lock:
+            key, self._job_key = self._job_key, None
         if self.config.prepare != "background" or self.device != "cpu" or key is None:
             return
+        try:
+            self._start_job(key)
+        except Exception as exc:  # the job is an optimisation: never the caller's failure
+            log.warning("emotion model: the background preparation did not start (%s: %s)",
+                        type(exc).__name__, exc)
+
+    def _start_job(self, key: str) -> None:
         measure = self.decision is not None and self.decision.provisional
         prepare = (self._extractor is not None and eligible(self._extractor)
                    and not prepared_path(key, self.precision).is_file()
                    and not unpreparable(key, self.precision))
         if not (measure or prepare):
             return
-        lock = PrepareLock.acquire(key, wait=False)
+        if job_attempts(key) >= MAX_ATTEMPTS:
+            log.warning("emotion model: %d background preparations of this checkpoint never "
+                        "finished (see %s); running %s as it is. Set [emotion] prepare = "
+                        "\"at_load\" to measure and prepare before the first inference",
+                        MAX_ATTEMPTS, cache_dir() / LOG_NAME, self.precision)
+            return
+        lock = PrepareLock.acquire(key, wait=False, holder="background")
         if lock is None:
             return  # a job (or a process measuring at load) is on it
-        lock.release()
-        if start_job(dataclasses.asdict(self.config)):
-            log.info("emotion model: %s in the background (idle priority)",
-                     "measuring the precisions and preparing" if measure else "preparing")
+        count_job_attempt(key)
+        if start_job(dataclasses.asdict(self.config), lock):
+            log.info("emotion model: %s in the background (lowest priority; log: %s)",
+                     "measuring the precisions and preparing" if measure else "preparing",
+                     cache_dir() / LOG_NAME)
 
     def _resolve_device(self) -> str:
         device = resolve_device(self.config.device)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import functools
 import hashlib
 import json
@@ -37,7 +38,7 @@ import platform
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,15 +117,19 @@ def cache_dir() -> Path:
 class DecisionCache:
     """A JSON file of past decisions (and file digests, so a checkpoint is hashed once per
     change). Unreadable or malformed: ignored with a log line, replaced on the next write.
-    Writes are atomic (temporary file, then rename); a read-only directory only logs."""
+    Several processes share it (workers, the background job): a write takes a lock, reads the
+    file again and adds only this process's own entries to what is there (a measured decision
+    is never replaced by a provisional one), then replaces the file atomically (temporary
+    file, then rename). A read-only directory only logs."""
+
+    SECTIONS = ("decisions", "digests", "batches")
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or cache_dir() / "precision.json"
         self._data: dict[str, Any] | None = None
+        self._mine: dict[str, set[str]] = {name: set() for name in self.SECTIONS}
 
-    def _load(self) -> dict[str, Any]:
-        if self._data is not None:
-            return self._data
+    def _read(self, *, quiet: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {}
         if self.path.exists():
             try:
@@ -133,22 +138,30 @@ class DecisionCache:
                     raise ValueError("not a cache of this version")
                 data = loaded
             except (OSError, ValueError) as exc:
-                log.warning("precision cache %s is unreadable (%s); measuring again",
-                            self.path, type(exc).__name__ if not isinstance(exc, ValueError)
-                            else exc)
-        data.setdefault("version", CACHE_VERSION)
-        data.setdefault("decisions", {})
-        data.setdefault("digests", {})
-        data.setdefault("batches", {})
-        self._data = data
+                if not quiet:
+                    log.warning("precision cache %s is unreadable (%s); measuring again",
+                                self.path, type(exc).__name__ if not isinstance(exc, ValueError)
+                                else exc)
+                data = {}
+        data["version"] = CACHE_VERSION
+        for name in self.SECTIONS:
+            if not isinstance(data.get(name), dict):
+                data[name] = {}
         return data
 
+    def _load(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = self._read()
+        return self._data
+
     def refresh(self) -> None:
-        """Read the file again (another process may have written it), keeping the file digests
-        computed here."""
-        digests = dict(self._data["digests"]) if self._data is not None else {}
-        self._data = None
-        self._load()["digests"].update(digests)
+        """Read the file again (another process may have written it), keeping this process's
+        own entries (the file digests computed here among them)."""
+        mine = {name: {k: self._load()[name][k] for k in keys}
+                for name, keys in self._mine.items()}
+        self._data = self._read()
+        for name, entries in mine.items():
+            self._data[name].update(entries)
 
     def get(self, key: str) -> Decision | None:
         entry = self._load()["decisions"].get(key)
@@ -166,6 +179,7 @@ class DecisionCache:
 
     def put(self, key: str, decision: Decision) -> None:
         self._load()["decisions"][key] = asdict(decision)
+        self._mine["decisions"].add(key)
         self._save()
 
     def get_batch(self, key: str) -> BatchChoice | None:
@@ -186,6 +200,7 @@ class DecisionCache:
     def put_batch(self, key: str, choice: BatchChoice) -> None:
         self._load()["batches"][key] = {"size": choice.size,
                                         "rates": {str(k): v for k, v in choice.rates.items()}}
+        self._mine["batches"].add(key)
         self._save()
 
     def digest(self, path: Path) -> str:
@@ -196,19 +211,49 @@ class DecisionCache:
         if stamp not in digests:
             with path.open("rb") as f:
                 digests[stamp] = hashlib.file_digest(f, "sha256").hexdigest()
+            self._mine["digests"].add(stamp)
         return str(digests[stamp])
 
+    def _merged(self) -> dict[str, Any]:
+        """The file as another process may have left it, with this process's entries on top."""
+        ours = self._load()
+        merged = self._read(quiet=True)
+        for name, keys in self._mine.items():
+            for key in keys:
+                there = merged[name].get(key)
+                if (name == "decisions" and ours[name][key].get("provisional")
+                        and isinstance(there, dict) and not there.get("provisional", False)):
+                    ours[name][key] = there  # measured meanwhile: that stands
+                else:
+                    merged[name][key] = ours[name][key]
+        return merged
+
     def _save(self) -> None:
-        data = self._load()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".precision-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            with _locked(self.path.with_name(self.path.name + ".lock")):
+                merged = self._merged()
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".precision-")
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(merged, f, indent=1, sort_keys=True)
+                os.replace(tmp, self.path)
+            self._data = merged
         except OSError as exc:
             log.info("precision cache %s not written (%s); the decision holds for this run",
                      self.path, exc.strerror or type(exc).__name__)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path`` (created) while the block runs; without one where the file
+    system has no locks."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def files_digest(files: Iterable[Path], cache: DecisionCache) -> str:
@@ -229,7 +274,7 @@ def decision_key(checkpoint_digest: str, tolerance: float) -> str:
 @dataclass(frozen=True, slots=True)
 class Decision:
     precision: str
-    #: audio-seconds per second of each candidate measured (one thread, the probe's length)
+    #: audio-seconds per CPU-second of each candidate measured (the probes, this process)
     rates: dict[str, float] = field(default_factory=dict)
     #: mean total-variation distance from fp32 of each candidate
     agreement: dict[str, float] = field(default_factory=dict)
@@ -242,7 +287,7 @@ class Decision:
         if self.provisional:
             return (f"{self.precision}: provisional, agrees with fp32 (TV "
                     f"{self.agreement.get(self.precision, 0.0):.4f}); speeds not measured yet")
-        parts = [f"{p} {self.rates[p]:.1f} audio-s/s"
+        parts = [f"{p} {self.rates[p]:.1f} audio-s/CPU-s"
                  + (f" (TV {self.agreement[p]:.4f})" if p in self.agreement else "")
                  for p in self.rates]
         return f"{self.precision}: " + ", ".join(parts) + (f"; {self.note}" if self.note else "")

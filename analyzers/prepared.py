@@ -21,6 +21,7 @@ time. A file that cannot be read is ignored with a log line and written again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -38,8 +39,9 @@ import numpy.typing as npt
 from analyzers.precision import cache_dir
 from analyzers.types import SAMPLE_RATE
 
-__all__ = ["PrepareLock", "Prepared", "eligible", "load_prepared", "normalize", "prepared_path",
-           "save_prepared", "unpreparable"]
+__all__ = ["PrepareLock", "Prepared", "clear_job_attempts", "count_job_attempt", "eligible",
+           "job_attempts", "load_prepared", "normalize", "prepared_path", "save_prepared",
+           "unpreparable"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,10 @@ def _failed_path(key: str, precision: str) -> Path:
 def unpreparable(key: str, precision: str) -> bool:
     """Whether preparing ``key`` in ``precision`` failed here before (the model does not
     trace): the background job is not started for it again."""
-    return _failed_path(key, precision).is_file()
+    try:
+        return _failed_path(key, precision).is_file()
+    except OSError:
+        return False
 
 
 def save_prepared(model: Any, key: str, precision: str, labels: list[str], do_normalize: bool,
@@ -114,11 +119,10 @@ def save_prepared(model: Any, key: str, precision: str, labels: list[str], do_no
         log.info("emotion model not kept prepared (%s: %s)", type(exc).__name__, exc)
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        try:
-            _failed_path(key, precision).write_text(f"{type(exc).__name__}: {exc}\n",
-                                                    encoding="utf-8")
-        except OSError:
-            pass
+        if not isinstance(exc, OSError):  # the model itself, not a full or read-only disk
+            with contextlib.suppress(OSError):
+                _failed_path(key, precision).write_text(f"{type(exc).__name__}: {exc}\n",
+                                                        encoding="utf-8")
         return None
     _failed_path(key, precision).unlink(missing_ok=True)
     return path
@@ -165,34 +169,44 @@ def load_prepared(key: str, precision: str) -> Prepared | None:
 
 class PrepareLock:
     """One process at a time measures and prepares a checkpoint (``run --workers N`` starts N
-    at once): an exclusive ``flock`` on a file beside the prepared models. The others wait, then
-    read what the first one cached and prepared instead of measuring again."""
+    at once): an exclusive ``flock`` on a file beside the prepared models, which names its
+    holder's kind. A process measuring at load waits for another such process, then reads what
+    it cached and prepared instead of measuring again; it does not wait behind a background job
+    (at the lowest priority it may take long beside busy workers): it measures too. The
+    background job's lock is taken by the process that starts it and handed over with the file
+    descriptor (:meth:`fileno`, :meth:`inherited`), so no second job starts in between."""
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
 
     @classmethod
     def acquire(cls, key: str, timeout_s: float = 600.0, *, wait: bool = True,
-                ) -> PrepareLock | None:
+                holder: str = "load") -> PrepareLock | None:
         """Wait (polling) for the lock of ``key``. None when the cache directory cannot hold a
-        lock file or another process held it past ``timeout_s`` (logged): go on without it.
-        Without ``wait``: None at once when another process holds it."""
-        path = cache_dir() / "models" / f"{key[:40]}.lock"
+        lock file, another process held it past ``timeout_s`` or a background job holds it
+        (logged): go on without it. Without ``wait``: None at once when another process holds
+        it. ``holder``: what this process is ("load", or "background" for the job)."""
+        path = _lock_path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            log.info("no preparation lock at %s (%s); measuring without one", path,
-                     exc.strerror or type(exc).__name__)
+            if wait:
+                log.info("no preparation lock at %s (%s); measuring without one", path,
+                         exc.strerror or type(exc).__name__)
             return None
         deadline, waited = time.monotonic() + timeout_s, False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return cls(fd)
             except BlockingIOError:
                 if not wait:
                     os.close(fd)
+                    return None
+                if _holder(fd) == "background":
+                    os.close(fd)
+                    log.info("a background job is preparing this emotion model; measuring here "
+                             "too")
                     return None
                 if not waited:
                     log.info("another process is preparing this emotion model; waiting for it")
@@ -203,9 +217,74 @@ class PrepareLock:
                                 " preparing it here too", timeout_s)
                     return None
                 time.sleep(0.1)
+            except OSError as exc:  # no locks on this file system (some network mounts)
+                os.close(fd)
+                log.info("no preparation lock at %s (%s); going on without one", path,
+                         exc.strerror or type(exc).__name__)
+                return None
+            else:
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, holder.encode(), 0)
+                except OSError:
+                    pass
+                return cls(fd)
+
+    @classmethod
+    def inherited(cls, fd: int) -> PrepareLock:
+        """The lock a parent process took and handed over as file descriptor ``fd``."""
+        return cls(fd)
+
+    def fileno(self) -> int:
+        assert self._fd is not None
+        return self._fd
+
+    def hand_over(self) -> None:
+        """Close this process's descriptor without unlocking: the lock stays with the child
+        that inherited it, and ends when that child releases it or exits."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def release(self) -> None:
         if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _lock_path(key: str) -> Path:
+    return cache_dir() / "models" / f"{key[:40]}.lock"
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _attempts_path(key: str) -> Path:
+    return cache_dir() / "models" / f"{key[:40]}.attempts"
+
+
+def job_attempts(key: str) -> int:
+    """How many background jobs were started for ``key`` without finishing (killed, failed)."""
+    try:
+        return int(_attempts_path(key).read_text(encoding="utf-8").strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def count_job_attempt(key: str) -> None:
+    path = _attempts_path(key)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{job_attempts(key) + 1}\n", encoding="utf-8")
+
+
+def clear_job_attempts(key: str) -> None:
+    with contextlib.suppress(OSError):
+        _attempts_path(key).unlink(missing_ok=True)
