@@ -331,11 +331,7 @@ class EmotionModel:
             self.configure_thread()
             key = self._key()
             if not download and self._use_prepared(key):
-                self.batch = self._cached_batch()
-                self._finish(f"prepared, {time.perf_counter() - started:.1f} s")
-                self._job_key = key
-                if start_job:
-                    self.follow_up()
+                self._loaded(f"prepared, {time.perf_counter() - started:.1f} s", key, start_job)
                 return
         if download:
             try:
@@ -350,19 +346,15 @@ class EmotionModel:
             return
         if self.config.prepare == "background" and key is not None:
             self._model = self._in_precision(self._from_checkpoint(), key)
-            self.batch = self._cached_batch()
-            self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
-            self._job_key = key
-            if start_job:
-                self.follow_up()
+            self._loaded(f"from the checkpoint, {time.perf_counter() - started:.1f} s", key,
+                         start_job)
             return
         lock = PrepareLock.acquire(key) if key is not None else None
         try:
             if lock is not None:  # another process may have prepared it while this one waited
                 self._cache.refresh()
                 if self._use_prepared(key):
-                    self.batch = self._cached_batch()
-                    self._finish(f"prepared by another process, "
+                    self._loaded(f"prepared by another process, "
                                  f"{time.perf_counter() - started:.1f} s")
                     return
             model = self._from_checkpoint()
@@ -381,6 +373,16 @@ class EmotionModel:
             if lock is not None:
                 lock.release()
         self._finish(f"from the checkpoint, {time.perf_counter() - started:.1f} s")
+
+    def _loaded(self, how: str, job_key: str | None = None, start_job: bool = False) -> None:
+        """The end of a load that is done: the cached batch size, the log line, and the
+        background job of ``job_key`` (``prepare = "background"``), started now or by
+        :meth:`follow_up`."""
+        self.batch = self._cached_batch()
+        self._finish(how)
+        self._job_key = job_key
+        if start_job:
+            self.follow_up()
 
     def measure_and_prepare(self, lock: PrepareLock | None = None) -> str:
         """The background job's work (CPU): measure the precisions where the cached decision is

@@ -237,6 +237,36 @@ def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A precision cache of this test's own (decisions, prepared models, background jobs)."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("AFFECT_BRIDGE_CACHE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the precision measurements in this process (each a run of
+    :func:`analyzers.precision.choose`; a background job's are its own)."""
+    import analyzers.emotion as emotion_module
+    from analyzers.precision import choose
+
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return choose(*args, **kwargs)
+
+    monkeypatch.setattr(emotion_module, "choose", counting)
+    return calls
+
+
+def emotion_tv(a: Any, b: Any) -> float:
+    """Total-variation distance between two categorical emotion estimates."""
+    return 0.5 * sum(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The suite's precision decisions live in a cache of its own, not the user's (child

@@ -44,12 +44,6 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: build(root / name) for name, build in FAMILIES.items()}
 
 
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("AFFECT_BRIDGE_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 # --- the reference forward passes ------------------------------------------------------------
 
 def _model_card_dimensional(path: Path) -> Any:

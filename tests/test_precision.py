@@ -23,27 +23,7 @@ from analyzers.precision import (
     native_bf16,
     to_precision,
 )
-from tests.conftest import build_tiny_emotion_model, harmonic
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "cache"
-    monkeypatch.setenv("AFFECT_BRIDGE_CACHE_DIR", str(path))
-    return path
-
-
-@pytest.fixture
-def probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the precision measurements (each a run of :func:`choose`)."""
-    calls: list[int] = []
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return choose(*args, **kwargs)
-
-    monkeypatch.setattr(emotion_module, "choose", counting)
-    return calls
+from tests.conftest import build_tiny_emotion_model, emotion_tv, harmonic
 
 
 def _load(path: Path, **kw: Any) -> EmotionModel:
@@ -52,10 +32,6 @@ def _load(path: Path, **kw: Any) -> EmotionModel:
     model = EmotionModel(EmotionConfig(model=str(path), device="cpu", **kw))
     model.load()
     return model
-
-
-def _tv(a: Any, b: Any) -> float:
-    return 0.5 * sum(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities)
 
 
 def test_auto_precision_is_measured_once_then_read_from_the_cache(
@@ -131,7 +107,7 @@ def test_a_forced_precision_is_honoured_and_agrees_with_fp32(
         assert any("quantized" in k for k in kinds), kinds
     for seconds, f0 in ((1.0, 120), (2.0, 180), (3.5, 260)):
         audio = harmonic(f0, seconds, seed=f0)
-        assert _tv(reference.predict([audio])[0], model.predict([audio])[0]) < 0.05
+        assert emotion_tv(reference.predict([audio])[0], model.predict([audio])[0]) < 0.05
 
 
 def test_the_deprecated_quantize_option_still_chooses(tiny_emotion_model: Path,
@@ -414,7 +390,7 @@ def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
     assert first.scheduler.max_batch == 2 and not first.model.batch_unknown
     alone = [first.model.predict([w])[0] for w in waves]
     for a, b in zip(alone, together, strict=True):
-        assert _tv(a, b) < 1e-5
+        assert emotion_tv(a, b) < 1e-5
     first.close()
 
     later = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu",

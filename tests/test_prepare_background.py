@@ -18,34 +18,13 @@ from typing import Any
 import psutil
 import pytest
 
-import analyzers.emotion as emotion_module
 from analyzers.emotion import EmotionConfig, EmotionModel
-from analyzers.precision import DecisionCache, candidates, choose, likely_fastest
+from analyzers.precision import DecisionCache, candidates, likely_fastest
 from analyzers.prepare_job import LOG_NAME
 from analyzers.prepared import PrepareLock, save_prepared, unpreparable
-from tests.conftest import ROOT, harmonic
+from tests.conftest import ROOT, emotion_tv, harmonic
 
 DONE = "measured and prepared in the background"
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "cache"
-    monkeypatch.setenv("AFFECT_BRIDGE_CACHE_DIR", str(path))
-    return path
-
-
-@pytest.fixture
-def measured_here(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the precision measurements in this process (the job's are its own)."""
-    calls: list[int] = []
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return choose(*args, **kwargs)
-
-    monkeypatch.setattr(emotion_module, "choose", counting)
-    return calls
 
 
 def _jobs(cache_dir: Path) -> list[psutil.Process]:
@@ -82,17 +61,13 @@ def _load(path: Path, **kw: Any) -> EmotionModel:
     return model
 
 
-def _tv(a: Any, b: Any) -> float:
-    return 0.5 * sum(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities)
-
-
 def test_a_first_start_runs_provisionally_and_a_background_job_measures_and_prepares(
-        tiny_emotion_model: Path, cache_dir: Path, measured_here: list[int]) -> None:
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int]) -> None:
     expected = likely_fastest(candidates())
     assert expected != "fp32", "this processor offers nothing but fp32: nothing to measure"
     reference = _load(tiny_emotion_model, precision="fp32", prepare="at_load")
     first = _load(tiny_emotion_model)
-    assert measured_here == [] and first.decision is not None
+    assert probes == [] and first.decision is not None
     assert first.decision.provisional and first.precision == expected
     assert first.decision.agreement[expected] <= first.config.tolerance
     assert first._extractor is not None  # from the checkpoint, not prepared
@@ -107,7 +82,7 @@ def test_a_first_start_runs_provisionally_and_a_background_job_measures_and_prep
     assert (cache_dir / "models" / f"{key[:40]}.lock").read_text() == "background"
     # Its results agree with fp32 meanwhile.
     for wave in (harmonic(150, 2.0, seed=1), harmonic(240, 3.1, seed=2)):
-        assert _tv(first.predict([wave])[0], reference.predict([wave])[0]) < 0.05
+        assert emotion_tv(first.predict([wave])[0], reference.predict([wave])[0]) < 0.05
 
     _wait_for_jobs(cache_dir, done=1)
     cache.refresh()
@@ -119,11 +94,11 @@ def test_a_first_start_runs_provisionally_and_a_background_job_measures_and_prep
     later = _load(tiny_emotion_model)  # prepared, measured: nothing more to do
     assert later._extractor is None and later.decision == measured
     assert later.precision == measured.precision
-    assert measured_here == [] and _jobs(cache_dir) == []
+    assert probes == [] and _jobs(cache_dir) == []
 
 
 def test_a_killed_job_is_started_again_by_the_next_start(
-        tiny_emotion_model: Path, cache_dir: Path, measured_here: list[int]) -> None:
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int]) -> None:
     first = _load(tiny_emotion_model)
     assert first.decision is not None and first.decision.provisional
     [job] = _jobs(cache_dir)
@@ -136,13 +111,13 @@ def test_a_killed_job_is_started_again_by_the_next_start(
     _wait_for_jobs(cache_dir, done=1)
     last = _load(tiny_emotion_model)
     assert last._extractor is None and last.decision is not None
-    assert not last.decision.provisional and measured_here == []
+    assert not last.decision.provisional and probes == []
 
 
 def test_a_provisional_precision_that_disagrees_is_measured_before_the_first_inference(
-        tiny_emotion_model: Path, cache_dir: Path, measured_here: list[int]) -> None:
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int]) -> None:
     model = _load(tiny_emotion_model, tolerance=1e-9)  # nothing but fp32 agrees so closely
-    assert measured_here == [1]
+    assert probes == [1]
     assert model.decision is not None and not model.decision.provisional
     assert model.precision == "fp32"
     import torch
@@ -339,7 +314,7 @@ def test_a_job_that_never_finishes_is_not_started_forever(
 
 
 def test_a_process_measuring_at_load_does_not_wait_behind_a_background_job(
-        tiny_emotion_model: Path, cache_dir: Path, measured_here: list[int],
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int],
         caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
@@ -352,7 +327,7 @@ def test_a_process_measuring_at_load_does_not_wait_behind_a_background_job(
     try:
         assert PrepareLock.acquire(key, wait=False) is None  # held
         model = _load(tiny_emotion_model, prepare="at_load")  # would wait 600 s before
-        assert measured_here == [1] and not model.decision.provisional  # type: ignore[union-attr]
+        assert probes == [1] and not model.decision.provisional  # type: ignore[union-attr]
         assert any("a background job is preparing" in r.getMessage() for r in caplog.records)
     finally:
         job.release()

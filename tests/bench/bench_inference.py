@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from procstat import process_tree  # tests/bench/, beside this script
+from procstat import process_tree, processes_cpu  # tests/bench/, beside this script
 
 JOB_DONE = re.compile(r"measured and prepared in the background, ([0-9.]+) CPU-s")
 
@@ -367,11 +367,7 @@ def _run_ready(config: Path, env: dict[str, str]) -> dict[str, float]:
         wall = time.perf_counter() - started
         tree = [p for p in process_tree(psutil.Process(proc.pid))
                 if "analyzers.prepare_job" not in _cmdline(p)]
-        cpu = 0.0
-        for p in tree:
-            t = p.cpu_times()
-            cpu += t.user + t.system
-        return {"wall_s": wall, "cpu_s": cpu,
+        return {"wall_s": wall, "cpu_s": processes_cpu(tree),
                 "rss_mb": sum(_peak_rss_mb(p.pid) for p in tree)}
     finally:
         proc.terminate()

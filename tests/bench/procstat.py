@@ -32,8 +32,13 @@ def process_tree(root: Any) -> list[Any]:
 
 def tree_cpu(root: Any) -> float:
     """User + system CPU-seconds of ``root``'s process tree (processes gone meanwhile: 0)."""
+    return processes_cpu(process_tree(root))
+
+
+def processes_cpu(processes: list[Any]) -> float:
+    """User + system CPU-seconds of ``processes`` (psutil; those gone meanwhile: 0)."""
     total = 0.0
-    for p in process_tree(root):
+    for p in processes:
         try:
             t = p.cpu_times()
             total += t.user + t.system
