@@ -32,9 +32,11 @@ from typing import Any
 from analyzers.heads import CANONICAL, canonical_label
 from analyzers.loading import ModelUnavailable
 
-__all__ = ["BARE_ENCODERS", "DIMENSIONS", "SEQUENCE_CLASSIFIERS", "CheckpointInfo", "ModelRefused",
+__all__ = ["BARE_ENCODERS", "DIMENSIONAL_ARCHITECTURE", "DIMENSIONS", "SEQUENCE_CLASSIFIERS",
+           "CheckpointInfo", "ModelRefused",
            "fetch_checkpoint",
-           "inspect_checkpoint", "local_root", "missing_after_load", "weight_shapes"]
+           "inspect_checkpoint", "local_root", "missing_after_load", "weight_files",
+           "weight_shapes"]
 
 #: transformers' audio sequence classifiers (one head: projector -> mean pool -> classifier).
 SEQUENCE_CLASSIFIERS = {
@@ -121,7 +123,7 @@ def local_root(model: str) -> Path | None:
 def weight_shapes(root: Path) -> dict[str, tuple[int, ...]]:
     """Every weight's name and shape, read from safetensors headers (or a memory-mapped
     ``.bin``): no tensor is loaded."""
-    files = _weight_files(root)
+    files = weight_files(root)
     if not files:
         raise ModelRefused(f"{root} holds no weights (model.safetensors or pytorch_model.bin)")
     shapes: dict[str, tuple[int, ...]] = {}
@@ -140,7 +142,7 @@ def weight_shapes(root: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _weight_files(root: Path) -> list[Path]:
+def weight_files(root: Path) -> list[Path]:
     """The weight files transformers would read: safetensors first, else ``.bin``; sharded
     checkpoints through their index."""
     for single, index in (("model.safetensors", "model.safetensors.index.json"),

@@ -25,12 +25,14 @@ from pydantic.dataclasses import dataclass
 
 from analyzers.batching import BatchObserver, InferenceScheduler, SpeechChunkAnalyzer
 from analyzers.checkpoint import (
+    DIMENSIONAL_ARCHITECTURE,
     CheckpointInfo,
     ModelRefused,
     fetch_checkpoint,
     inspect_checkpoint,
     local_root,
     missing_after_load,
+    weight_files,
 )
 from analyzers.heads import CANONICAL, CIRCUMPLEX, Head, canonical_label, scores_from_probabilities
 from analyzers.loading import ModelUnavailable, first_sentence, resolve_device, set_cpu_threads
@@ -276,7 +278,9 @@ class EmotionModel:
         self.device = "cpu"
         self.precision = "fp32"
         self.decision: Decision | None = None  # the precision decision, measured or cached
-        self._extractor: Any = None
+        self._extractor: Any = None  # transformers' feature extractor, when loaded through it
+        self._preparable = False  # inputs made without transformers: the model can be prepared
+        self._do_normalize = False  # those inputs normalised (zero mean, unit variance)
         self._input_name = "input_values"
         self._labels: list[str] = []  # the checkpoint's own labels (id2label, in order)
         self._model: Any = None
@@ -292,6 +296,18 @@ class EmotionModel:
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    @property
+    def raw_inputs(self) -> bool:
+        """Loaded from the checkpoint: its inputs are the 16 kHz waveform, made without
+        transformers (:func:`~analyzers.prepared.eligible`; normalised when
+        :attr:`normalizes`), so the model can be prepared or exported."""
+        return self._preparable
+
+    @property
+    def normalizes(self) -> bool:
+        """With :attr:`raw_inputs`: each waveform is normalised to zero mean, unit variance."""
+        return self._do_normalize
 
     def describe(self) -> str:
         """What is loaded, e.g. "dimensional (wav2vec2; dimensions arousal, dominance, valence)
@@ -432,7 +448,7 @@ class EmotionModel:
 
     def _start_job(self, key: str) -> None:
         measure = self.decision is not None and self.decision.provisional
-        prepare = (self._extractor is not None and eligible(self._extractor)
+        prepare = (self._preparable
                    and not prepared_path(key, self.precision).is_file()
                    and not unpreparable(key, self.precision))
         if not (measure or prepare):
@@ -486,6 +502,12 @@ class EmotionModel:
         if info.sampling_rate not in (None, SAMPLE_RATE):
             raise ModelRefused(f"emotion model {name!r} refused: it expects {info.sampling_rate} "
                                f"Hz audio; only {SAMPLE_RATE} Hz models are supported")
+        plain = self._plain(info)
+        if plain is not None:
+            model, self._normalize = plain
+            self._extractor, self._input_name = None, "input_values"
+            self._preparable, self._do_normalize = True, self._normalize
+            return self._checkpoint_loaded(info, model)
         try:
             remote = info.family == "remote-code"
             extractor = _extractor_class(info).from_pretrained(info.root,
@@ -503,9 +525,24 @@ class EmotionModel:
                                f"{', ...' if len(missing) > 6 else ''})")
         model.eval()
         fold_weight_norm(model)
-        self.info, self.family = info, str(info.family)
         self._extractor, self._normalize = extractor, None
         self._input_name = extractor.model_input_names[0]
+        self._preparable = eligible(extractor)
+        self._do_normalize = bool(getattr(extractor, "do_normalize", False))
+        return self._checkpoint_loaded(info, model)
+
+    def _plain(self, info: CheckpointInfo) -> tuple[Any, bool] | None:
+        """The checkpoint loaded without transformers (:mod:`analyzers.wav2vec2`), where that
+        module runs it exactly as transformers would; else None."""
+        if info.family not in ("classifier", "dimensional"):
+            return None
+        from analyzers.wav2vec2 import load_plain  # torch: only with the model
+
+        arch = DIMENSIONAL_ARCHITECTURE if info.family == "dimensional" else info.architecture
+        return load_plain(info.root, arch, len(info.labels), weight_files(info.root))
+
+    def _checkpoint_loaded(self, info: CheckpointInfo, model: Any) -> Any:
+        self.info, self.family = info, str(info.family)
         self._labels = list(info.labels)
         self.head = Head.from_labels(self._labels, dimensional=info.dimensional,
                                      value_range=self.config.dimension_range)
@@ -524,10 +561,10 @@ class EmotionModel:
                 lock.release()
 
     def _save_prepared(self, key: str | None) -> None:
-        if key is None or self.head is None or not eligible(self._extractor):
+        if key is None or self.head is None or not self._preparable:
             return
         saved = save_prepared(self._model, key, self.precision, self._labels,
-                              bool(getattr(self._extractor, "do_normalize", False)),
+                              self._do_normalize,
                               probe_signals(1.0)[1], kind=self.head.kind,
                               value_range=self.head.value_range, family=self.family)
         if saved is not None:

@@ -153,7 +153,7 @@ def test_fp32_equals_the_reference_alone_batched_and_at_several_lengths(
         np.testing.assert_allclose(t, e, atol=1e-4)
     # and loaded again, prepared (TorchScript, no transformers) where the family allows it
     again = _load(path)
-    assert (again._extractor is None) == (name != "whisper")
+    assert (again.info is None) == (name != "whisper")
     for e, w in zip(expected, WAVES, strict=True):
         np.testing.assert_allclose(product_row(name, path, again.predict([w])[0]), e, atol=1e-4)
 

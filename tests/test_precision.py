@@ -255,7 +255,7 @@ def test_a_prepared_model_loads_with_torch_alone_and_gives_the_same_results(
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained",
                         classmethod(lambda *a, **k: pytest.fail("loaded through transformers again")))
     second = _load(tiny_emotion_model, precision=precision)
-    assert second.precision == first.precision and second._extractor is None
+    assert second.precision == first.precision and second.info is None
     alone = [second.predict([w])[0] for w in waves]
     together = second.predict(waves)  # the two 2.9 s waves share a forward pass
     tol = 1e-5 if first.precision == "fp32" else 0.02  # int8 scales activations per batch
@@ -271,10 +271,10 @@ def test_an_unreadable_prepared_model_is_prepared_again(
     [path] = (cache_dir / "models").glob("*-fp32.pt")
     path.write_bytes(b"not a torch archive")
     model = _load(tiny_emotion_model, precision="fp32")
-    assert model._extractor is not None  # loaded from the checkpoint
+    assert model.info is not None  # loaded from the checkpoint
     assert any("unreadable" in r.getMessage() for r in caplog.records)
     assert path.stat().st_size > 1000  # and kept prepared again
-    assert _load(tiny_emotion_model, precision="fp32")._extractor is None
+    assert _load(tiny_emotion_model, precision="fp32").info is None
 
 
 def test_inputs_without_transformers_are_what_its_extractor_makes(

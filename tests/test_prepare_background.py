@@ -70,7 +70,7 @@ def test_a_first_start_runs_provisionally_and_a_background_job_measures_and_prep
     assert probes == [] and first.decision is not None
     assert first.decision.provisional and first.precision == expected
     assert first.decision.agreement[expected] <= first.config.tolerance
-    assert first._extractor is not None  # from the checkpoint, not prepared
+    assert first.info is not None  # from the checkpoint, not prepared
     cache = DecisionCache(cache_dir / "precision.json")
     key = first._key()
     assert key is not None
@@ -92,7 +92,7 @@ def test_a_first_start_runs_provisionally_and_a_background_job_measures_and_prep
     assert list((cache_dir / "models").glob(f"{key[:40]}-{measured.precision}.pt"))
 
     later = _load(tiny_emotion_model)  # prepared, measured: nothing more to do
-    assert later._extractor is None and later.decision == measured
+    assert later.info is None and later.decision == measured
     assert later.precision == measured.precision
     assert probes == [] and _jobs(cache_dir) == []
 
@@ -110,7 +110,7 @@ def test_a_killed_job_is_started_again_by_the_next_start(
     assert again.precision == first.precision and len(_jobs(cache_dir)) == 1
     _wait_for_jobs(cache_dir, done=1)
     last = _load(tiny_emotion_model)
-    assert last._extractor is None and last.decision is not None
+    assert last.info is None and last.decision is not None
     assert not last.decision.provisional and probes == []
 
 
@@ -126,7 +126,7 @@ def test_a_provisional_precision_that_disagrees_is_measured_before_the_first_inf
     # Measured here; the job only prepares.
     log = _wait_for_jobs(cache_dir, done=1)
     assert "measured in" not in log
-    assert _load(tiny_emotion_model, tolerance=1e-9)._extractor is None
+    assert _load(tiny_emotion_model, tolerance=1e-9).info is None
 
 
 def test_one_job_per_checkpoint_a_second_exits_at_once(
@@ -179,7 +179,7 @@ def test_processes_started_together_load_at_once_and_one_job_prepares(
     log = _wait_for_jobs(cache_dir)
     assert log.count(DONE) == 1, log
     assert len(list((cache_dir / "models").glob("*.pt"))) == 1
-    assert _load(tiny_emotion_model)._extractor is None
+    assert _load(tiny_emotion_model).info is None
 
 
 def test_a_model_that_does_not_trace_is_not_prepared_again_until_one_does(
@@ -203,7 +203,7 @@ def test_a_model_that_does_not_trace_is_not_prepared_again_until_one_does(
     assert save_prepared(Untraceable(), key, "fp32", ["a"], True, wave) is None
     assert unpreparable(key, "fp32")
     model = _load(tiny_emotion_model, precision="fp32")  # from the checkpoint; no job
-    assert model._extractor is not None and _jobs(cache_dir) == []
+    assert model.info is not None and _jobs(cache_dir) == []
     assert save_prepared(model._model, key, "fp32", list(model._labels), True, wave) is not None
     assert not unpreparable(key, "fp32")
 
@@ -279,7 +279,7 @@ def test_the_live_service_starts_the_job_after_its_batch_measurement(
     finally:
         analyzer.close()
     assert _jobs(cache_dir) == []  # close starts none again
-    assert _load(tiny_emotion_model)._extractor is None
+    assert _load(tiny_emotion_model).info is None
 
 
 def _log(cache_dir: Path) -> str:

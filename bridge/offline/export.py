@@ -133,17 +133,16 @@ def _trace(model: str, precision: str, trust_remote_code: bool) -> tuple[Any, An
 
     from analyzers.emotion import EmotionConfig, EmotionModel
     from analyzers.precision import probe_signals, to_precision
-    from analyzers.prepared import eligible
 
     loaded = EmotionModel(EmotionConfig(model=model, device="cpu",
                                         precision=precision.partition("+")[0],
                                         trust_remote_code=trust_remote_code))
     fp32 = loaded._from_checkpoint()  # inspects, refuses, loads: the product's own loading
-    extractor, head = loaded._extractor, loaded.head
+    head = loaded.head
     assert head is not None
-    if not eligible(extractor):
+    if not loaded.raw_inputs:
         raise ExportError(f"emotion model {model!r} ({loaded.family}) takes "
-                          f"{type(extractor).__name__} features, not the raw waveform: "
+                          f"{type(loaded._extractor).__name__} features, not the raw waveform: "
                           "export-model takes checkpoints with a wav2vec2-style feature "
                           "extractor")
     # Batches of equal length, as the engines batch: several rows, one row, other lengths.
@@ -154,8 +153,7 @@ def _trace(model: str, precision: str, trust_remote_code: bool) -> tuple[Any, An
         expected = [head.outputs(fp32(loaded._inputs(list(x)))["logits"]).double().numpy()
                     for x in checks]
     module = to_precision(fp32, precision) if precision != "fp32" else fp32
-    serving = _serving_module(module, head,
-                              normalize=bool(getattr(extractor, "do_normalize", False)))
+    serving = _serving_module(module, head, normalize=loaded.normalizes)
     example = torch.from_numpy(np.stack(probe_signals(1.0)[:2]))
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation, the tracer's notes
@@ -220,7 +218,7 @@ def _metadata(model: str, loaded: Any, precision: str, difference: float) -> dic
         "value_range": list(head.value_range),
         "precision": precision,
         "sample_rate": SAMPLE_RATE,
-        "normalize": bool(getattr(loaded._extractor, "do_normalize", False)),
+        "normalize": loaded.normalizes,
         "input": {"name": INPUT, "datatype": "FP32", "shape": [-1, -1]},
         "output": {"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(labels)]},
         "torch": torch.__version__,
