@@ -485,6 +485,7 @@ class EmotionModel:
         if prepared is None:
             return False
         self._model, self._normalize = prepared.module, prepared.normalize
+        self._preparable, self._do_normalize = True, prepared.normalize
         self.precision, self.family = prepared.precision, prepared.family
         self._labels = list(prepared.labels)
         self.head = Head.from_labels(self._labels, dimensional=prepared.kind == "dimensional",

@@ -56,11 +56,13 @@ def normalize(wave: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 def eligible(extractor: Any) -> bool:
-    """Whether inputs for this checkpoint can be made without its transformers extractor."""
+    """Whether inputs for this checkpoint can be made without its transformers extractor. An
+    extractor that also returns an attention mask (``return_attention_mask``, the large
+    checkpoints') normalises an unpadded waveform the same way, and no model here is ever given
+    a mask: only equal-length waveforms share a batch."""
     return (type(extractor).__name__ == "Wav2Vec2FeatureExtractor"
             and getattr(extractor, "feature_size", 1) == 1
-            and getattr(extractor, "sampling_rate", SAMPLE_RATE) == SAMPLE_RATE
-            and not getattr(extractor, "return_attention_mask", False))
+            and getattr(extractor, "sampling_rate", SAMPLE_RATE) == SAMPLE_RATE)
 
 
 @dataclass

@@ -21,8 +21,10 @@ of every supported shape and compares).
 Anything this module does not reproduce exactly goes to transformers, as before (``None`` from
 :func:`load_plain`, with the reason at debug level): another architecture, a configuration value
 outside the supported set (adapters, the weighted layer sum, HuBERT's batch-normed positional
-convolution, activations other than GELU/ReLU), a feature extractor whose inputs are not the
-plain normalised waveform, weights not stored in fp32, or any weight name that does not match.
+convolution, activations other than GELU/ReLU, a dtype or attention implementation other than
+fp32 and SDPA), a feature extractor whose inputs are not the plain (normalised) waveform,
+weights not stored in fp32, any weight name or shape that does not match, or a file this module
+cannot read (transformers then reports it).
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ class _Spec:
         missing = [k for k in _REQUIRED if k not in config]
         if missing:
             raise _Unsupported(f"config.json lacks {', '.join(missing)}")
+        for key in ("dtype", "torch_dtype"):  # transformers would build the model in it
+            if config.get(key) not in (None, "float32"):
+                raise _Unsupported(f"{key} {config[key]!r}")
+        if config.get("attn_implementation") not in (None, "sdpa"):
+            raise _Unsupported(f"attn_implementation {config['attn_implementation']!r}")
         if config.get("add_adapter") or config.get("adapter_attn_dim") is not None:
             raise _Unsupported("adapter layers")
         if config.get("use_weighted_layer_sum"):
@@ -335,11 +342,11 @@ def _extractor_config(root: Path) -> dict[str, Any]:
 def plain_inputs(extractor: dict[str, Any]) -> bool:
     """Whether ``preprocessor_config.json`` (``extractor``) makes the plain waveform, optionally
     normalised to zero mean and unit variance (analyzers/prepared.py's :func:`normalize`): the
-    inputs :mod:`analyzers.prepared` makes without transformers."""
+    inputs :mod:`analyzers.prepared` makes without transformers (the same conditions as
+    :func:`~analyzers.prepared.eligible`, read from the file)."""
     return (extractor.get("feature_extractor_type") == "Wav2Vec2FeatureExtractor"
             and extractor.get("feature_size", 1) == 1
-            and extractor.get("sampling_rate", SAMPLE_RATE) == SAMPLE_RATE
-            and not extractor.get("return_attention_mask", False))
+            and extractor.get("sampling_rate", SAMPLE_RATE) == SAMPLE_RATE)
 
 
 def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -377,7 +384,10 @@ def load_plain(root: Path, architecture: str | None, labels: int,
         return _load(root, architecture, labels, weight_files)
     except _Unsupported as why:
         log.debug("emotion model %s: loaded through transformers (%s)", root, why)
-        return None
+    except Exception as exc:  # a malformed config or file: transformers reports it, as before
+        log.debug("emotion model %s: loaded through transformers (%s: %s)", root,
+                  type(exc).__name__, exc)
+    return None
 
 
 def _load(root: Path, architecture: str | None, labels: int,
@@ -399,7 +409,7 @@ def _load(root: Path, architecture: str | None, labels: int,
     for name in list(state):
         if name.split(".")[-1] in _UNUSED:
             del state[name]
-    if any(t.is_floating_point() and t.dtype != torch.float32 for t in state.values()):
+    if any(t.dtype != torch.float32 for t in state.values()):
         raise _Unsupported("weights not stored in fp32")
     _fold_weight_norm(state, f"{base}.encoder.pos_conv_embed.conv")
     with torch.device("meta"):
