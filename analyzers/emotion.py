@@ -267,6 +267,18 @@ def _extractor_class(info: CheckpointInfo) -> Any:
     return transformers.AutoFeatureExtractor
 
 
+def _fp32_kwargs() -> dict[str, Any]:
+    """``from_pretrained``'s argument for an fp32 model: transformers from 4.56 builds the
+    model in the dtype its config names (``dtype``/``torch_dtype``, e.g. float16 for a
+    checkpoint saved in half precision; 5.x does so by default), and everything here starts
+    from fp32 (the precisions are converted from it, and measured against it)."""
+    import torch
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": torch.float32} if (major, minor) >= (4, 56) else {}
+
+
 class EmotionModel:
     """A loaded checkpoint: ``predict`` takes a batch of 16 kHz waveforms (blocking)."""
 
@@ -514,7 +526,8 @@ class EmotionModel:
             extractor = _extractor_class(info).from_pretrained(info.root,
                                                                trust_remote_code=remote)
             model, loading = _model_class(info).from_pretrained(
-                info.root, output_loading_info=True, trust_remote_code=remote)
+                info.root, output_loading_info=True, trust_remote_code=remote,
+                **_fp32_kwargs())
         except Exception as exc:  # format errors, a remote code that fails: "unavailable"
             raise ModelUnavailable(f"cannot load emotion model {name!r}: "
                                    f"{first_sentence(exc)}") from exc

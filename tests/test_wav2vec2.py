@@ -275,3 +275,16 @@ def test_a_first_start_does_not_import_transformers(tmp_path: Path, cache_dir: P
                                "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "False", "False"]
+
+
+def test_a_config_naming_half_precision_still_loads_in_fp32(tmp_path: Path) -> None:
+    """transformers builds the model in the dtype its config names (float16 here, over fp32
+    weights); this module leaves such a checkpoint to transformers, and the product still loads
+    it in fp32, the precision everything else starts from."""
+    path = build_tiny_classifier(tmp_path / "half")
+    _edit(path, "config.json", lambda c: c.update(dtype="float16", torch_dtype="float16"))
+    assert _plain(path) is None
+    model = EmotionModel(EmotionConfig(model=str(path), precision="fp32", prepare="at_load"))
+    loaded = model._from_checkpoint()
+    assert model._extractor is not None  # through transformers
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
