@@ -20,7 +20,7 @@ of every supported shape and compares).
 
 Anything this module does not reproduce exactly goes to transformers, as before (``None`` from
 :func:`load_plain`, with the reason at debug level): another architecture, a configuration value
-outside the supported set (adapters, the weighted layer sum, HuBERT's batch-normed positional
+outside the supported set (adapters, HuBERT's batch-normed positional
 convolution, activations other than GELU/ReLU, a dtype or attention implementation other than
 fp32 and SDPA), a feature extractor whose inputs are not the plain (normalised) waveform,
 weights not stored in fp32, any weight name or shape that does not match, or a file this module
@@ -85,6 +85,7 @@ class _Spec:
     feat_proj_layer_norm: bool  # HuBERT's option; wav2vec2 always has the norm
     classifier_proj_size: int
     num_labels: int
+    use_weighted_layer_sum: bool  # the head reads every layer's output, weighted (SUPERB's)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], architecture: str, labels: int) -> _Spec:
@@ -98,8 +99,6 @@ class _Spec:
             raise _Unsupported(f"attn_implementation {config['attn_implementation']!r}")
         if config.get("add_adapter") or config.get("adapter_attn_dim") is not None:
             raise _Unsupported("adapter layers")
-        if config.get("use_weighted_layer_sum"):
-            raise _Unsupported("the weighted layer sum")
         if config.get("conv_pos_batch_norm"):
             raise _Unsupported("a batch-normed positional convolution")
         if config["feat_extract_norm"] not in ("group", "layer"):
@@ -139,6 +138,8 @@ class _Spec:
             else True,
             classifier_proj_size=int(config.get("classifier_proj_size", 0)),
             num_labels=labels,
+            use_weighted_layer_sum=bool(config.get("use_weighted_layer_sum", False))
+            and architecture.endswith("ForSequenceClassification"),
         )
 
 
@@ -266,9 +267,15 @@ class _EncoderLayer(nn.Module):
 
 
 class _Encoder(nn.Module):
+    """The last hidden state; with ``every_layer`` the input of the first layer and each
+    layer's output, stacked ``(batch, layers + 1, frames, hidden)``: what transformers records
+    as ``hidden_states`` (before a pre-norm encoder's final norm, which it does not apply to
+    them)."""
+
     def __init__(self, spec: _Spec) -> None:
         super().__init__()
         self.stable = spec.do_stable_layer_norm
+        self.every_layer = spec.use_weighted_layer_sum
         self.pos_conv_embed = _PositionalConv(spec)
         self.layer_norm = nn.LayerNorm(spec.hidden_size, eps=spec.layer_norm_eps)
         self.layers = nn.ModuleList(_EncoderLayer(spec) for _ in range(spec.num_hidden_layers))
@@ -277,13 +284,18 @@ class _Encoder(nn.Module):
         x = x + self.pos_conv_embed(x)
         if not self.stable:
             x = self.layer_norm(x)
+        states = [x]
         for layer in self.layers:
             x = layer(x)
+            states.append(x)
+        if self.every_layer:
+            return torch.stack(states, dim=1)
         return self.layer_norm(x) if self.stable else x
 
 
 class _Backbone(nn.Module):
-    """wav2vec2's or HuBERT's model: waveform -> last hidden state."""
+    """wav2vec2's or HuBERT's model: waveform -> last hidden state (or every layer's,
+    :class:`_Encoder`)."""
 
     def __init__(self, spec: _Spec) -> None:
         super().__init__()
@@ -310,14 +322,19 @@ class _RegressionHead(nn.Module):
 
 class PlainClassifier(nn.Module):
     """``(batch, samples)`` -> ``{"logits": (batch, labels)}``: the backbone's hidden states
-    through the sequence classifier's projector, mean over time and classifier, or for the
-    dimensional head the mean over time through the regression head."""
+    (or with the weighted layer sum every layer's, weighted by the softmax of
+    ``layer_weights``) through the sequence classifier's projector, mean over time and
+    classifier, or for the dimensional head the mean over time through the regression head."""
 
     def __init__(self, spec: _Spec, base: str, dimensional: bool) -> None:
         super().__init__()
         self.base = base
         self.dimensional = dimensional
         self.add_module(base, _Backbone(spec))
+        self.layer_weights: nn.Parameter | None = None
+        if spec.use_weighted_layer_sum:
+            layers = spec.num_hidden_layers + 1
+            self.layer_weights = nn.Parameter(torch.ones(layers) / layers)
         self.projector: nn.Linear | None = None
         self.classifier: nn.Module
         if dimensional:
@@ -328,6 +345,9 @@ class PlainClassifier(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> dict[str, torch.Tensor]:
         hidden = getattr(self, self.base)(input_values)
+        if self.layer_weights is not None:
+            weights = nn.functional.softmax(self.layer_weights, dim=-1)
+            hidden = (hidden * weights.view(-1, 1, 1)).sum(dim=1)
         if self.projector is not None:
             hidden = self.projector(hidden)
         return {"logits": self.classifier(hidden.mean(dim=1))}
