@@ -284,10 +284,11 @@ class _Encoder(nn.Module):
         x = x + self.pos_conv_embed(x)
         if not self.stable:
             x = self.layer_norm(x)
-        states = [x]
+        states = [x] if self.every_layer else []  # kept only where the head reads them
         for layer in self.layers:
             x = layer(x)
-            states.append(x)
+            if self.every_layer:
+                states.append(x)
         if self.every_layer:
             return torch.stack(states, dim=1)
         return self.layer_norm(x) if self.stable else x
