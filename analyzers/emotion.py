@@ -40,15 +40,19 @@ from analyzers.precision import (
     BatchChoice,
     Decision,
     DecisionCache,
+    agreement_probes,
     cache_dir,
     candidates,
+    checked,
     choose,
     choose_batch,
     decision_key,
     files_digest,
+    likely_fastest,
     probe_signals,
     provisional,
     to_precision,
+    total_variation,
 )
 from analyzers.prepare_job import LOG_NAME, MAX_ATTEMPTS, start_job
 from analyzers.prepared import (
@@ -304,6 +308,7 @@ class EmotionModel:
         self._saver: threading.Thread | None = None  # writes the prepared copy (background)
         self._job_key: str | None = None  # the background job's checkpoint key, until started
         self._follow_lock = threading.Lock()  # follow_up: inference thread or close()
+        self._unchecked: Any = None  # the fp32 model, until check_precision() (defer_check)
 
     @property
     def loaded(self) -> bool:
@@ -328,7 +333,7 @@ class EmotionModel:
         return f"{self.family} ({what}) in {self.precision} on {self.device}"
 
     def load(self, *, download: bool = False, background: bool = False,
-             start_job: bool = True) -> None:
+             start_job: bool = True, defer_check: bool = False) -> None:
         """Blocking: load the model. Raises :class:`ModelUnavailable` (:class:`ModelRefused`
         for a checkpoint this product will not run, see :mod:`analyzers.checkpoint`).
 
@@ -349,15 +354,25 @@ class EmotionModel:
         here, or with ``start_job`` false by :meth:`follow_up` once the caller's own work lets
         it (the two processors of a small machine may be one core's two threads: a job beside
         the analysis slows it).
+
+        ``defer_check`` (with ``prepare = "background"``, the analyzer's load): a checkpoint
+        file this machine has never hashed is not hashed here, and its provisional variant is
+        not checked against fp32 here either: both happen in :meth:`check_precision`, on the
+        inference thread before its first inference (the analyzer queues it first; ``predict``
+        runs it if still pending). On a first ``run`` with two workers that was 0.9-1.0 s of each
+        worker's load before ``/readyz``. A copy of a checkpoint prepared under another path
+        is loaded unprepared once.
         """
         started = time.perf_counter()
         if not download and local_root(self.config.model) is None:
             inspect_checkpoint(self.config.model)  # raises: not here (before torch is imported)
         self.device = self._resolve_device()
         key = None
+        deferring = defer_check and not download and self.config.prepare == "background" \
+            and self.config.wanted_precision == "auto"
         if self.device == "cpu":
             self.configure_thread()
-            key = self._key()
+            key = self._key(known_only=deferring)
             if not download and self._use_prepared(key):
                 self._loaded(f"prepared, {time.perf_counter() - started:.1f} s", key, start_job)
                 return
@@ -371,6 +386,11 @@ class EmotionModel:
             model = self._from_checkpoint()
             self._model, self.precision = model, "fp32"
             self._finish("downloaded")
+            return
+        if deferring and self.device == "cpu" and key is None:  # never hashed here: a new file
+            self._model = self._unchecked_variant(self._from_checkpoint())
+            self._loaded(f"from the checkpoint, {time.perf_counter() - started:.1f} s; checked "
+                         "against fp32 before its first inference")
             return
         if self.config.prepare == "background" and key is not None:
             self._model = self._in_precision(self._from_checkpoint(), key)
@@ -595,14 +615,100 @@ class EmotionModel:
                             unknown)
         log.info("emotion model %s loaded: %s (%s)", self.config.model, self.describe(), how)
 
-    def _key(self) -> str | None:
+    def _key(self, *, known_only: bool = False) -> str | None:
         """The precision decision's key (checkpoint content, processor, torch version), or None
-        when the checkpoint's files are not found locally."""
+        when the checkpoint's files are not found locally (or, ``known_only``, were never
+        hashed here: nothing is read then)."""
         files = checkpoint_files(self.config.model)
-        if not files:
+        digest = files_digest(files, self._cache, known_only=known_only) if files else None
+        if digest is None:
             return None
-        self._key_cache = decision_key(files_digest(files, self._cache), self.config.tolerance)
+        self._key_cache = decision_key(digest, self.config.tolerance)
         return self._key_cache
+
+    def _unchecked_variant(self, model: Any) -> Any:
+        """``defer_check``: ``model`` (fp32) as the variant this processor's kind favours,
+        kept beside it until :meth:`check_precision` compares the two."""
+        from analyzers.encoder import has_convertible_encoder  # torch: only with the model
+
+        options = candidates()
+        if not has_convertible_encoder(model):
+            options = [o for o in options if "+" not in o]
+        variant = likely_fastest(options)
+        if variant == "fp32":  # nothing to check; the key is still made in check_precision
+            self.decision = Decision("fp32", note="the only candidate on this processor")
+            self._unchecked, self.precision = model, "fp32"
+            return model
+        try:
+            converted = to_precision(model, variant, inplace=False)
+        except Exception as exc:  # an unsupported layer: the check then measures from fp32
+            log.info("precision %s unusable here (%s: %s)", variant, type(exc).__name__, exc)
+            converted = model
+            variant = "fp32"
+        self._unchecked, self.precision = model, variant
+        return converted
+
+    def _measure_from(self, fp32: Any) -> None:
+        """check_precision: the provisional variant disagreed (or failed): measure every
+        candidate from ``fp32`` and run the winner; fp32 itself if measuring fails."""
+        from analyzers.encoder import has_convertible_encoder
+
+        options = candidates()
+        if not has_convertible_encoder(fp32):
+            options = [o for o in options if "+" not in o]
+        self._model = fp32  # the variant that failed: its memory back before measuring
+        started = time.perf_counter()
+        try:
+            self._model, self.decision = choose(fp32, self._outputs, options,
+                                                tolerance=self.config.tolerance,
+                                                distance=self.head.distance if self.head
+                                                else total_variation)
+            log.info("emotion precision %s, measured in %.1f s (%s)", self.decision.precision,
+                     time.perf_counter() - started, self.decision.describe())
+        except Exception as exc:  # fp32 is always correct
+            log.warning("emotion precision: measuring failed (%s: %s); running fp32",
+                        type(exc).__name__, exc)
+            self.decision = Decision("fp32", note="measuring failed")
+        self.precision = self.decision.precision
+        self._dtype = next(p.dtype for p in self._model.parameters() if p.is_floating_point())
+
+    @property
+    def unchecked(self) -> bool:
+        """Loaded with ``defer_check``, and :meth:`check_precision` has not run yet."""
+        return self._unchecked is not None
+
+    def check_precision(self) -> None:
+        """On the inference thread (``defer_check``): hash the checkpoint for its key, compare
+        the provisional variant with fp32 on :func:`~analyzers.precision.agreement_probes`,
+        keep the provisional decision; a variant that disagrees (or fails) is replaced by the
+        one measured from fp32 now (:func:`~analyzers.precision.choose`). Then the fp32 copy is
+        released and :meth:`follow_up` knows the checkpoint's key."""
+        fp32, self._unchecked = self._unchecked, None
+        if fp32 is None:
+            return
+        assert self.head is not None
+        key = self._key()
+        if self.decision is None:  # a variant to check (or one that could not be made)
+            found = None
+            if self.precision != "fp32":
+                try:
+                    reference = [self._outputs(fp32, x) for x in agreement_probes()]
+                    found = checked(self._model, self.precision, reference, self._outputs,
+                                    tolerance=self.config.tolerance,
+                                    distance=self.head.distance)
+                except Exception as exc:  # fp32 itself failed: measuring will say so
+                    log.info("emotion precision check failed (%s: %s)", type(exc).__name__,
+                             exc)
+            if found is not None:
+                self.decision = found[1]
+                log.info("emotion precision %s", self.decision.describe())
+            else:
+                self._measure_from(fp32)
+        if key is not None and self.decision is not None:
+            self._cache.put(key, self.decision)
+        self.batch = self._cached_batch()
+        with self._follow_lock:
+            self._job_key = key
 
     def _cached_variant(self, key: str | None) -> str | None:
         decision = self._cache.get(key) if key else None
@@ -747,6 +853,8 @@ class EmotionModel:
         """Blocking inference on a batch; call from the scheduler thread only."""
         import torch
 
+        if self._unchecked is not None:  # defer_check: before the first inference
+            self.check_precision()
         if self._model is None or self.head is None:
             raise ModelUnavailable("emotion model is not loaded")
         # Only waveforms of equal length share a forward pass: zero-padding (even with an
@@ -787,21 +895,22 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
                      on_batch: BatchObserver | None = None) -> EmotionAnalyzer:
         return cls(EmotionConfig(**options), on_batch=on_batch)
 
-    def warm_up(self) -> None:
-        """Live service, after :meth:`load`: where the batch size is still unknown, measure it
-        on the inference thread, behind whatever is queued (the service is ready meanwhile;
-        chunks that arrive wait for the measurement, then run with the size it chose). Then
-        start the background preparation job, if this checkpoint needs one."""
+    def after_ready(self) -> None:
+        """Live service, once it is ready (with worker processes, once every worker is:
+        :meth:`bridge.pipeline.analysis.AnalysisEngine.service_ready`): where the batch size is
+        still unknown, measure it on the inference thread, behind whatever is queued (chunks
+        that arrive wait for the measurement, then run with the size it chose). Then start the
+        background preparation job, if this checkpoint needs one. Not at load: on a first
+        start, one worker's measurement beside another's model load made ``run`` ready up to
+        1.6x later."""
         scheduler = self._scheduler
         if scheduler is None:
             return
-        if not self.model.batch_unknown:
-            self.model.follow_up()
-            return
 
-        def measure() -> None:
+        def measure() -> None:  # on the inference thread: after the precision check, if any
             try:
-                scheduler.max_batch = self.model.measure_batch().size
+                if self.model.batch_unknown:
+                    scheduler.max_batch = self.model.measure_batch().size
             finally:  # the background job (if any) after the measurement, not beside it
                 self.model.follow_up()
 
@@ -809,7 +918,9 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
 
     def load(self) -> None:
         """Blocking. Raises :class:`ModelUnavailable`; the caller reports the degradation."""
-        self.model.load(background=True, start_job=False)  # warm_up or close starts it
+        # after_ready or close starts the job; a new checkpoint's precision check is the
+        # inference thread's first work, not the load's
+        self.model.load(background=True, start_job=False, defer_check=True)
         self._scheduler = InferenceScheduler(
             self.model.predict,
             on_start=self.model.configure_thread,
@@ -819,6 +930,8 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
             name="emotion-inference",
             observer=self.on_batch,
         )
+        if self.model.unchecked:
+            self._scheduler.run_soon(self.model.check_precision)
 
     def close(self) -> None:
         """After the work (``analyze``: the file is done): the background job starts now, if

@@ -365,7 +365,7 @@ def test_batch_choices_survive_the_cache_and_bad_entries_are_ignored(
 
 def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
         tiny_emotion_model: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """warm_up (live only) measures on the inference thread and sets the scheduler's batch;
+    """after_ready (live only) measures on the inference thread and sets the scheduler's batch;
     the next start reads it from the cache; results batched are each speaker's own."""
     import threading
 
@@ -386,7 +386,7 @@ def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
     first.load()
     assert first.scheduler is not None and first.scheduler.max_batch == 1
     assert first.model.batch_unknown
-    first.warm_up()
+    first.after_ready()
     waves = [harmonic(150 + 40 * i, 4.0, seed=i) for i in range(4)]
     together = [f.result(30) for f in [first.scheduler.submit(w) for w in waves]]
     assert measured == ["emotion-inference"]
@@ -400,7 +400,7 @@ def test_the_live_service_measures_the_batch_once_on_the_inference_thread(
                                           prepare="at_load"))
     later.load()  # prepared, and the batch size from the cache
     assert later.scheduler is not None and later.scheduler.max_batch == 2
-    later.warm_up()
+    later.after_ready()
     later.close()
     assert measured == ["emotion-inference"]
     forced = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu",

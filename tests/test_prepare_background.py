@@ -251,9 +251,9 @@ def test_the_analyzer_starts_the_job_only_once_its_work_is_done(
     analyzer.load()
     try:
         assert analyzer.scheduler is not None
-        assert analyzer.model.decision is not None and analyzer.model.decision.provisional
         waves = [harmonic(150 + 30 * i, 4.0, seed=i) for i in range(3)]
         results = [f.result(60) for f in [analyzer.scheduler.submit(w) for w in waves]]
+        assert analyzer.model.decision is not None and analyzer.model.decision.provisional
         assert len(results) == 3 and _jobs(cache_dir) == []
     finally:
         analyzer.close()
@@ -268,9 +268,8 @@ def test_the_live_service_starts_the_job_after_its_batch_measurement(
     analyzer = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
     analyzer.load()
     try:
-        assert analyzer.model.decision is not None and analyzer.model.decision.provisional
         assert _jobs(cache_dir) == []  # not at load: the service is not ready yet
-        analyzer.warm_up()  # ready: the batch size first, on the inference thread, then the job
+        analyzer.after_ready()  # ready: the batch size first, on the inference thread, then the job
         deadline = time.monotonic() + 120
         while not _jobs(cache_dir) and DONE not in _log(cache_dir) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -352,3 +351,63 @@ def test_the_cache_keeps_what_other_processes_wrote_and_a_measurement_over_a_gue
     assert worker.get("k") == measured  # the worker sees it too
     job.put_batch("c", BatchChoice(1, {1: 10.0}))  # and the job keeps the worker's entry
     assert DecisionCache(path).get_batch("b") is not None
+
+
+def test_the_analyzer_checks_a_new_checkpoint_on_its_inference_thread(
+        tiny_emotion_model: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file never hashed here: the load neither hashes it nor runs the agreement check (a
+    first `run` was ready later by both); they are the inference thread's first work, before
+    any chunk. A second start finds the hash and the provisional decision and loads at once."""
+    import threading
+
+    from analyzers.emotion import EmotionAnalyzer
+
+    where: dict[str, str] = {}
+    checked = EmotionModel.check_precision
+
+    def spy(self: EmotionModel) -> None:
+        where["check"] = threading.current_thread().name
+        checked(self)
+
+    monkeypatch.setattr(EmotionModel, "check_precision", spy)
+    analyzer = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    analyzer.load()
+    try:
+        model = analyzer.model
+        digests = json.loads((cache_dir / "precision.json").read_text()).get("digests", {}) \
+            if (cache_dir / "precision.json").exists() else {}
+        assert digests == {}  # nothing hashed at load
+        assert analyzer.scheduler is not None
+        first = analyzer.scheduler.submit(harmonic(160, 4.0)).result(60)
+        assert where["check"] == "emotion-inference"
+        assert not model.unchecked and model.decision is not None and model.decision.provisional
+        assert model._unchecked is None  # the fp32 copy released
+        reference = _load(tiny_emotion_model, precision="fp32", prepare="at_load")
+        assert emotion_tv(first, reference.predict([harmonic(160, 4.0)])[0]) < 0.05
+    finally:
+        analyzer.close()
+    _wait_for_jobs(cache_dir)
+    again = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    again.load()
+    try:
+        assert not again.model.unchecked and again.model.info is None  # prepared by the job
+    finally:
+        again.close()
+
+
+def test_a_deferred_check_that_disagrees_measures_before_the_first_inference(
+        tiny_emotion_model: Path, cache_dir: Path, probes: list[int]) -> None:
+    from analyzers.emotion import EmotionAnalyzer
+
+    analyzer = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu",
+                                             tolerance=1e-9))
+    analyzer.load()
+    try:
+        assert analyzer.model.unchecked and probes == []
+        assert analyzer.scheduler is not None
+        analyzer.scheduler.submit(harmonic(160, 4.0)).result(60)
+        decision = analyzer.model.decision
+        assert decision is not None and not decision.provisional and probes  # measured
+        assert analyzer.model.precision == decision.precision
+    finally:
+        analyzer.close()

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 
 from bridge.workers.channel import MAX_LINE, OutChannel, read_message
 from tests.bridge_proc import AUTH, Bridge
-from tests.conftest import ROOT, until
+from tests.conftest import ROOT, free_port, until
 from tests.media_helpers import ScriptedTrack, ScriptedWhep, speech_48k
 from tests.webhook_helpers import Receiver
 
@@ -218,3 +219,72 @@ async def test_run_takes_workers_on_the_command_line(tmp_path: Path) -> None:
 
     bad = run_cli("run", "--workers", "two", "--listen", "127.0.0.1:1")
     assert bad.returncode == 2 and "workers" in bad.stderr
+
+
+class _FakeWorker:
+    def __init__(self, state: str) -> None:
+        self.state, self.told_service_ready, self.sent = state, False, []
+
+    async def send(self, msg: Any) -> None:
+        self.sent.append(msg.op)
+
+
+async def test_workers_are_told_the_service_is_ready_once_none_is_starting() -> None:
+    """What a worker leaves until the service is ready (the emotion batch measurement, the
+    background preparation) starts once no worker is still loading; a worker that died does
+    not hold the others back; a restarted one is told once it is ready."""
+    from bridge.config import load_settings
+    from bridge.workers.pool import WorkerPool
+
+    pool = WorkerPool(load_settings(None), 3, lambda e: None, record=lambda s: None)
+    a, b, c = _FakeWorker("ready"), _FakeWorker("starting"), _FakeWorker("starting")
+    pool.workers = [a, b, c]  # type: ignore[list-item]
+    await pool._service_ready()
+    assert a.sent == [] and b.sent == []
+    b.state = "ready"
+    await pool._service_ready()
+    assert a.sent == [] and b.sent == []  # c still loading
+    c.state = "dead"  # died while starting
+    await pool._service_ready()
+    assert a.sent == ["service_ready"] and b.sent == ["service_ready"] and c.sent == []
+    c.state, c.told_service_ready = "starting", False  # restarted (launch resets the flag)
+    await pool._service_ready()
+    c.state = "ready"
+    await pool._service_ready()
+    assert a.sent == b.sent == c.sent == ["service_ready"]  # once each
+
+
+def test_run_measures_the_emotion_batch_after_every_worker_is_ready(
+        tiny_emotion_model: Path, tmp_path: Path) -> None:
+    """A first start with a checkpoint: each worker measures its batch size and one starts the
+    background preparation only once both are ready, not beside the other's model load."""
+    config = tmp_path / "run.toml"
+    config.write_text(f'analyzers = ["prosody", "emotion"]\n[emotion]\nmodel = '
+                      f'"{tiny_emotion_model}"\ndevice = "cpu"\n')
+    log_path = tmp_path / "run.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "AFFECT_BRIDGE_CACHE_DIR": str(tmp_path / "cache")}
+    with log_path.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "--config",
+                                 str(config), "--listen", f"127.0.0.1:{free_port()}",
+                                 "--workers", "2"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=out)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and (
+                    log_path.read_text().count("emotion batch ") < 2
+                    or "in the background" not in log_path.read_text()):
+                assert proc.poll() is None, log_path.read_text()
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    lines = log_path.read_text().splitlines()
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    assert sum("emotion batch " in line for line in lines) == 2, lines
+    both_ready = max(first("worker 0 ready"), first("worker 1 ready"))
+    assert both_ready < first("emotion batch "), lines
+    assert both_ready < first("in the background"), lines

@@ -69,6 +69,7 @@ class Runtime:
             return
         assert self.engine is not None
         await self.engine.start(warm_up=True)
+        await self.engine.service_ready()  # one process: nothing else is starting
         for event in self.engine.degraded_events(call):
             await self.bus.emit(event)
 

@@ -59,6 +59,7 @@ class AnalysisEngine:
         self.vad_model: SileroModel | None = None  # the silero VAD every speaker shares
         self.vad_batch: SileroBatch | None = None  # its thread, batching across speakers
         self.started = False
+        self._service_ready = False
 
     async def start(self, *, warm_up: bool = False) -> None:
         """Build and load the analyzers (blocking loads run in an executor). ``warm_up`` (live
@@ -108,6 +109,24 @@ class AnalysisEngine:
                 except Exception:  # a warm-up is an optimisation: never fatal
                     log.exception("analyzer %s: warm-up failed", analyzer.name)
         self.started = True
+
+    async def service_ready(self) -> None:
+        """The live service is ready (with worker processes: every worker is, or is gone):
+        analyzers with an ``after_ready()`` run it now (the emotion model measures its batch
+        size and starts its background preparation where it has not yet). Left until here so
+        that it does not slow another worker's start. Once; a failure is logged, never
+        fatal."""
+        if self._service_ready:
+            return
+        self._service_ready = True
+        loop = asyncio.get_running_loop()
+        for analyzer in self.analyzers:
+            after = getattr(analyzer, "after_ready", None)
+            if callable(after):
+                try:
+                    await loop.run_in_executor(None, after)
+                except Exception:  # an optimisation: never fatal
+                    log.exception("analyzer %s: after_ready failed", analyzer.name)
 
     def _backend(self, analyzer: Analyzer) -> Analyzer:
         """The emotion analyzer on an inference server when ``[emotion] backend = "remote"``."""

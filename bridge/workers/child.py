@@ -166,6 +166,8 @@ class Worker:
                     return
                 case proto.Ping():
                     await self.send(proto.Pong(msg.n))
+                case proto.ServiceReady():
+                    self._spawn(self.manager.engine.service_ready())
                 case proto.JoinCall():
                     self._spawn(self._join(msg))
                 case proto.LeaveCall():

@@ -237,6 +237,7 @@ class WorkerPool:
         if all(w.state == "ready" for w in self.workers):
             self._all_started.set()
         log.info("worker %d ready (pid %s)", worker.index, msg.pid)
+        await self._service_ready()
         for name, reason in worker.degraded.items():
             if name not in self._announced_degraded:
                 self._announced_degraded.add(name)
@@ -296,10 +297,24 @@ class WorkerPool:
                 await self._emit(event)
             del call.speakers[sid]
 
+    async def _service_ready(self) -> None:
+        """Once no worker is starting, tell each ready worker that has not been told yet: what
+        it left until then (the emotion batch measurement, the background preparation) runs
+        now, not beside another worker's model load (on a first start with a checkpoint that
+        made ``run`` ready 1.0-1.6x later). A worker restarted later is told once it is ready;
+        one that dies while starting does not hold the others back."""
+        if any(w.state == "starting" for w in self.workers):
+            return
+        for w in self.workers:
+            if w.state == "ready" and not w.told_service_ready:
+                w.told_service_ready = True
+                await w.send(proto.ServiceReady())
+
     async def _lost(self, worker: WorkerProcess, code: int) -> None:
         """The worker died: counted, and its joined calls move to another worker."""
         self._record(stats.TaskFailed("workers/exit", f"worker {worker.index} exited with {code}",
                                       time.time()))
+        await self._service_ready()  # the others need not wait for it
         moved = [c for c in list(self.calls.values()) if c.worker is worker]
         for call in moved:
             if call.state == "joining":

@@ -52,6 +52,7 @@ class WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.out: OutChannel | None = None
         self.state = "starting"
+        self.told_service_ready = False  # this process was sent ServiceReady
         self.pid: int | None = None
         self.analyzers: list[str] = []
         self.degraded: dict[str, str] = {}
@@ -83,6 +84,7 @@ class WorkerProcess:
             theirs.close()
         self.pid = self.proc.pid
         self.state = "starting"
+        self.told_service_ready = False
         self.ready.clear()
         self.gone.clear()
         self.last_pong = time.monotonic()

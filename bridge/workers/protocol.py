@@ -4,8 +4,8 @@ Each message is a frozen dataclass with an ``op``; on the channel (:mod:`bridge.
 it is one JSON object. :func:`encode` and :func:`decode` are the only places that know the wire
 form; everyone else matches on the classes.
 
-Supervisor -> worker: :class:`Configure` (first, once), :class:`JoinCall`, :class:`LeaveCall`,
-:class:`Ping`, :class:`Stop`.
+Supervisor -> worker: :class:`Configure` (first, once), :class:`ServiceReady` (once per worker
+process), :class:`JoinCall`, :class:`LeaveCall`, :class:`Ping`, :class:`Stop`.
 Worker -> supervisor: :class:`Ready`, :class:`Joined`, :class:`JoinFailed`, :class:`Left`,
 :class:`Pong`, :class:`Published` (an event), :class:`StatsReport`.
 
@@ -29,7 +29,8 @@ from bridge.errors import BridgeError, error_from_wire
 from bridge.workers.channel import read_message
 
 __all__ = ["Configure", "JoinCall", "JoinFailed", "Joined", "LeaveCall", "Left", "Message",
-           "Ping", "Pong", "Published", "Ready", "StatsReport", "Stop", "decode", "encode",
+           "Ping", "Pong", "Published", "Ready", "ServiceReady", "StatsReport", "Stop", "decode",
+           "encode",
            "receive"]
 
 
@@ -81,6 +82,15 @@ class Ping:
 class Stop:
     op: ClassVar[str] = "stop"
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceReady:
+    """Every worker is ready (or gone): the work a worker leaves until then (measuring its
+    emotion batch size, starting the background preparation) may run now without slowing
+    another worker's start."""
+
+    op: ClassVar[str] = "service_ready"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +168,13 @@ class StatsReport:
         return cls(out)
 
 
-Message = (Configure | JoinCall | LeaveCall | Ping | Stop | Ready | Joined | JoinFailed | Left
-           | Pong | Published | StatsReport)
+Message = (Configure | JoinCall | LeaveCall | Ping | Stop | ServiceReady | Ready | Joined
+           | JoinFailed | Left | Pong | Published | StatsReport)
 Reply = Joined | JoinFailed | Left
 
 _BY_OP: dict[str, type[Any]] = {cls.op: cls for cls in (
-    Configure, JoinCall, LeaveCall, Ping, Stop, Ready, Joined, JoinFailed, Left, Pong,
-    Published, StatsReport)}
+    Configure, JoinCall, LeaveCall, Ping, Stop, ServiceReady, Ready, Joined, JoinFailed, Left,
+    Pong, Published, StatsReport)}
 
 
 def encode(msg: Message) -> dict[str, Any]:
