@@ -115,6 +115,11 @@ class InferenceScheduler(Generic[In, Out]):
         self._queue.put(_Job(fn))
 
     @property
+    def running(self) -> bool:
+        """The inference thread is alive (still after :meth:`close` while it finishes)."""
+        return self._thread.is_alive()
+
+    @property
     def pending(self) -> int:
         return self._queue.qsize()
 

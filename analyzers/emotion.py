@@ -40,19 +40,15 @@ from analyzers.precision import (
     BatchChoice,
     Decision,
     DecisionCache,
-    agreement_probes,
     cache_dir,
     candidates,
-    checked,
     choose,
     choose_batch,
     decision_key,
     files_digest,
-    likely_fastest,
     probe_signals,
     provisional,
     to_precision,
-    total_variation,
 )
 from analyzers.prepare_job import LOG_NAME, MAX_ATTEMPTS, start_job
 from analyzers.prepared import (
@@ -308,7 +304,7 @@ class EmotionModel:
         self._saver: threading.Thread | None = None  # writes the prepared copy (background)
         self._job_key: str | None = None  # the background job's checkpoint key, until started
         self._follow_lock = threading.Lock()  # follow_up: inference thread or close()
-        self._unchecked: Any = None  # the fp32 model, until check_precision() (defer_check)
+        self._deferred = False  # defer_check: loaded in fp32; key and precision by settle()
 
     @property
     def loaded(self) -> bool:
@@ -355,13 +351,13 @@ class EmotionModel:
         it (the two processors of a small machine may be one core's two threads: a job beside
         the analysis slows it).
 
-        ``defer_check`` (with ``prepare = "background"``, the analyzer's load): a checkpoint
-        file this machine has never hashed is not hashed here, and its provisional variant is
-        not checked against fp32 here either: both happen in :meth:`check_precision`, on the
-        inference thread before its first inference (the analyzer queues it first; ``predict``
-        runs it if still pending). On a first ``run`` with two workers that was 0.9-1.0 s of each
-        worker's load before ``/readyz``. A copy of a checkpoint prepared under another path
-        is loaded unprepared once.
+        ``defer_check`` (with ``prepare = "background"`` and precision auto, the analyzer's
+        load): a checkpoint whose files this machine has never hashed is loaded in fp32 only;
+        hashing it, converting it and checking the provisional variant against fp32 wait for
+        :meth:`settle`, before its first inference (``predict`` runs it; the live service runs
+        it once every worker is ready). On a first ``run`` with two workers that was about 1 s
+        of each worker's load before ``/readyz``, beside the other worker's load. A copy of a
+        checkpoint prepared under another path is loaded unprepared once.
         """
         started = time.perf_counter()
         if not download and local_root(self.config.model) is None:
@@ -388,9 +384,9 @@ class EmotionModel:
             self._finish("downloaded")
             return
         if deferring and self.device == "cpu" and key is None:  # never hashed here: a new file
-            self._model = self._unchecked_variant(self._from_checkpoint())
-            self._loaded(f"from the checkpoint, {time.perf_counter() - started:.1f} s; checked "
-                         "against fp32 before its first inference")
+            self._model, self._deferred = self._from_checkpoint(), True
+            self._loaded(f"from the checkpoint, {time.perf_counter() - started:.1f} s; its "
+                         "precision is chosen before its first inference")
             return
         if self.config.prepare == "background" and key is not None:
             self._model = self._in_precision(self._from_checkpoint(), key)
@@ -626,86 +622,35 @@ class EmotionModel:
         self._key_cache = decision_key(digest, self.config.tolerance)
         return self._key_cache
 
-    def _unchecked_variant(self, model: Any) -> Any:
-        """``defer_check``: ``model`` (fp32) as the variant this processor's kind favours,
-        kept beside it until :meth:`check_precision` compares the two."""
-        from analyzers.encoder import has_convertible_encoder  # torch: only with the model
+    @property
+    def deferred(self) -> bool:
+        """Loaded with ``defer_check`` in fp32; :meth:`settle` has not run yet."""
+        return self._deferred
 
-        options = candidates()
-        if not has_convertible_encoder(model):
-            options = [o for o in options if "+" not in o]
-        variant = likely_fastest(options)
-        if variant == "fp32":  # nothing to check; the key is still made in check_precision
-            self.decision = Decision("fp32", note="the only candidate on this processor")
-            self._unchecked, self.precision = model, "fp32"
-            return model
+    def settle(self) -> None:
+        """``defer_check``, on the inference thread (or once it has stopped): hash the
+        checkpoint for its key, then convert the fp32 model to its precision as a load would
+        (:meth:`_in_precision`: the cached decision, or the provisional variant once it agrees
+        with fp32, or a measurement). Then :meth:`follow_up` knows the key. A failure leaves
+        no model (each inference then fails, logged) rather than an unchecked one."""
+        if not self._deferred:
+            return
+        self._deferred = False
         try:
-            converted = to_precision(model, variant, inplace=False)
-        except Exception as exc:  # an unsupported layer: the check then measures from fp32
-            log.info("precision %s unusable here (%s: %s)", variant, type(exc).__name__, exc)
-            converted = model
-            variant = "fp32"
-        self._unchecked, self.precision = model, variant
-        return converted
-
-    def _measure_from(self, fp32: Any) -> None:
-        """check_precision: the provisional variant disagreed (or failed): measure every
-        candidate from ``fp32`` and run the winner; fp32 itself if measuring fails."""
-        from analyzers.encoder import has_convertible_encoder
-
-        options = candidates()
-        if not has_convertible_encoder(fp32):
-            options = [o for o in options if "+" not in o]
-        self._model = fp32  # the variant that failed: its memory back before measuring
+            key = self._key()
+        except OSError as exc:  # the files changed or vanished since the load: nothing cached
+            log.warning("emotion model: cannot hash %s (%s); its precision is not cached",
+                        self.config.model, exc)
+            key = None
         started = time.perf_counter()
         try:
-            self._model, self.decision = choose(fp32, self._outputs, options,
-                                                tolerance=self.config.tolerance,
-                                                distance=self.head.distance if self.head
-                                                else total_variation)
-            log.info("emotion precision %s, measured in %.1f s (%s)", self.decision.precision,
-                     time.perf_counter() - started, self.decision.describe())
-        except Exception as exc:  # fp32 is always correct
-            log.warning("emotion precision: measuring failed (%s: %s); running fp32",
-                        type(exc).__name__, exc)
-            self.decision = Decision("fp32", note="measuring failed")
-        self.precision = self.decision.precision
+            self._model = self._in_precision(self._model, key)
+        except Exception:
+            self._model = None
+            raise
         self._dtype = next(p.dtype for p in self._model.parameters() if p.is_floating_point())
-
-    @property
-    def unchecked(self) -> bool:
-        """Loaded with ``defer_check``, and :meth:`check_precision` has not run yet."""
-        return self._unchecked is not None
-
-    def check_precision(self) -> None:
-        """On the inference thread (``defer_check``): hash the checkpoint for its key, compare
-        the provisional variant with fp32 on :func:`~analyzers.precision.agreement_probes`,
-        keep the provisional decision; a variant that disagrees (or fails) is replaced by the
-        one measured from fp32 now (:func:`~analyzers.precision.choose`). Then the fp32 copy is
-        released and :meth:`follow_up` knows the checkpoint's key."""
-        fp32, self._unchecked = self._unchecked, None
-        if fp32 is None:
-            return
-        assert self.head is not None
-        key = self._key()
-        if self.decision is None:  # a variant to check (or one that could not be made)
-            found = None
-            if self.precision != "fp32":
-                try:
-                    reference = [self._outputs(fp32, x) for x in agreement_probes()]
-                    found = checked(self._model, self.precision, reference, self._outputs,
-                                    tolerance=self.config.tolerance,
-                                    distance=self.head.distance)
-                except Exception as exc:  # fp32 itself failed: measuring will say so
-                    log.info("emotion precision check failed (%s: %s)", type(exc).__name__,
-                             exc)
-            if found is not None:
-                self.decision = found[1]
-                log.info("emotion precision %s", self.decision.describe())
-            else:
-                self._measure_from(fp32)
-        if key is not None and self.decision is not None:
-            self._cache.put(key, self.decision)
+        log.info("emotion model in %s, %.1f s after its load", self.precision,
+                 time.perf_counter() - started)
         self.batch = self._cached_batch()
         with self._follow_lock:
             self._job_key = key
@@ -853,8 +798,8 @@ class EmotionModel:
         """Blocking inference on a batch; call from the scheduler thread only."""
         import torch
 
-        if self._unchecked is not None:  # defer_check: before the first inference
-            self.check_precision()
+        if self._deferred:  # defer_check: before the first inference
+            self.settle()
         if self._model is None or self.head is None:
             raise ModelUnavailable("emotion model is not loaded")
         # Only waveforms of equal length share a forward pass: zero-padding (even with an
@@ -907,10 +852,14 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
         if scheduler is None:
             return
 
-        def measure() -> None:  # on the inference thread: after the precision check, if any
+        def measure() -> None:  # on the inference thread
             try:
+                self.model.settle()  # a new checkpoint's precision first (defer_check)
                 if self.model.batch_unknown:
-                    scheduler.max_batch = self.model.measure_batch().size
+                    self.model.measure_batch()
+                elif self.model.batch is not None:
+                    log.info("emotion %s (cached)", self.model.batch.describe())
+                scheduler.max_batch = self.model.max_batch
             finally:  # the background job (if any) after the measurement, not beside it
                 self.model.follow_up()
 
@@ -918,8 +867,8 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
 
     def load(self) -> None:
         """Blocking. Raises :class:`ModelUnavailable`; the caller reports the degradation."""
-        # after_ready or close starts the job; a new checkpoint's precision check is the
-        # inference thread's first work, not the load's
+        # after_ready or close starts the job; a new checkpoint's precision is chosen there (or
+        # at its first inference), not in the load
         self.model.load(background=True, start_job=False, defer_check=True)
         self._scheduler = InferenceScheduler(
             self.model.predict,
@@ -930,12 +879,18 @@ class EmotionAnalyzer(SpeechChunkAnalyzer[EmotionScores]):
             name="emotion-inference",
             observer=self.on_batch,
         )
-        if self.model.unchecked:
-            self._scheduler.run_soon(self.model.check_precision)
 
     def close(self) -> None:
         """After the work (``analyze``: the file is done): the background job starts now, if
         this checkpoint needs one and the live service's warm-up did not start it."""
         super().close()
         self.model.wait_prepared()
+        if self.model.deferred and not self._inference_running():
+            try:  # a file without a chunk for the model: the key and decision all the same
+                self.model.settle()
+            except Exception as exc:
+                log.warning("emotion model: %s: %s", type(exc).__name__, exc)
         self.model.follow_up()
+
+    def _inference_running(self) -> bool:
+        return self._scheduler is not None and self._scheduler.running

@@ -353,35 +353,37 @@ def test_the_cache_keeps_what_other_processes_wrote_and_a_measurement_over_a_gue
     assert DecisionCache(path).get_batch("b") is not None
 
 
-def test_the_analyzer_checks_a_new_checkpoint_on_its_inference_thread(
+def test_the_analyzer_settles_a_new_checkpoint_on_its_inference_thread(
         tiny_emotion_model: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file never hashed here: the load neither hashes it nor runs the agreement check (a
-    first `run` was ready later by both); they are the inference thread's first work, before
-    any chunk. A second start finds the hash and the provisional decision and loads at once."""
+    """A file never hashed here: the load only reads it in fp32 (a first `run` with two
+    workers was ready later when each hashed, converted and checked it beside the other's
+    load); hashing, the provisional variant and its check come before the first inference, on
+    the inference thread. A second start finds the hash and loads at once."""
     import threading
 
     from analyzers.emotion import EmotionAnalyzer
 
-    where: dict[str, str] = {}
-    checked = EmotionModel.check_precision
+    assert likely_fastest(candidates()) != "fp32", "nothing but fp32 here: nothing to check"
+    where: list[str] = []
+    settle = EmotionModel.settle
 
     def spy(self: EmotionModel) -> None:
-        where["check"] = threading.current_thread().name
-        checked(self)
+        if self.deferred:
+            where.append(threading.current_thread().name)
+        settle(self)
 
-    monkeypatch.setattr(EmotionModel, "check_precision", spy)
+    monkeypatch.setattr(EmotionModel, "settle", spy)
     analyzer = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
     analyzer.load()
     try:
         model = analyzer.model
-        digests = json.loads((cache_dir / "precision.json").read_text()).get("digests", {}) \
-            if (cache_dir / "precision.json").exists() else {}
-        assert digests == {}  # nothing hashed at load
+        assert model.deferred and model.precision == "fp32" and model.decision is None
+        assert not (cache_dir / "precision.json").exists()  # nothing hashed, nothing decided
         assert analyzer.scheduler is not None
         first = analyzer.scheduler.submit(harmonic(160, 4.0)).result(60)
-        assert where["check"] == "emotion-inference"
-        assert not model.unchecked and model.decision is not None and model.decision.provisional
-        assert model._unchecked is None  # the fp32 copy released
+        assert where == ["emotion-inference"]
+        assert not model.deferred and model.decision is not None and model.decision.provisional
+        assert model.precision == likely_fastest(candidates())
         reference = _load(tiny_emotion_model, precision="fp32", prepare="at_load")
         assert emotion_tv(first, reference.predict([harmonic(160, 4.0)])[0]) < 0.05
     finally:
@@ -390,24 +392,41 @@ def test_the_analyzer_checks_a_new_checkpoint_on_its_inference_thread(
     again = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
     again.load()
     try:
-        assert not again.model.unchecked and again.model.info is None  # prepared by the job
+        assert not again.model.deferred and again.model.info is None  # prepared by the job
     finally:
         again.close()
 
 
-def test_a_deferred_check_that_disagrees_measures_before_the_first_inference(
+def test_a_file_without_speech_still_settles_at_close(tiny_emotion_model: Path,
+                                                      cache_dir: Path) -> None:
+    """analyze of a file the model never saw a chunk of: the key, the decision and the job
+    all the same."""
+    from analyzers.emotion import EmotionAnalyzer
+
+    analyzer = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu"))
+    analyzer.load()
+    assert analyzer.model.deferred
+    analyzer.close()
+    assert not analyzer.model.deferred and analyzer.model.decision is not None
+    assert len(_jobs(cache_dir)) == 1 or DONE in _log(cache_dir)
+    _wait_for_jobs(cache_dir)
+
+
+def test_a_deferred_variant_that_disagrees_is_measured_before_the_first_inference(
         tiny_emotion_model: Path, cache_dir: Path, probes: list[int]) -> None:
     from analyzers.emotion import EmotionAnalyzer
 
+    assert likely_fastest(candidates()) != "fp32", "nothing but fp32 here: nothing to check"
     analyzer = EmotionAnalyzer(EmotionConfig(model=str(tiny_emotion_model), device="cpu",
                                              tolerance=1e-9))
     analyzer.load()
     try:
-        assert analyzer.model.unchecked and probes == []
+        assert analyzer.model.deferred and probes == []
         assert analyzer.scheduler is not None
         analyzer.scheduler.submit(harmonic(160, 4.0)).result(60)
         decision = analyzer.model.decision
-        assert decision is not None and not decision.provisional and probes  # measured
+        assert decision is not None and not decision.provisional and probes == [1]  # measured
         assert analyzer.model.precision == decision.precision
     finally:
         analyzer.close()
+    _wait_for_jobs(cache_dir)

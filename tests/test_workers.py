@@ -252,6 +252,13 @@ async def test_workers_are_told_the_service_is_ready_once_none_is_starting() -> 
     c.state = "ready"
     await pool._service_ready()
     assert a.sent == b.sent == c.sent == ["service_ready"]  # once each
+    d = _FakeWorker("starting")  # one that hangs while loading
+    a.told_service_ready, a.sent = False, []
+    pool.workers = [a, d]  # type: ignore[list-item]
+    await pool._service_ready()
+    assert a.sent == []
+    await pool._service_ready(force=True)  # after SERVICE_READY_WAIT_S
+    assert a.sent == ["service_ready"] and d.sent == []
 
 
 def test_run_measures_the_emotion_batch_after_every_worker_is_ready(
@@ -284,7 +291,12 @@ def test_run_measures_the_emotion_batch_after_every_worker_is_ready(
     def first(text: str) -> int:
         return next(i for i, line in enumerate(lines) if text in line)
 
+    # each worker measured (or, when the other's measurement was cached first, read) its size
     assert sum("emotion batch " in line for line in lines) == 2, lines
     both_ready = max(first("worker 0 ready"), first("worker 1 ready"))
     assert both_ready < first("emotion batch "), lines
     assert both_ready < first("in the background"), lines
+    assert both_ready < first("after its load"), lines  # the precision chosen after, too
+    from tests.test_prepare_background import _wait_for_jobs
+
+    _wait_for_jobs(tmp_path / "cache")

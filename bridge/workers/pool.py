@@ -45,6 +45,9 @@ from bridge.workers.process import PING_EVERY_S, WorkerProcess
 __all__ = ["RemoteCall", "WorkerPool"]
 
 log = logging.getLogger(__name__)
+#: How long a ready worker waits for the others to finish starting before it is told the
+#: service is ready anyway (a worker that hangs while loading).
+SERVICE_READY_WAIT_S = 60.0
 
 
 @dataclass
@@ -238,6 +241,9 @@ class WorkerPool:
             self._all_started.set()
         log.info("worker %d ready (pid %s)", worker.index, msg.pid)
         await self._service_ready()
+        if not worker.told_service_ready:  # another is still starting: not forever
+            self._tasks.spawn(self._service_ready_after(SERVICE_READY_WAIT_S),
+                              name=f"service-ready:{worker.index}")
         for name, reason in worker.degraded.items():
             if name not in self._announced_degraded:
                 self._announced_degraded.add(name)
@@ -297,13 +303,18 @@ class WorkerPool:
                 await self._emit(event)
             del call.speakers[sid]
 
-    async def _service_ready(self) -> None:
+    async def _service_ready_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self._service_ready(force=True)
+
+    async def _service_ready(self, *, force: bool = False) -> None:
         """Once no worker is starting, tell each ready worker that has not been told yet: what
         it left until then (the emotion batch measurement, the background preparation) runs
         now, not beside another worker's model load (on a first start with a checkpoint that
         made ``run`` ready 1.0-1.6x later). A worker restarted later is told once it is ready;
-        one that dies while starting does not hold the others back."""
-        if any(w.state == "starting" for w in self.workers):
+        one that dies while starting does not hold the others back, nor (``force``, after
+        :data:`SERVICE_READY_WAIT_S`) one that hangs."""
+        if not force and any(w.state == "starting" for w in self.workers):
             return
         for w in self.workers:
             if w.state == "ready" and not w.told_service_ready:
