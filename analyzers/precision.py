@@ -48,9 +48,8 @@ import numpy.typing as npt
 
 from analyzers.types import SAMPLE_RATE
 
-__all__ = ["PRECISIONS", "BatchChoice", "Decision", "DecisionCache", "agreement_probes",
-           "cache_dir", "candidates", "checked", "choose", "choose_batch", "cpu_flags",
-           "decision_key", "files_digest",
+__all__ = ["PRECISIONS", "BatchChoice", "Decision", "DecisionCache", "cache_dir", "candidates",
+           "choose", "choose_batch", "cpu_flags", "decision_key", "files_digest",
            "likely_fastest", "native_bf16", "probe_signals", "processor", "provisional",
            "to_precision", "total_variation"]
 
@@ -474,29 +473,11 @@ def provisional(model: Any, run: Run, options: list[str], *, tolerance: float = 
     variant = likely_fastest(options)
     if variant == "fp32":  # nothing else to measure here
         return model, Decision("fp32", note="the only candidate on this processor")
-    reference = [run(model, x) for x in agreement_probes()]
+    probes = probe_signals(0.5)[1::2]  # a voice and noise: a broken precision shows on either
+    reference = [run(model, x) for x in probes]
     try:
         converted = to_precision(model, variant)
-    except Exception as exc:  # an unsupported layer or backend
-        log.info("precision %s unusable here (%s: %s)", variant, type(exc).__name__, exc)
-        return None
-    return checked(converted, variant, reference, run, tolerance=tolerance, distance=distance)
-
-
-def agreement_probes() -> list[npt.NDArray[np.float32]]:
-    """What a provisional variant is checked on: a voice and noise, 0.5 s each (a broken
-    precision shows on either; about 0.5 CPU-s for wav2vec2-base, fp32 and bf16)."""
-    return probe_signals(0.5)[1::2]
-
-
-def checked(converted: Any, variant: str, reference: list[npt.NDArray[np.float64]], run: Run,
-            *, tolerance: float = 0.05,
-            distance: Callable[[npt.NDArray[np.float64], npt.NDArray[np.float64]], float]
-            = total_variation) -> tuple[Any, Decision] | None:
-    """``converted`` (``variant``) and its provisional decision when its outputs on
-    :func:`agreement_probes` are within ``tolerance`` of fp32's (``reference``); else None."""
-    try:
-        outputs = [run(converted, x) for x in agreement_probes()]
+        outputs = [run(converted, x) for x in probes]
     except Exception as exc:  # an unsupported layer or backend
         log.info("precision %s unusable here (%s: %s)", variant, type(exc).__name__, exc)
         return None
