@@ -291,8 +291,6 @@ class EmotionModel:
         self.precision = "fp32"
         self.decision: Decision | None = None  # the precision decision, measured or cached
         self._extractor: Any = None  # transformers' feature extractor, when loaded through it
-        self._preparable = False  # inputs made without transformers: the model can be prepared
-        self._do_normalize = False  # those inputs normalised (zero mean, unit variance)
         self._input_name = "input_values"
         self._labels: list[str] = []  # the checkpoint's own labels (id2label, in order)
         self._model: Any = None
@@ -315,12 +313,15 @@ class EmotionModel:
         """Loaded from the checkpoint: its inputs are the 16 kHz waveform, made without
         transformers (:func:`~analyzers.prepared.eligible`; normalised when
         :attr:`normalizes`), so the model can be prepared or exported."""
-        return self._preparable
+        return self._normalize is not None or (self._extractor is not None
+                                               and eligible(self._extractor))
 
     @property
     def normalizes(self) -> bool:
         """With :attr:`raw_inputs`: each waveform is normalised to zero mean, unit variance."""
-        return self._do_normalize
+        if self._normalize is not None:
+            return self._normalize
+        return bool(getattr(self._extractor, "do_normalize", False))
 
     def describe(self) -> str:
         """What is loaded, e.g. "dimensional (wav2vec2; dimensions arousal, dominance, valence)
@@ -476,7 +477,7 @@ class EmotionModel:
 
     def _start_job(self, key: str) -> None:
         measure = self.decision is not None and self.decision.provisional
-        prepare = (self._preparable
+        prepare = (self.raw_inputs
                    and not prepared_path(key, self.precision).is_file()
                    and not unpreparable(key, self.precision))
         if not (measure or prepare):
@@ -513,7 +514,6 @@ class EmotionModel:
         if prepared is None:
             return False
         self._model, self._normalize = prepared.module, prepared.normalize
-        self._preparable, self._do_normalize = True, prepared.normalize
         self.precision, self.family = prepared.precision, prepared.family
         self._labels = list(prepared.labels)
         self.head = Head.from_labels(self._labels, dimensional=prepared.kind == "dimensional",
@@ -535,7 +535,6 @@ class EmotionModel:
         if plain is not None:
             model, self._normalize = plain
             self._extractor, self._input_name = None, "input_values"
-            self._preparable, self._do_normalize = True, self._normalize
             return self._checkpoint_loaded(info, model)
         try:
             remote = info.family == "remote-code"
@@ -557,8 +556,6 @@ class EmotionModel:
         fold_weight_norm(model)
         self._extractor, self._normalize = extractor, None
         self._input_name = extractor.model_input_names[0]
-        self._preparable = eligible(extractor)
-        self._do_normalize = bool(getattr(extractor, "do_normalize", False))
         return self._checkpoint_loaded(info, model)
 
     def _plain(self, info: CheckpointInfo) -> tuple[Any, bool] | None:
@@ -591,10 +588,10 @@ class EmotionModel:
                 lock.release()
 
     def _save_prepared(self, key: str | None) -> None:
-        if key is None or self.head is None or not self._preparable:
+        if key is None or self.head is None or not self.raw_inputs:
             return
         saved = save_prepared(self._model, key, self.precision, self._labels,
-                              self._do_normalize,
+                              self.normalizes,
                               probe_signals(1.0)[1], kind=self.head.kind,
                               value_range=self.head.value_range, family=self.family)
         if saved is not None:

@@ -40,7 +40,7 @@ from analyzers.precision import cache_dir
 from analyzers.types import SAMPLE_RATE
 
 __all__ = ["PrepareLock", "Prepared", "clear_job_attempts", "count_job_attempt", "eligible",
-           "job_attempts", "load_prepared", "normalize", "prepared_path", "save_prepared",
+           "eligible_config", "job_attempts", "load_prepared", "normalize", "prepared_path", "save_prepared",
            "unpreparable"]
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,23 @@ def normalize(wave: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
 
 
+def eligible_config(extractor: dict[str, Any]) -> bool:
+    """:func:`eligible` for an extractor's ``preprocessor_config.json`` (read without
+    transformers): a ``Wav2Vec2FeatureExtractor`` of one 16 kHz channel."""
+    return (extractor.get("feature_extractor_type") == "Wav2Vec2FeatureExtractor"
+            and extractor.get("feature_size", 1) == 1
+            and extractor.get("sampling_rate", SAMPLE_RATE) == SAMPLE_RATE)
+
+
 def eligible(extractor: Any) -> bool:
     """Whether inputs for this checkpoint can be made without its transformers extractor. An
     extractor that also returns an attention mask (``return_attention_mask``, the large
     checkpoints') normalises an unpadded waveform the same way, and no model here is ever given
     a mask: only equal-length waveforms share a batch."""
-    return (type(extractor).__name__ == "Wav2Vec2FeatureExtractor"
-            and getattr(extractor, "feature_size", 1) == 1
-            and getattr(extractor, "sampling_rate", SAMPLE_RATE) == SAMPLE_RATE)
+    return eligible_config({
+        "feature_extractor_type": type(extractor).__name__,
+        "feature_size": getattr(extractor, "feature_size", 1),
+        "sampling_rate": getattr(extractor, "sampling_rate", SAMPLE_RATE)})
 
 
 @dataclass

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from analyzers.types import SAMPLE_RATE
+from analyzers.prepared import eligible_config
 
 __all__ = ["ARCHITECTURES", "PlainClassifier", "load_plain"]
 
@@ -360,16 +360,6 @@ def _extractor_config(root: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def plain_inputs(extractor: dict[str, Any]) -> bool:
-    """Whether ``preprocessor_config.json`` (``extractor``) makes the plain waveform, optionally
-    normalised to zero mean and unit variance (analyzers/prepared.py's :func:`normalize`): the
-    inputs :mod:`analyzers.prepared` makes without transformers (the same conditions as
-    :func:`~analyzers.prepared.eligible`, read from the file)."""
-    return (extractor.get("feature_extractor_type") == "Wav2Vec2FeatureExtractor"
-            and extractor.get("feature_size", 1) == 1
-            and extractor.get("sampling_rate", SAMPLE_RATE) == SAMPLE_RATE)
-
-
 def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for path in files:
@@ -416,7 +406,7 @@ def _load(root: Path, architecture: str | None, labels: int,
     if architecture not in ARCHITECTURES:
         raise _Unsupported(f"architecture {architecture}")
     extractor = _extractor_config(root)
-    if not plain_inputs(extractor):
+    if not eligible_config(extractor):  # the inputs analyzers.prepared makes
         raise _Unsupported("a feature extractor other than the plain 16 kHz waveform")
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     if not isinstance(config, dict) or labels < 1 or not weight_files:
