@@ -35,7 +35,7 @@ from analyzers.loading import ModelUnavailable
 __all__ = ["BARE_ENCODERS", "DIMENSIONAL_ARCHITECTURE", "DIMENSIONS", "SEQUENCE_CLASSIFIERS",
            "CheckpointInfo", "ModelRefused",
            "fetch_checkpoint",
-           "inspect_checkpoint", "local_root", "missing_after_load", "weight_files",
+           "inspect_checkpoint", "local_root", "missing_after_load", "read_json", "weight_files",
            "weight_shapes"]
 
 #: transformers' audio sequence classifiers (one head: projector -> mean pool -> classifier).
@@ -175,7 +175,7 @@ def inspect_checkpoint(model: str, *, trust_remote_code: bool = False) -> Checkp
         config = json.loads((root / "config.json").read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
-        extractor = _read_json(root / "preprocessor_config.json")
+        extractor = read_json(root / "preprocessor_config.json")
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"cannot load emotion model {model!r}: config.json is unreadable "
                                f"({exc})") from exc
@@ -270,7 +270,8 @@ def _refused(model: str, reason: str) -> str:
     return f"emotion model {model!r} refused: {reason}"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON object (config.json, preprocessor_config.json); {} when absent."""
     if not path.is_file():
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -29,7 +29,6 @@ cannot read (transformers then reports it).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from analyzers.checkpoint import DIMENSIONAL_ARCHITECTURE, read_json
 from analyzers.prepared import eligible_config
 
 __all__ = ["ARCHITECTURES", "PlainClassifier", "load_plain"]
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = {
     "Wav2Vec2ForSequenceClassification": ("wav2vec2", "wav2vec2"),
     "HubertForSequenceClassification": ("hubert", "hubert"),
-    "Wav2Vec2ForSpeechClassification": ("wav2vec2", "wav2vec2"),  # audEERING's dimensional
+    DIMENSIONAL_ARCHITECTURE: ("wav2vec2", "wav2vec2"),  # audEERING's dimensional
 }
 #: config.json keys read here; a checkpoint without one of them goes to transformers (which
 #: fills defaults this module would have to copy).
@@ -330,7 +330,6 @@ class PlainClassifier(nn.Module):
     def __init__(self, spec: _Spec, base: str, dimensional: bool) -> None:
         super().__init__()
         self.base = base
-        self.dimensional = dimensional
         self.add_module(base, _Backbone(spec))
         self.layer_weights: nn.Parameter | None = None
         if spec.use_weighted_layer_sum:
@@ -352,12 +351,6 @@ class PlainClassifier(nn.Module):
         if self.projector is not None:
             hidden = self.projector(hidden)
         return {"logits": self.classifier(hidden.mean(dim=1))}
-
-
-def _extractor_config(root: Path) -> dict[str, Any]:
-    path = root / "preprocessor_config.json"
-    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return data if isinstance(data, dict) else {}
 
 
 def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -405,17 +398,17 @@ def _load(root: Path, architecture: str | None, labels: int,
           weight_files: list[Path]) -> tuple[PlainClassifier, bool]:
     if architecture not in ARCHITECTURES:
         raise _Unsupported(f"architecture {architecture}")
-    extractor = _extractor_config(root)
+    extractor = read_json(root / "preprocessor_config.json")
     if not eligible_config(extractor):  # the inputs analyzers.prepared makes
         raise _Unsupported("a feature extractor other than the plain 16 kHz waveform")
-    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-    if not isinstance(config, dict) or labels < 1 or not weight_files:
+    config = read_json(root / "config.json")
+    if not config or labels < 1 or not weight_files:
         raise _Unsupported("no labels or no weights")
     base, model_type = ARCHITECTURES[architecture]
     if config.get("model_type") != model_type:
         raise _Unsupported(f"model type {config.get('model_type')!r} for {architecture}")
     spec = _Spec.from_config(config, architecture, labels)
-    dimensional = architecture == "Wav2Vec2ForSpeechClassification"
+    dimensional = architecture == DIMENSIONAL_ARCHITECTURE
     state = _read_weights(weight_files)
     for name in list(state):
         if name.split(".")[-1] in _UNUSED:
