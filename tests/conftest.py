@@ -72,6 +72,24 @@ def build_tiny_emotion_model(path: Path, labels: tuple[str, ...] = ("neu", "hap"
     return path
 
 
+def load_in_two_processes(model: Path, cache_dir: Path, **options: str) -> list[str]:
+    """Two processes load the emotion analyzer for ``model`` at once, as ``run --workers 2``
+    does on a fresh machine, then close it; their logs (both must exit 0)."""
+    extra = "".join(f", {k}={v!r}" for k, v in options.items())
+    script = ("import logging, sys\n"
+              "logging.basicConfig(level=logging.INFO)\n"
+              "from analyzers.emotion import EmotionAnalyzer, EmotionConfig\n"
+              f"a = EmotionAnalyzer(EmotionConfig(model=sys.argv[1], device='cpu'{extra}))\n"
+              "a.load()\n"
+              "a.close()\n")
+    env = {**os.environ, "AFFECT_BRIDGE_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(model)], cwd=ROOT, env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    return logs
+
+
 TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                     intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
                     num_conv_pos_embedding_groups=2)

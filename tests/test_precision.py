@@ -416,24 +416,9 @@ def test_processes_started_together_measure_and_prepare_once(
     """`run --workers 2` on a fresh machine, measuring at load: two processes load the same
     checkpoint at once. One measures and prepares; the other waits for it and loads what it
     prepared. (The default, in the background: tests/test_prepare_background.py.)"""
-    import os
-    import subprocess
-    import sys
+    from tests.conftest import load_in_two_processes
 
-    from tests.conftest import ROOT
-
-    script = ("import logging, sys\n"
-              "logging.basicConfig(level=logging.INFO)\n"
-              "from analyzers.emotion import EmotionAnalyzer, EmotionConfig\n"
-              "a = EmotionAnalyzer(EmotionConfig(model=sys.argv[1], device='cpu',\n"
-              "                                  prepare='at_load'))\n"
-              "a.load()\n"
-              "a.close()\n")
-    env = {**os.environ, "AFFECT_BRIDGE_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tiny_emotion_model)], cwd=ROOT,
-                              env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    logs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
+    logs = load_in_two_processes(tiny_emotion_model, cache_dir, prepare="at_load")
     measured = [log for log in logs if "measured in" in log]
     assert len(measured) == 1, logs
     other = next(log for log in logs if "measured in" not in log)

@@ -22,7 +22,7 @@ from analyzers.emotion import EmotionConfig, EmotionModel
 from analyzers.precision import DecisionCache, candidates, likely_fastest
 from analyzers.prepare_job import LOG_NAME
 from analyzers.prepared import PrepareLock, save_prepared, unpreparable
-from tests.conftest import ROOT, emotion_tv, harmonic
+from tests.conftest import ROOT, emotion_tv, harmonic, load_in_two_processes
 
 DONE = "measured and prepared in the background"
 
@@ -163,17 +163,7 @@ def test_processes_started_together_load_at_once_and_one_job_prepares(
         tiny_emotion_model: Path, cache_dir: Path) -> None:
     """`run --workers 2` on a fresh machine: neither process waits; one job measures and
     prepares, and a third start loads what it wrote."""
-    script = ("import logging, sys\n"
-              "logging.basicConfig(level=logging.INFO)\n"
-              "from analyzers.emotion import EmotionAnalyzer, EmotionConfig\n"
-              "a = EmotionAnalyzer(EmotionConfig(model=sys.argv[1], device='cpu'))\n"
-              "a.load()\n"
-              "a.close()\n")
-    env = {**os.environ, "AFFECT_BRIDGE_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tiny_emotion_model)], cwd=ROOT,
-                              env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    logs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
+    logs = load_in_two_processes(tiny_emotion_model, cache_dir)
     for log in logs:
         assert "provisional" in log and "measured in" not in log, log
     log = _wait_for_jobs(cache_dir)
