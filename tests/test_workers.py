@@ -257,7 +257,7 @@ async def test_workers_are_told_the_service_is_ready_once_none_is_starting() -> 
     pool.workers = [a, d]  # type: ignore[list-item]
     await pool._service_ready()
     assert a.sent == []
-    await pool._service_ready(force=True)  # after SERVICE_READY_WAIT_S
+    await pool._service_ready(force=True)  # after START_WAIT_S
     assert a.sent == ["service_ready"] and d.sent == []
 
 

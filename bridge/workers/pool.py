@@ -45,9 +45,10 @@ from bridge.workers.process import PING_EVERY_S, WorkerProcess
 __all__ = ["RemoteCall", "WorkerPool"]
 
 log = logging.getLogger(__name__)
-#: How long a ready worker waits for the others to finish starting before it is told the
-#: service is ready anyway (a worker that hangs while loading).
-SERVICE_READY_WAIT_S = 60.0
+#: How long the pool waits for every worker to start (one may hang while loading) before it
+#: places the first calls on the ready workers only, and before it tells those the service is
+#: ready anyway.
+START_WAIT_S = 60.0
 
 
 @dataclass
@@ -151,7 +152,7 @@ class WorkerPool:
         the first calls are spread instead of all going to whichever loaded first."""
         if not self._all_started.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(60):
+                async with asyncio.timeout(START_WAIT_S):
                     await self._all_started.wait()
         try:
             async with asyncio.timeout(30):
@@ -242,7 +243,7 @@ class WorkerPool:
         log.info("worker %d ready (pid %s)", worker.index, msg.pid)
         await self._service_ready()
         if not worker.told_service_ready:  # another is still starting: not forever
-            self._tasks.spawn(self._service_ready_after(SERVICE_READY_WAIT_S),
+            self._tasks.spawn(self._service_ready_after(START_WAIT_S),
                               name=f"service-ready:{worker.index}")
         for name, reason in worker.degraded.items():
             if name not in self._announced_degraded:
@@ -313,7 +314,7 @@ class WorkerPool:
         now, not beside another worker's model load (on a first start with a checkpoint that
         made ``run`` ready 1.0-1.6x later). A worker restarted later is told once it is ready;
         one that dies while starting does not hold the others back, nor (``force``, after
-        :data:`SERVICE_READY_WAIT_S`) one that hangs."""
+        :data:`START_WAIT_S`) one that hangs."""
         if not force and any(w.state == "starting" for w in self.workers):
             return
         for w in self.workers:
